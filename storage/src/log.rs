@@ -1,0 +1,523 @@
+//! The partition log: an ordered run of segments, the last one active.
+
+use std::collections::VecDeque;
+
+use crate::batch::{self, BatchHeader};
+use crate::error::StorageError;
+use crate::index;
+use crate::io::{BLOCK, Disk};
+use crate::segment::{self, Segment};
+
+/// Per-log settings; the defaults are Kafka's.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Roll to a new segment before one grows past this (Kafka `segment.bytes`, 1 GiB).
+    pub segment_bytes: u64,
+    /// Roll a segment this old, measured from its first batch (`segment.ms`, 7 days).
+    pub segment_ms: Option<i64>,
+    /// Delete the oldest segments while the log exceeds this (`retention.bytes`, none).
+    pub retention_bytes: Option<u64>,
+    /// Delete segments whose newest record is older than this (`retention.ms`, 7 days).
+    pub retention_ms: Option<i64>,
+    /// Largest batch accepted (`message.max.bytes`, 1 MiB + the 12-byte log overhead).
+    pub max_batch_bytes: usize,
+    /// One index entry per this many bytes of log (`index.interval.bytes`).
+    pub index_interval_bytes: u64,
+    /// Appended bytes held in memory before whole blocks are written ahead of a sync.
+    pub write_behind_bytes: u64,
+    /// Reserve each new segment's space up front so appends never allocate extents.
+    pub preallocate: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 1 << 30,
+            segment_ms: Some(7 * 24 * 3600 * 1000),
+            retention_bytes: None,
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            max_batch_bytes: 1_048_588,
+            index_interval_bytes: 4096,
+            write_behind_bytes: 1 << 20,
+            preallocate: true,
+        }
+    }
+}
+
+impl LogConfig {
+    fn check(&self) -> Result<(), StorageError> {
+        // Index positions are u32, like Kafka's, and a batch must fit in a segment.
+        if self.segment_bytes > u64::from(u32::MAX) || self.segment_bytes < BLOCK as u64 {
+            return Err(StorageError::Config(format!(
+                "segment_bytes {} must be between {BLOCK} and {}",
+                self.segment_bytes,
+                u32::MAX
+            )));
+        }
+        if self.max_batch_bytes < batch::HEADER_LEN || self.index_interval_bytes == 0 {
+            return Err(StorageError::Config(
+                "max_batch_bytes must hold a header and index_interval_bytes be > 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub max_timestamp: i64,
+}
+
+/// Whole batches read from the log, bytes exactly as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadBatches {
+    pub bytes: Vec<u8>,
+    /// The offset after the last batch returned (where the next read starts).
+    pub next_offset: u64,
+}
+
+/// The answer to a ListOffsets-by-time question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampHit {
+    pub offset: u64,
+    pub timestamp: i64,
+}
+
+/// A partition log on a [`Disk`]. Lives on one shard; `&mut self` serialises writers.
+pub struct Log<D: Disk> {
+    disk: D,
+    config: LogConfig,
+    /// Oldest first; the last is the active segment. Never empty.
+    segments: VecDeque<Segment<D::File>>,
+    durable_offset: u64,
+}
+
+impl<D: Disk> Log<D> {
+    /// Opens the log in `disk`, creating it empty if there is none, and recovers it: every
+    /// synced batch is kept, a torn or corrupt tail is cut, missing or damaged indexes are
+    /// rebuilt.
+    pub async fn open(disk: D, config: LogConfig) -> Result<Self, StorageError> {
+        config.check()?;
+        let names = disk.list().await?;
+        let mut bases: Vec<u64> = names
+            .iter()
+            .filter_map(|n| segment::parse_log_name(n))
+            .collect();
+        bases.sort_unstable();
+        // An index without its log is left over from a deletion a crash interrupted.
+        for name in &names {
+            if let Some(stem) = name.strip_suffix(".index") {
+                if !names.contains(&format!("{stem}.log")) {
+                    disk.remove(name).await?;
+                }
+            }
+        }
+        let mut segments = VecDeque::with_capacity(bases.len().max(1));
+        for (i, &base) in bases.iter().enumerate() {
+            let is_active = i + 1 == bases.len();
+            let seg = Segment::recover(
+                &disk,
+                base,
+                config.index_interval_bytes,
+                config.max_batch_bytes,
+                is_active,
+            )
+            .await?;
+            if let Some(prev) = segments.back() {
+                let prev: &Segment<D::File> = prev;
+                if prev.next_offset != base {
+                    tracing::warn!(
+                        segment = prev.base,
+                        ends_at = prev.next_offset,
+                        next_segment = base,
+                        "gap between segments: offsets in it read as corrupt"
+                    );
+                }
+            }
+            segments.push_back(seg);
+        }
+        if segments.is_empty() {
+            segments.push_back(
+                Segment::create(&disk, 0, config.index_interval_bytes, prealloc(&config)).await?,
+            );
+        } else {
+            // What recovery kept may sit only in the device cache: make it durable before
+            // calling it so.
+            segments.back_mut().expect("non-empty").log.sync().await?;
+        }
+        let durable_offset = segments.back().expect("non-empty").next_offset;
+        Ok(Self {
+            disk,
+            config,
+            segments,
+            durable_offset,
+        })
+    }
+
+    /// The first offset still stored.
+    pub fn log_start_offset(&self) -> u64 {
+        self.segments.front().expect("never empty").base
+    }
+
+    /// The offset the next appended record gets (Kafka's log end offset).
+    pub fn next_offset(&self) -> u64 {
+        self.active().next_offset
+    }
+
+    /// Every offset below this is durable (synced).
+    pub fn durable_offset(&self) -> u64 {
+        self.durable_offset
+    }
+
+    /// Total bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size()).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    fn active(&self) -> &Segment<D::File> {
+        self.segments.back().expect("never empty")
+    }
+
+    /// Validates `batch` (magic 2, length, CRC32C, record count, size limit), assigns its
+    /// offsets by patching the base offset in place, and appends it. A refused batch
+    /// never reaches the file. Not durable until [`Log::sync`].
+    pub async fn append(
+        &mut self,
+        batch: &mut [u8],
+        now_ms: i64,
+    ) -> Result<AppendInfo, StorageError> {
+        let header = batch::validate(batch, self.config.max_batch_bytes)?;
+        self.roll_if_needed(&header, now_ms).await?;
+        let base_offset = self.next_offset();
+        batch::set_base_offset(batch, base_offset as i64);
+        let header = BatchHeader {
+            base_offset: base_offset as i64,
+            ..header
+        };
+        let write_behind = self.config.write_behind_bytes;
+        let active = self.segments.back_mut().expect("never empty");
+        let position = active.log.len();
+        active.track(position, &header);
+        active.created_ms.get_or_insert(now_ms);
+        active.log.append(batch);
+        if active.log.unwritten() >= write_behind {
+            active.log.flush_full_blocks().await?;
+        }
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: header.last_offset() as u64,
+            max_timestamp: header.max_timestamp,
+        })
+    }
+
+    async fn roll_if_needed(
+        &mut self,
+        header: &BatchHeader,
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        let active = self.active();
+        if active.is_empty() {
+            return Ok(());
+        }
+        let full = active.size() + header.size as u64 > self.config.segment_bytes;
+        let old = matches!((self.config.segment_ms, active.created_ms), (Some(ms), Some(created)) if now_ms - created >= ms);
+        // Relative offsets in the index are u32.
+        let offsets_full =
+            active.next_offset + header.record_count as u64 - active.base > u64::from(u32::MAX);
+        if full || old || offsets_full {
+            self.roll().await?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (log and index synced) and starts a new one.
+    async fn roll(&mut self) -> Result<(), StorageError> {
+        let active = self.segments.back_mut().expect("never empty");
+        active.log.sync().await?;
+        active.stage_index();
+        active.index.sync().await?;
+        let base = active.next_offset;
+        self.durable_offset = base;
+        let seg = Segment::create(
+            &self.disk,
+            base,
+            self.config.index_interval_bytes,
+            prealloc(&self.config),
+        )
+        .await?;
+        self.segments.push_back(seg);
+        Ok(())
+    }
+
+    /// Makes every batch appended so far durable with one fdatasync, however many appends
+    /// came before it (group commit), and returns the durable end offset.
+    pub async fn sync(&mut self) -> Result<u64, StorageError> {
+        let active = self.segments.back_mut().expect("never empty");
+        if self.durable_offset == active.next_offset && active.log.unwritten() == 0 {
+            return Ok(self.durable_offset);
+        }
+        active.log.sync().await?;
+        self.durable_offset = active.next_offset;
+        // Checkpoint the index once a block of entries has piled up. Unsynced on purpose:
+        // it only points at data just synced, and recovery verifies it before use.
+        active.stage_index();
+        if active.index.unwritten() >= BLOCK as u64 {
+            active.index.flush().await?;
+        }
+        Ok(self.durable_offset)
+    }
+
+    /// Reads whole batches starting with the one holding `from`, up to `max_bytes` (always
+    /// at least one batch, as Kafka does, so a large batch cannot stall a consumer).
+    pub async fn read(&self, from: u64, max_bytes: usize) -> Result<ReadBatches, StorageError> {
+        self.read_up_to(from, max_bytes, self.next_offset()).await
+    }
+
+    /// Like [`Log::read`] but returns only batches that end below `end_offset` (the high
+    /// watermark, for consumers).
+    pub async fn read_up_to(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        end_offset: u64,
+    ) -> Result<ReadBatches, StorageError> {
+        let (start, end) = (self.log_start_offset(), self.next_offset());
+        if from < start || from > end {
+            return Err(StorageError::OffsetOutOfRange {
+                offset: from,
+                start,
+                end,
+            });
+        }
+        let end_offset = end_offset.min(end);
+        let empty = ReadBatches {
+            bytes: Vec::new(),
+            next_offset: from,
+        };
+        if from >= end_offset {
+            return Ok(empty);
+        }
+        let i = self.segments.partition_point(|s| s.base <= from) - 1;
+        let seg = &self.segments[i];
+        if from >= seg.next_offset {
+            // Inside a gap left by a damaged sealed segment.
+            return Err(StorageError::Corrupt {
+                segment: seg.base,
+                position: seg.size(),
+                reason: format!("offset {from} lies in a gap of the log"),
+            });
+        }
+        let rel = (from - seg.base) as u32;
+        let mut position =
+            index::floor_by_offset(&seg.entries, rel).map_or(0, |e| u64::from(e.position));
+        let seg_end = seg.size();
+        let mut out = Vec::new();
+        let mut next_offset = from;
+        let mut chunk = Vec::new();
+        let mut chunk_start = position;
+        while position < seg_end {
+            let at = (position - chunk_start) as usize;
+            let size = match chunk.get(at..).and_then(|b| BatchHeader::parse(b).ok()) {
+                Some(h) => h.size,
+                None => batch::HEADER_LEN,
+            };
+            if chunk.len() < at + size {
+                let want = (size + max_bytes + self.config.index_interval_bytes as usize)
+                    .min((seg_end - position) as usize);
+                chunk = seg.log.read(position, want.max(size)).await?;
+                chunk_start = position;
+                if chunk.len() < size {
+                    return Err(StorageError::Corrupt {
+                        segment: seg.base,
+                        position,
+                        reason: "batch runs past the end of the segment".into(),
+                    });
+                }
+                continue;
+            }
+            let bytes = &chunk[at..at + size];
+            let header = BatchHeader::parse(bytes).map_err(|e| corrupt(seg.base, position, e))?;
+            let last = header.last_offset() as u64;
+            if last >= from {
+                if last >= end_offset || (!out.is_empty() && out.len() + size > max_bytes) {
+                    break;
+                }
+                // Nothing failing its CRC is ever served.
+                if !batch::crc_ok(bytes) {
+                    return Err(corrupt(
+                        seg.base,
+                        position,
+                        "CRC32C mismatch in stored batch",
+                    ));
+                }
+                if !out.is_empty() && header.base_offset as u64 != next_offset {
+                    return Err(corrupt(seg.base, position, "offsets not contiguous"));
+                }
+                out.extend_from_slice(bytes);
+                next_offset = last + 1;
+            }
+            position += size as u64;
+        }
+        Ok(ReadBatches {
+            bytes: out,
+            next_offset,
+        })
+    }
+
+    /// The first record with a timestamp at or after `timestamp`, for ListOffsets; `None`
+    /// if every record is older. Exact for uncompressed batches; for a compressed batch,
+    /// whose records storage does not decompress, the batch's base offset and its max
+    /// timestamp.
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+    ) -> Result<Option<TimestampHit>, StorageError> {
+        let Some(seg) = self.segments.iter().find(|s| s.max_timestamp >= timestamp) else {
+            return Ok(None);
+        };
+        let mut position =
+            index::floor_by_timestamp(&seg.entries, timestamp).map_or(0, |e| u64::from(e.position));
+        while position < seg.size() {
+            let head = seg.log.read(position, batch::HEADER_LEN).await?;
+            let header = BatchHeader::parse(&head).map_err(|e| corrupt(seg.base, position, e))?;
+            if header.max_timestamp >= timestamp {
+                let bytes = seg.log.read(position, header.size).await?;
+                if !batch::crc_ok(&bytes) {
+                    return Err(corrupt(
+                        seg.base,
+                        position,
+                        "CRC32C mismatch in stored batch",
+                    ));
+                }
+                let exact = batch::record_timestamps(&bytes)
+                    .and_then(|ts| ts.into_iter().find(|&(_, t)| t >= timestamp));
+                return Ok(Some(match exact {
+                    Some((delta, t)) => TimestampHit {
+                        offset: header.base_offset as u64 + delta as u64,
+                        timestamp: t,
+                    },
+                    None => TimestampHit {
+                        offset: header.base_offset as u64,
+                        timestamp: header.max_timestamp,
+                    },
+                }));
+            }
+            position += header.size as u64;
+        }
+        Ok(None)
+    }
+
+    /// Removes every batch from the one holding `offset` on (a batch is never split), so
+    /// `next_offset()` becomes at most `offset`. Durable on return. Replication uses it to
+    /// drop a divergent suffix; below the log start it empties the log and restarts it at
+    /// `offset`.
+    pub async fn truncate_to(&mut self, offset: u64) -> Result<(), StorageError> {
+        if offset >= self.next_offset() {
+            return Ok(());
+        }
+        if offset <= self.log_start_offset() {
+            while let Some(seg) = self.segments.pop_back() {
+                self.remove_segment_files(seg).await?;
+            }
+            let seg = Segment::create(
+                &self.disk,
+                offset,
+                self.config.index_interval_bytes,
+                prealloc(&self.config),
+            )
+            .await?;
+            self.segments.push_back(seg);
+        } else {
+            while self.active().base >= offset {
+                let seg = self.segments.pop_back().expect("never empty");
+                self.remove_segment_files(seg).await?;
+            }
+            self.segments
+                .back_mut()
+                .expect("never empty")
+                .truncate_to(offset)
+                .await?;
+            self.disk.sync_dir().await?;
+        }
+        self.durable_offset = self.durable_offset.min(self.next_offset());
+        Ok(())
+    }
+
+    /// Deletes whole segments, oldest first, past the retention limits (never the active
+    /// one), and moves the log start. Returns how many were deleted.
+    pub async fn enforce_retention(&mut self, now_ms: i64) -> Result<usize, StorageError> {
+        let mut deleted = 0;
+        let mut total = self.size_bytes();
+        while self.segments.len() > 1 {
+            let oldest = self.segments.front().expect("len > 1");
+            let by_age = self
+                .config
+                .retention_ms
+                .is_some_and(|ms| oldest.max_timestamp < now_ms.saturating_sub(ms));
+            let by_size = self
+                .config
+                .retention_bytes
+                .is_some_and(|limit| total - oldest.size() >= limit);
+            if !(by_age || by_size) {
+                break;
+            }
+            let seg = self.segments.pop_front().expect("len > 1");
+            total -= seg.size();
+            self.remove_segment_files(seg).await?;
+            deleted += 1;
+        }
+        if deleted > 0 {
+            self.disk.sync_dir().await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn remove_segment_files(&self, seg: Segment<D::File>) -> Result<(), StorageError> {
+        use crate::io::DiskFile;
+        let base = seg.base;
+        seg.log.file.close().await?;
+        seg.index.file.close().await?;
+        // The log goes first: an index without its log is cleaned up on open, a log
+        // without its index is rebuilt.
+        self.disk.remove(&segment::log_name(base)).await?;
+        self.disk.remove(&segment::index_name(base)).await?;
+        Ok(())
+    }
+
+    /// Syncs everything, writes the active index, and closes the files.
+    pub async fn close(mut self) -> Result<(), StorageError> {
+        use crate::io::DiskFile;
+        self.sync().await?;
+        let active = self.segments.back_mut().expect("never empty");
+        active.stage_index();
+        active.index.sync().await?;
+        for seg in self.segments {
+            seg.log.file.close().await?;
+            seg.index.file.close().await?;
+        }
+        Ok(())
+    }
+}
+
+fn prealloc(config: &LogConfig) -> Option<u64> {
+    config.preallocate.then_some(config.segment_bytes)
+}
+
+fn corrupt(segment: u64, position: u64, reason: impl ToString) -> StorageError {
+    StorageError::Corrupt {
+        segment,
+        position,
+        reason: reason.to_string(),
+    }
+}
