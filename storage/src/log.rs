@@ -23,6 +23,9 @@ pub struct LogConfig {
     pub max_batch_bytes: usize,
     /// One index entry per this many bytes of log (`index.interval.bytes`).
     pub index_interval_bytes: u64,
+    /// Index bytes that pile up in the active segment before a sync also writes them
+    /// out (the checkpoint recovery starts scanning from).
+    pub index_checkpoint_bytes: u64,
     /// Appended bytes held in memory before whole blocks are written ahead of a sync.
     pub write_behind_bytes: u64,
     /// Reserve each new segment's space up front so appends never allocate extents.
@@ -38,6 +41,7 @@ impl Default for LogConfig {
             retention_ms: Some(7 * 24 * 3600 * 1000),
             max_batch_bytes: 1_048_588,
             index_interval_bytes: 4096,
+            index_checkpoint_bytes: BLOCK as u64,
             write_behind_bytes: 1 << 20,
             preallocate: true,
         }
@@ -245,7 +249,7 @@ impl<D: Disk> Log<D> {
     async fn roll(&mut self) -> Result<(), StorageError> {
         let active = self.segments.back_mut().expect("never empty");
         active.log.sync().await?;
-        active.stage_index();
+        active.stage_index(active.entries.len());
         active.index.sync().await?;
         let base = active.next_offset;
         self.durable_offset = base;
@@ -267,14 +271,25 @@ impl<D: Disk> Log<D> {
         if self.durable_offset == active.next_offset && active.log.unwritten() == 0 {
             return Ok(self.durable_offset);
         }
-        active.log.sync().await?;
+        // Checkpoint the index once a block of entries has piled up, in parallel with the
+        // log's own write and fdatasync so it adds no latency. Only entries for batches
+        // durable since the previous sync go out, and unsynced on purpose: recovery
+        // verifies an entry before it starts scanning there.
+        active.stage_index(active.durable_entries);
+        let checkpoint = active.index.unwritten() >= self.config.index_checkpoint_bytes;
+        let (log, index) = (&mut active.log, &mut active.index);
+        let (synced, flushed) = futures_lite::future::zip(log.sync(), async {
+            if checkpoint {
+                index.flush().await
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        synced?;
+        flushed?;
+        active.durable_entries = active.entries.len();
         self.durable_offset = active.next_offset;
-        // Checkpoint the index once a block of entries has piled up. Unsynced on purpose:
-        // it only points at data just synced, and recovery verifies it before use.
-        active.stage_index();
-        if active.index.unwritten() >= BLOCK as u64 {
-            active.index.flush().await?;
-        }
         Ok(self.durable_offset)
     }
 
@@ -500,7 +515,7 @@ impl<D: Disk> Log<D> {
         use crate::io::DiskFile;
         self.sync().await?;
         let active = self.segments.back_mut().expect("never empty");
-        active.stage_index();
+        active.stage_index(active.entries.len());
         active.index.sync().await?;
         for seg in self.segments {
             seg.log.file.close().await?;

@@ -41,6 +41,9 @@ pub(crate) struct Segment<F> {
     pub(crate) max_timestamp: i64,
     /// When the segment got its first batch, for rolling by age.
     pub(crate) created_ms: Option<i64>,
+    /// How many entries point at batches that were durable at the last sync: only these
+    /// may reach the index file, or a crash could leave an entry past a hole.
+    pub(crate) durable_entries: usize,
     bytes_since_entry: u64,
     index_interval_bytes: u64,
 }
@@ -77,6 +80,7 @@ impl<F: DiskFile> Segment<F> {
             next_offset: base,
             max_timestamp: NO_TIMESTAMP,
             created_ms: None,
+            durable_entries: 0,
             bytes_since_entry: 0,
             index_interval_bytes,
         })
@@ -110,6 +114,7 @@ impl<F: DiskFile> Segment<F> {
             next_offset: base,
             max_timestamp: NO_TIMESTAMP,
             created_ms: None,
+            durable_entries: 0,
             bytes_since_entry: 0,
             index_interval_bytes,
         };
@@ -159,6 +164,7 @@ impl<F: DiskFile> Segment<F> {
         for e in &seg.entries[same..] {
             seg.index.append(&e.encode());
         }
+        seg.durable_entries = seg.entries.len();
         if is_active {
             seg.index.flush().await?;
         } else {
@@ -273,10 +279,10 @@ impl<F: DiskFile> Segment<F> {
         self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
     }
 
-    /// Appends index entries made since the last call to the index stream.
-    pub(crate) fn stage_index(&mut self) {
+    /// Appends to the index stream the entries not yet in it, up to the first `upto`.
+    pub(crate) fn stage_index(&mut self, upto: usize) {
         let staged = (self.index.len() as usize) / ENTRY_LEN;
-        for e in &self.entries[staged..] {
+        for e in &self.entries[staged..upto.max(staged)] {
             self.index.append(&e.encode());
         }
     }
@@ -316,7 +322,8 @@ impl<F: DiskFile> Segment<F> {
         let kept = self.entries.len();
         let index_len = (self.index.len() as usize / ENTRY_LEN).min(kept);
         self.index.truncate((index_len * ENTRY_LEN) as u64).await?;
-        self.stage_index();
+        self.stage_index(self.entries.len());
+        self.durable_entries = self.entries.len();
         self.index.sync().await?;
         Ok(())
     }

@@ -28,10 +28,13 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn config() -> LogConfig {
+/// Small segments exercise rolls; large ones with a dense index exercise the active
+/// segment's index checkpoints (written once a block of entries piles up).
+fn config(large: bool) -> LogConfig {
     LogConfig {
-        segment_bytes: 12 * 1024,
-        index_interval_bytes: 300,
+        segment_bytes: if large { 256 * 1024 } else { 12 * 1024 },
+        index_interval_bytes: if large { 40 } else { 300 },
+        index_checkpoint_bytes: if large { 100 } else { 4096 },
         write_behind_bytes: 4096,
         ..LogConfig::default()
     }
@@ -44,12 +47,13 @@ proptest! {
     fn recovered_log_is_a_prefix_holding_every_synced_batch(
         seed in any::<u64>(),
         persist in 0.0f64..1.0,
+        large in any::<bool>(),
         ops in proptest::collection::vec(op(), 1..80),
     ) {
         block_on(async {
             let faults = FaultConfig { persist_probability: persist, torn_probability: 0.5, read_error_probability: 0.0 };
             let disk = SimDisk::with_faults(seed, faults);
-            let mut log = Log::open(disk.clone(), config()).await.unwrap();
+            let mut log = Log::open(disk.clone(), config(large)).await.unwrap();
             // The model: batches as stored, and how many of them are synced.
             let mut model: Vec<(u64, Vec<u8>)> = Vec::new();
             let mut synced = 0usize;
@@ -84,7 +88,7 @@ proptest! {
                             log.close().await.unwrap();
                             synced = model.len();
                         }
-                        log = Log::open(disk.clone(), config()).await.unwrap();
+                        log = Log::open(disk.clone(), config(large)).await.unwrap();
                         let got = read_all(&log).await;
                         prop_assert!(got.len() >= synced, "lost synced batches: {} < {}", got.len(), synced);
                         prop_assert!(got.len() <= model.len());
