@@ -27,6 +27,7 @@ contract!(
     garbage_after_the_tail_is_cut_on_open,
     a_flipped_bit_is_never_served,
     read_honours_max_bytes_and_end_offset,
+    segments_roll_by_age,
 );
 
 fn small() -> LogConfig {
@@ -457,4 +458,23 @@ fn real_files_read_back_in_a_fresh_executor() {
         .join()
         .unwrap();
     assert_eq!(read, written);
+}
+
+async fn segments_roll_by_age<D: Disk + Clone>(disk: D) {
+    let config = LogConfig {
+        segment_ms: Some(1_000),
+        ..LogConfig::default()
+    };
+    let mut log = Log::open(disk.clone(), config.clone()).await.unwrap();
+    let mut b = test_batch(1, 0);
+    log.append(&mut b, 10_000).await.unwrap();
+    log.append(&mut b, 10_999).await.unwrap();
+    assert_eq!(log.segment_count(), 1, "younger than segment_ms: no roll");
+    log.append(&mut b, 11_000).await.unwrap();
+    assert_eq!(log.segment_count(), 2, "a segment segment_ms old rolls");
+    log.sync().await.unwrap();
+    drop(log);
+    let log = Log::open(disk, config).await.unwrap();
+    assert_eq!(log.segment_count(), 2);
+    assert_eq!(read_all(&log).await.len(), 3);
 }
