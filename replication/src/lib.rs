@@ -1,4 +1,64 @@
-//! The sans-IO replication core (Raft per partition, with the Kafka log as the Raft log).
+//! corelog's replication core: Raft per partition, with the Kafka log as the Raft log.
 //!
-//! Not built yet: see issue 3. This crate exists so the workspace has its final shape; it
-//! must never depend on glommio, madsim, tokio, the clock or the filesystem.
+//! Sans-IO, in the style of quinn-proto: no sockets, no files, no clock, no threads, no
+//! randomness but a seeded generator. Inputs are method calls carrying `now`; outputs
+//! (messages, storage operations, hard state) are drained by a driver. The glommio broker
+//! and the madsim simulator are two such drivers.
+//!
+//! - An entry is a RecordBatch v2; its term is the batch's `partitionLeaderEpoch`; its
+//!   index is the Kafka offset. The commit index is the high watermark.
+//! - [`raft::Raft`] is one group; [`node::Node`] runs many groups on one node and batches
+//!   their messages per peer; [`frame`] puts those batches on the wire with rkyv.
+//!
+//! **Invariant:** this crate depends on no async runtime (glommio, madsim, tokio), never
+//! reads the clock and never touches the filesystem. `tests/invariants.rs` checks the
+//! dependency graph.
+
+pub mod epochs;
+pub mod frame;
+pub mod message;
+pub mod node;
+pub mod raft;
+
+#[cfg(test)]
+mod cluster;
+
+pub use epochs::EpochCache;
+pub use message::Message;
+pub use node::{Envelope, GroupId, Node};
+pub use raft::{HardState, LogState, ProposeError, Raft, RaftConfig, Ready, Role, StorageOp};
+
+pub type NodeId = u32;
+/// A Raft term; stored in batches as the i32 `partitionLeaderEpoch`.
+pub type Term = u32;
+/// A Kafka offset: the Raft log index.
+pub type Offset = u64;
+
+/// Known protocol bugs that the simulator's checker must catch; compiled only with the
+/// `inject-bugs` feature, so no release build can switch them on.
+#[cfg(feature = "inject-bugs")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// Commit by counting replicas of an entry from an earlier term (Raft fig. 8).
+    pub commit_old_term: bool,
+    /// Acknowledge appended entries before storage reports them durable.
+    pub ack_before_fsync: bool,
+    /// Grant a vote even after voting for someone else in the same term.
+    pub double_vote: bool,
+}
+
+#[cfg(feature = "inject-bugs")]
+impl Bugs {
+    pub const NAMES: [&'static str; 3] = ["commit-old-term", "ack-before-fsync", "double-vote"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        let mut b = Self::default();
+        match name {
+            "commit-old-term" => b.commit_old_term = true,
+            "ack-before-fsync" => b.ack_before_fsync = true,
+            "double-vote" => b.double_vote = true,
+            _ => return None,
+        }
+        Some(b)
+    }
+}

@@ -221,35 +221,57 @@ fn i64_at(b: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Builds valid v2 batches for tests and benchmarks. Not a general encoder: uncompressed,
-/// no keys or headers, which is all that storage tests need (clients build real batches).
+/// Builds valid uncompressed v2 batches: for tests and benchmarks, and for the control
+/// batches the broker writes itself. Not a general encoder (clients build real batches).
 pub mod build {
     use super::*;
 
     /// One uncompressed batch of `values`, base offset 0, timestamps `timestamp_ms + i`.
     pub fn batch(values: &[&[u8]], timestamp_ms: i64) -> Vec<u8> {
-        assert!(!values.is_empty(), "a batch holds at least one record");
+        let records: Vec<(Option<&[u8]>, &[u8])> = values.iter().map(|v| (None, *v)).collect();
+        with_records(&records, timestamp_ms, 0)
+    }
+
+    /// A control batch (attributes bit 5) holding one record: what Kafka writes for
+    /// transaction markers and KRaft for leader changes. Consumers skip control batches.
+    pub fn control_batch(key: &[u8], value: &[u8], timestamp_ms: i64) -> Vec<u8> {
+        with_records(&[(Some(key), value)], timestamp_ms, 0x20)
+    }
+
+    /// One uncompressed batch of (key, value) records with the given attributes.
+    pub fn with_records(
+        records_in: &[(Option<&[u8]>, &[u8])],
+        timestamp_ms: i64,
+        attributes: i16,
+    ) -> Vec<u8> {
+        assert!(!records_in.is_empty(), "a batch holds at least one record");
         let mut records = Vec::new();
-        for (i, value) in values.iter().enumerate() {
+        for (i, (key, value)) in records_in.iter().enumerate() {
             let mut body = Vec::with_capacity(value.len() + 16);
             body.push(0); // attributes
             put_varint(&mut body, i as i64); // timestampDelta
             put_varint(&mut body, i as i64); // offsetDelta
-            put_varint(&mut body, -1); // null key
+            match key {
+                Some(k) => {
+                    put_varint(&mut body, k.len() as i64);
+                    body.extend_from_slice(k);
+                }
+                None => put_varint(&mut body, -1),
+            }
             put_varint(&mut body, value.len() as i64);
             body.extend_from_slice(value);
             put_varint(&mut body, 0); // no headers
             put_varint(&mut records, body.len() as i64);
             records.extend_from_slice(&body);
         }
-        let count = values.len() as i32;
+        let count = records_in.len() as i32;
         let mut out = Vec::with_capacity(HEADER_LEN + records.len());
         out.extend_from_slice(&0i64.to_be_bytes());
         out.extend_from_slice(&((HEADER_LEN - LOG_OVERHEAD + records.len()) as i32).to_be_bytes());
         out.extend_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch
         out.push(MAGIC_V2 as u8);
         out.extend_from_slice(&[0; 4]); // crc, filled below
-        out.extend_from_slice(&0i16.to_be_bytes()); // attributes
+        out.extend_from_slice(&attributes.to_be_bytes());
         out.extend_from_slice(&(count - 1).to_be_bytes());
         out.extend_from_slice(&timestamp_ms.to_be_bytes());
         out.extend_from_slice(&(timestamp_ms + i64::from(count) - 1).to_be_bytes());

@@ -22,6 +22,9 @@ pub enum StorageError {
         position: u64,
         reason: String,
     },
+    /// `append_at` got a batch that does not continue the log.
+    #[error("batch base offset {base_offset} is not the log's next offset {next_offset}")]
+    NotNextOffset { base_offset: i64, next_offset: u64 },
     #[error("invalid log config: {0}")]
     Config(String),
 }

@@ -202,13 +202,41 @@ impl<D: Disk> Log<D> {
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
         let header = batch::validate(batch, self.config.max_batch_bytes)?;
-        self.roll_if_needed(&header, now_ms).await?;
         let base_offset = self.next_offset();
         batch::set_base_offset(batch, base_offset as i64);
         let header = BatchHeader {
             base_offset: base_offset as i64,
             ..header
         };
+        self.append_validated(batch, header, now_ms).await
+    }
+
+    /// Appends a batch whose offsets were assigned elsewhere (by the replication leader):
+    /// validated like [`Log::append`], and its base offset must be exactly
+    /// [`Log::next_offset`]. The bytes are stored unchanged.
+    pub async fn append_at(
+        &mut self,
+        batch: &[u8],
+        now_ms: i64,
+    ) -> Result<AppendInfo, StorageError> {
+        let header = batch::validate(batch, self.config.max_batch_bytes)?;
+        if header.base_offset != self.next_offset() as i64 {
+            return Err(StorageError::NotNextOffset {
+                base_offset: header.base_offset,
+                next_offset: self.next_offset(),
+            });
+        }
+        self.append_validated(batch, header, now_ms).await
+    }
+
+    async fn append_validated(
+        &mut self,
+        batch: &[u8],
+        header: BatchHeader,
+        now_ms: i64,
+    ) -> Result<AppendInfo, StorageError> {
+        self.roll_if_needed(&header, now_ms).await?;
+        let base_offset = header.base_offset as u64;
         let write_behind = self.config.write_behind_bytes;
         let active = self.segments.back_mut().expect("never empty");
         let position = active.log.len();

@@ -28,6 +28,7 @@ contract!(
     a_flipped_bit_is_never_served,
     read_honours_max_bytes_and_end_offset,
     segments_roll_by_age,
+    append_at_keeps_assigned_offsets_and_refuses_gaps,
 );
 
 fn small() -> LogConfig {
@@ -477,4 +478,32 @@ async fn segments_roll_by_age<D: Disk + Clone>(disk: D) {
     let log = Log::open(disk, config).await.unwrap();
     assert_eq!(log.segment_count(), 2);
     assert_eq!(read_all(&log).await.len(), 3);
+}
+
+async fn append_at_keeps_assigned_offsets_and_refuses_gaps<D: Disk + Clone>(disk: D) {
+    let mut log = Log::open(disk.clone(), small()).await.unwrap();
+    let mut b = test_batch(2, 0); // three records
+    batch::set_base_offset(&mut b, 0);
+    batch::set_partition_leader_epoch(&mut b, 4);
+    log.append_at(&b, 0).await.unwrap();
+    assert_eq!(log.next_offset(), 3);
+    batch::set_base_offset(&mut b, 5);
+    assert!(matches!(
+        log.append_at(&b, 0).await,
+        Err(StorageError::NotNextOffset { .. })
+    ));
+    batch::set_base_offset(&mut b, 3);
+    log.append_at(&b, 0).await.unwrap();
+    log.sync().await.unwrap();
+    drop(log);
+    let log = Log::open(disk, small()).await.unwrap();
+    let all = read_all(&log).await;
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].1, b, "stored byte for byte, epoch included");
+    assert_eq!(
+        BatchHeader::parse(&all[1].1)
+            .unwrap()
+            .partition_leader_epoch,
+        4
+    );
 }

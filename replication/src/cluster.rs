@@ -1,0 +1,480 @@
+//! An in-memory cluster with virtual time, for unit tests of the protocol: every node runs
+//! a [`Node`] with the same groups; storage is a vector of batches (durable at once), the
+//! network a queue with a fixed latency and cuttable links. The madsim simulator (sim/)
+//! is the faulty, randomised version of this.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use corelog_storage::batch::{BatchHeader, build};
+
+use crate::epochs::EpochCache;
+use crate::node::{Envelope, GroupId, Node};
+use crate::raft::{HardState, LogState, Raft, RaftConfig, Role, StorageOp};
+use crate::{NodeId, Offset, Term};
+
+#[derive(Default, Clone)]
+pub struct MemLog {
+    pub batches: Vec<Bytes>,
+}
+
+impl MemLog {
+    pub fn end(&self) -> Offset {
+        self.batches.last().map_or(0, |b| {
+            BatchHeader::parse(b).unwrap().last_offset() as u64 + 1
+        })
+    }
+
+    fn truncate(&mut self, offset: Offset) {
+        self.batches
+            .retain(|b| (BatchHeader::parse(b).unwrap().base_offset as u64) < offset);
+    }
+
+    fn read(&self, from: Offset, max_bytes: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for b in &self.batches {
+            let h = BatchHeader::parse(b).unwrap();
+            if h.last_offset() as u64 >= from
+                && (out.is_empty() || out.len() + b.len() <= max_bytes)
+            {
+                out.extend_from_slice(b);
+            }
+        }
+        out
+    }
+
+    fn state(&self) -> LogState {
+        let mut epochs = EpochCache::new();
+        for b in &self.batches {
+            let h = BatchHeader::parse(b).unwrap();
+            epochs.record(h.partition_leader_epoch as Term, h.base_offset as u64);
+        }
+        LogState {
+            start: 0,
+            end: self.end(),
+            epochs,
+        }
+    }
+}
+
+pub struct SimNode {
+    pub node: Option<Node>,
+    pub logs: BTreeMap<GroupId, MemLog>,
+    pub hard: BTreeMap<GroupId, HardState>,
+}
+
+pub struct Cluster {
+    pub now: u64,
+    pub nodes: BTreeMap<NodeId, SimNode>,
+    groups: Vec<GroupId>,
+    voters: Vec<NodeId>,
+    in_flight: Vec<(u64, NodeId, Envelope)>,
+    pub cut: BTreeSet<(NodeId, NodeId)>,
+    latency_ms: u64,
+    seed: u64,
+    /// (group, term) -> leader, over the whole run: at most one each.
+    pub leaders: BTreeMap<(GroupId, Term), NodeId>,
+}
+
+impl Cluster {
+    pub fn new(n: u32, groups: &[GroupId], seed: u64) -> Self {
+        let voters: Vec<NodeId> = (1..=n).collect();
+        let mut c = Self {
+            now: 0,
+            nodes: BTreeMap::new(),
+            groups: groups.to_vec(),
+            voters: voters.clone(),
+            in_flight: Vec::new(),
+            cut: BTreeSet::new(),
+            latency_ms: 5,
+            seed,
+            leaders: BTreeMap::new(),
+        };
+        for &id in &voters {
+            c.nodes.insert(
+                id,
+                SimNode {
+                    node: None,
+                    logs: BTreeMap::new(),
+                    hard: BTreeMap::new(),
+                },
+            );
+            c.start(id);
+        }
+        c
+    }
+
+    /// (Re)starts a node from what its storage holds.
+    pub fn start(&mut self, id: NodeId) {
+        let mut node = Node::new(id);
+        let sn = self.nodes.get_mut(&id).unwrap();
+        for &g in &self.groups {
+            let cfg = RaftConfig::new(id, self.voters.clone(), self.seed ^ u64::from(g) ^ self.now);
+            let log = sn.logs.entry(g).or_default().state();
+            let hard = sn.hard.get(&g).copied().unwrap_or_default();
+            node.add_group(g, Raft::new(cfg, hard, log, self.now));
+        }
+        sn.node = Some(node);
+    }
+
+    pub fn stop(&mut self, id: NodeId) {
+        self.nodes.get_mut(&id).unwrap().node = None;
+        self.in_flight.retain(|(_, to, _)| *to != id);
+    }
+
+    /// Cuts every link between `a` and the rest, both ways.
+    pub fn isolate(&mut self, a: NodeId) {
+        for &b in &self.voters {
+            if a != b {
+                self.cut.insert((a, b));
+                self.cut.insert((b, a));
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    pub fn raft(&self, id: NodeId, g: GroupId) -> &Raft {
+        self.nodes[&id].node.as_ref().unwrap().group(g).unwrap()
+    }
+
+    pub fn raft_mut(&mut self, id: NodeId, g: GroupId) -> &mut Raft {
+        self.nodes
+            .get_mut(&id)
+            .unwrap()
+            .node
+            .as_mut()
+            .unwrap()
+            .group_mut(g)
+            .unwrap()
+    }
+
+    pub fn leader_of(&self, g: GroupId) -> Option<NodeId> {
+        let mut leaders: Vec<(Term, NodeId)> = self
+            .nodes
+            .iter()
+            .filter_map(|(&id, sn)| sn.node.as_ref().map(|n| (id, n.group(g).unwrap())))
+            .filter(|(_, r)| r.role() == Role::Leader)
+            .map(|(id, r)| (r.term(), id))
+            .collect();
+        leaders.sort();
+        leaders.last().map(|&(_, id)| id)
+    }
+
+    pub fn propose(&mut self, g: GroupId, value: &[u8]) -> Option<(Offset, Offset)> {
+        let leader = self.leader_of(g)?;
+        let now = self.now;
+        self.raft_mut(leader, g)
+            .propose(now, build::batch(&[value], now as i64))
+            .ok()
+    }
+
+    /// Drains every node's outputs until quiet: storage applied at once (durable),
+    /// envelopes queued for delivery.
+    fn settle(&mut self) {
+        for _ in 0..1000 {
+            let mut busy = false;
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for id in ids {
+                let now = self.now;
+                let sn = self.nodes.get_mut(&id).unwrap();
+                let Some(node) = sn.node.as_mut() else {
+                    continue;
+                };
+                let ready = node.take_ready();
+                for w in ready.work {
+                    busy = true;
+                    if let Some(h) = w.hard_state {
+                        sn.hard.insert(w.group, h);
+                    }
+                    let log = sn.logs.entry(w.group).or_default();
+                    let mut reads = Vec::new();
+                    for op in w.storage {
+                        match op {
+                            StorageOp::Append(bs) => {
+                                for b in bs {
+                                    let h = BatchHeader::parse(&b).unwrap();
+                                    assert_eq!(
+                                        h.base_offset as u64,
+                                        log.end(),
+                                        "append must continue the log"
+                                    );
+                                    log.batches.push(b);
+                                }
+                            }
+                            StorageOp::Truncate(o) => log.truncate(o),
+                            StorageOp::Read {
+                                peer,
+                                from,
+                                max_bytes,
+                            } => reads.push((peer, from, log.read(from, max_bytes))),
+                        }
+                    }
+                    let end = log.end();
+                    node.on_persisted(now, w.group, end);
+                    for (peer, from, bytes) in reads {
+                        node.group_mut(w.group)
+                            .unwrap()
+                            .on_read(now, peer, from, bytes);
+                    }
+                }
+                for (to, env) in ready.envelopes {
+                    busy = true;
+                    if !self.cut.contains(&(id, to)) {
+                        self.in_flight.push((now + self.latency_ms, to, env));
+                    }
+                }
+                if let Some(node) = self.nodes[&id].node.as_ref() {
+                    for (g, r) in node.groups() {
+                        if r.role() == Role::Leader {
+                            let prev = self.leaders.insert((g, r.term()), id);
+                            assert!(
+                                prev.is_none_or(|p| p == id),
+                                "two leaders in term {} of group {g}",
+                                r.term()
+                            );
+                        }
+                    }
+                }
+            }
+            if !busy {
+                return;
+            }
+        }
+        panic!("cluster did not settle");
+    }
+
+    /// Advances virtual time to the next event and handles it.
+    pub fn step(&mut self) {
+        self.settle();
+        let next_msg = self.in_flight.iter().map(|(t, _, _)| *t).min();
+        let next_tick = self
+            .nodes
+            .values()
+            .filter_map(|sn| sn.node.as_ref())
+            .map(Node::next_deadline)
+            .min();
+        let next = next_msg
+            .into_iter()
+            .chain(next_tick)
+            .min()
+            .unwrap_or(self.now + 1);
+        self.now = self.now.max(next);
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.in_flight)
+            .into_iter()
+            .partition(|(t, _, _)| *t <= now);
+        self.in_flight = later;
+        for (_, to, env) in due {
+            if let Some(node) = self.nodes.get_mut(&to).and_then(|sn| sn.node.as_mut()) {
+                node.on_envelope(now, env);
+            }
+        }
+        for sn in self.nodes.values_mut() {
+            if let Some(node) = sn.node.as_mut() {
+                node.on_tick(now);
+            }
+        }
+        self.settle();
+    }
+
+    pub fn run_for(&mut self, ms: u64) {
+        let until = self.now + ms;
+        while self.now < until {
+            self.step();
+        }
+    }
+
+    /// Asserts that every two running replicas agree on every batch below both their
+    /// commit indexes.
+    pub fn check_committed_prefixes_agree(&self, g: GroupId) {
+        let live: Vec<(NodeId, Offset, &MemLog)> = self
+            .nodes
+            .iter()
+            .filter_map(|(&id, sn)| {
+                sn.node
+                    .as_ref()
+                    .map(|n| (id, n.group(g).unwrap().commit(), &sn.logs[&g]))
+            })
+            .collect();
+        for (a, ca, la) in &live {
+            for (b, cb, lb) in &live {
+                let upto = (*ca).min(*cb);
+                let pa: Vec<&Bytes> = la
+                    .batches
+                    .iter()
+                    .filter(|x| (BatchHeader::parse(x).unwrap().last_offset() as u64) < upto)
+                    .collect();
+                let pb: Vec<&Bytes> = lb
+                    .batches
+                    .iter()
+                    .filter(|x| (BatchHeader::parse(x).unwrap().last_offset() as u64) < upto)
+                    .collect();
+                assert_eq!(pa, pb, "nodes {a} and {b} diverge below commit {upto}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn elect(c: &mut Cluster, g: GroupId) -> NodeId {
+        for _ in 0..2000 {
+            c.step();
+            if let Some(l) = c.leader_of(g) {
+                if c.raft(l, g).commit() > 0 {
+                    return l;
+                }
+            }
+        }
+        panic!("no leader elected");
+    }
+
+    fn values(log: &MemLog) -> Vec<Vec<u8>> {
+        log.batches
+            .iter()
+            .filter(|b| BatchHeader::parse(b).unwrap().attributes & 0x20 == 0)
+            .map(|b| b[b.len() - 1 - 5..b.len() - 1].to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn three_replicas_elect_one_leader_and_replicate() {
+        let mut c = Cluster::new(3, &[1], 1);
+        let leader = elect(&mut c, 1);
+        for i in 0..20u8 {
+            c.propose(1, &[b'v', b'a', b'l', b'0' + i / 10, b'0' + i % 10])
+                .unwrap();
+            c.step();
+        }
+        c.run_for(500);
+        let end = c.raft(leader, 1).end();
+        for id in 1..=3 {
+            assert_eq!(c.raft(id, 1).commit(), end, "node {id} commit");
+            assert_eq!(values(&c.nodes[&id].logs[&1]).len(), 20);
+        }
+        c.check_committed_prefixes_agree(1);
+        assert!(c.raft(leader, 1).read_high_watermark(c.now).is_some());
+    }
+
+    #[test]
+    fn five_replicas_survive_leader_isolation_and_truncate_its_uncommitted_tail() {
+        let mut c = Cluster::new(5, &[1], 2);
+        let old = elect(&mut c, 1);
+        c.propose(1, b"a0000").unwrap();
+        c.run_for(200);
+        let committed = c.raft(old, 1).commit();
+        c.isolate(old);
+        // Written to the isolated leader only: can never commit.
+        c.propose(1, b"lost0");
+        c.run_for(2000);
+        let new = c.leader_of(1).filter(|&l| l != old).expect("a new leader");
+        assert!(
+            c.raft(new, 1).term() > c.raft(old, 1).term() || c.raft(old, 1).role() != Role::Leader
+        );
+        assert_eq!(
+            c.raft(old, 1).commit(),
+            committed,
+            "isolated leader must not commit"
+        );
+        assert!(
+            c.raft(old, 1).read_high_watermark(c.now).is_none(),
+            "deposed leader serves no HW"
+        );
+        let now = c.now;
+        c.raft_mut(new, 1)
+            .propose(now, build::batch(&[b"b0000"], 0))
+            .unwrap();
+        c.heal();
+        c.run_for(2000);
+        for id in 1..=5 {
+            let v = values(&c.nodes[&id].logs[&1]);
+            assert!(
+                !v.contains(&b"lost0".to_vec()),
+                "node {id} kept an uncommitted entry"
+            );
+            assert_eq!(v, vec![b"a0000".to_vec(), b"b0000".to_vec()], "node {id}");
+        }
+        c.check_committed_prefixes_agree(1);
+    }
+
+    #[test]
+    fn pre_vote_keeps_a_rejoining_node_from_disrupting_the_leader() {
+        let mut c = Cluster::new(3, &[1], 3);
+        let leader = elect(&mut c, 1);
+        let term = c.raft(leader, 1).term();
+        let other = (1..=3).find(|&i| i != leader).unwrap();
+        c.isolate(other);
+        c.run_for(5000); // many election timeouts alone
+        assert_eq!(
+            c.raft(other, 1).term(),
+            term,
+            "pre-vote must not bump the term"
+        );
+        c.heal();
+        c.run_for(1000);
+        assert_eq!(c.leader_of(1), Some(leader));
+        assert_eq!(c.raft(leader, 1).term(), term);
+    }
+
+    #[test]
+    fn restarted_nodes_keep_term_vote_and_log() {
+        let mut c = Cluster::new(3, &[1, 2], 4);
+        elect(&mut c, 1);
+        elect(&mut c, 2);
+        for i in 0..5u8 {
+            c.propose(1, &[b'x', b'x', b'x', b'x', b'0' + i]);
+            c.propose(2, &[b'y', b'y', b'y', b'y', b'0' + i]);
+            c.step();
+        }
+        c.run_for(300);
+        for id in 1..=3 {
+            c.stop(id);
+        }
+        for id in 1..=3 {
+            c.start(id);
+        }
+        let l1 = elect(&mut c, 1);
+        c.run_for(500);
+        assert_eq!(values(&c.nodes[&l1].logs[&1]).len(), 5);
+        for g in [1, 2] {
+            c.check_committed_prefixes_agree(g);
+        }
+    }
+
+    #[test]
+    fn one_heartbeat_envelope_per_peer_for_many_groups() {
+        let groups: Vec<GroupId> = (1..=20).collect();
+        let mut c = Cluster::new(3, &groups, 5);
+        c.run_for(3000);
+        // Every group has a leader; heartbeats of all groups a node leads share frames.
+        for &g in &groups {
+            assert!(c.leader_of(g).is_some(), "group {g} has no leader");
+        }
+        let leader = c.leader_of(1).unwrap();
+        let node = c.nodes.get_mut(&leader).unwrap().node.as_mut().unwrap();
+        let tick = node.next_deadline();
+        node.on_tick(tick);
+        let ready = node.take_ready();
+        assert_eq!(ready.envelopes.len(), 2, "one envelope per peer");
+        let led = node
+            .groups()
+            .filter(|(_, r)| r.role() == Role::Leader)
+            .count();
+        assert!(ready.envelopes.iter().all(|(_, e)| e.items.len() >= led));
+    }
+
+    #[test]
+    fn a_single_replica_group_commits_on_its_own_fsync() {
+        let mut c = Cluster::new(1, &[1], 6);
+        let l = elect(&mut c, 1);
+        let (_, end) = c.propose(1, b"solo0").unwrap();
+        c.step();
+        assert_eq!(c.raft(l, 1).commit(), end);
+        assert_eq!(c.raft(l, 1).read_high_watermark(c.now), Some(end));
+    }
+}

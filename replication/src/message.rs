@@ -1,0 +1,76 @@
+//! What replicas say to each other about one group.
+
+use bytes::Bytes;
+
+use crate::{NodeId, Offset, Term};
+
+/// One Raft message of one group. Offsets are Kafka offsets; an "end" is one past the
+/// last offset (an exclusive bound), so an empty log has end 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// "Would you vote for me in `term`?" Changes no state on either side, so a node that
+    /// rejoins after a partition cannot disrupt a healthy leader.
+    PreVote {
+        term: Term,
+        last_term: Term,
+        end: Offset,
+    },
+    PreVoteResponse {
+        term: Term,
+        granted: bool,
+    },
+    Vote {
+        term: Term,
+        last_term: Term,
+        end: Offset,
+    },
+    VoteResponse {
+        term: Term,
+        granted: bool,
+    },
+    /// Entries (record batches, offsets and epoch already set) continuing the log after
+    /// `prev_end`, whose previous entry has term `prev_term`. Empty: a heartbeat.
+    Append {
+        term: Term,
+        prev_end: Offset,
+        prev_term: Term,
+        commit: Offset,
+        entries: Vec<Bytes>,
+        /// The leader's clock when sent, echoed back: the basis of its lease.
+        sent_ms: u64,
+    },
+    AppendResponse {
+        term: Term,
+        /// On success: the end of the prefix known to match the leader, all durable.
+        /// On failure: where the leader should retry from.
+        end: Offset,
+        success: bool,
+        /// The `prev_end` of the request answered, so stale rejections can be ignored.
+        prev_end: Offset,
+        echo_ms: u64,
+    },
+}
+
+impl Message {
+    pub fn term(&self) -> Term {
+        match self {
+            Message::PreVote { term, .. }
+            | Message::PreVoteResponse { term, .. }
+            | Message::Vote { term, .. }
+            | Message::VoteResponse { term, .. }
+            | Message::Append { term, .. }
+            | Message::AppendResponse { term, .. } => *term,
+        }
+    }
+
+    /// Bytes of record data carried (for in-flight limits).
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Message::Append { entries, .. } => entries.iter().map(|e| e.len()).sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// A message addressed to a node.
+pub type Outgoing = (NodeId, Message);

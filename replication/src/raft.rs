@@ -1,0 +1,989 @@
+//! One replication group (one partition, or the controller) as a pure state machine.
+//!
+//! Inputs are method calls that carry `now` (milliseconds of a monotonic clock the driver
+//! owns); outputs are collected in a [`Ready`] the driver drains with [`Raft::take_ready`].
+//! The driver must, for each `Ready`, in this order:
+//! 1. persist `hard_state` durably (term and vote must survive before any reply is sent);
+//! 2. apply the `storage` ops in order (append, truncate), fdatasync, then report the
+//!    durable end with [`Raft::on_persisted`]; serve `Read` ops with [`Raft::on_read`];
+//! 3. send the `messages`.
+//!
+//! The core never acknowledges what storage has not reported durable: a follower's
+//! `AppendResponse` is produced by `on_persisted`, and the leader counts its own log only
+//! up to its durable end.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use corelog_storage::batch::{self, BatchHeader};
+
+use crate::epochs::EpochCache;
+use crate::message::{Message, Outgoing};
+use crate::{NodeId, Offset, Term};
+
+/// Timing and limits of a group. Every queue and buffer has a bound here.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    pub id: NodeId,
+    /// Every voter of the group, this node included.
+    pub voters: Vec<NodeId>,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    /// Resend from the last acknowledged offset when a follower made no progress for this
+    /// long (lost messages).
+    pub retransmit_ms: u64,
+    /// Record bytes in one Append.
+    pub max_append_bytes: usize,
+    /// Unacknowledged record bytes in flight to one follower.
+    pub max_inflight_bytes: usize,
+    /// Recent batches kept in memory to send without a storage read.
+    pub max_cache_bytes: usize,
+    /// Appended but uncommitted bytes the leader accepts before refusing proposals.
+    pub max_uncommitted_bytes: usize,
+    /// Seed of the election-timeout jitter (mixed with the node id).
+    pub seed: u64,
+    #[cfg(feature = "inject-bugs")]
+    pub bugs: crate::Bugs,
+}
+
+impl RaftConfig {
+    pub fn new(id: NodeId, voters: Vec<NodeId>, seed: u64) -> Self {
+        Self {
+            id,
+            voters,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            heartbeat_interval_ms: 50,
+            retransmit_ms: 200,
+            max_append_bytes: 256 * 1024,
+            max_inflight_bytes: 1 << 20,
+            max_cache_bytes: 4 << 20,
+            max_uncommitted_bytes: 8 << 20,
+            seed,
+            #[cfg(feature = "inject-bugs")]
+            bugs: crate::Bugs::default(),
+        }
+    }
+
+    fn majority(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+}
+
+/// Term and vote: what must be durable before a node answers anyone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HardState {
+    pub term: Term,
+    pub voted_for: Option<NodeId>,
+}
+
+/// What storage holds when a group starts.
+#[derive(Debug, Clone, Default)]
+pub struct LogState {
+    pub start: Offset,
+    /// Every batch present is durable (recovery syncs).
+    pub end: Offset,
+    pub epochs: EpochCache,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageOp {
+    /// Append these batches (offsets and epochs set) at the current end.
+    Append(Vec<Bytes>),
+    /// Drop every batch from this offset on.
+    Truncate(Offset),
+    /// Read batches from `from` (up to `max_bytes`) for `peer`; answer with `on_read`.
+    Read {
+        peer: NodeId,
+        from: Offset,
+        max_bytes: usize,
+    },
+}
+
+/// Everything the driver must do after a step. See the module docs for the order.
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub hard_state: Option<HardState>,
+    pub storage: Vec<StorageOp>,
+    pub messages: Vec<Outgoing>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.hard_state.is_none() && self.storage.is_empty() && self.messages.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// Why a proposal was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeError {
+    NotLeader {
+        leader: Option<NodeId>,
+    },
+    /// Too much appended but uncommitted: back-pressure.
+    Busy,
+    Invalid(String),
+}
+
+#[derive(Debug, Clone)]
+struct Progress {
+    /// Next offset to send (optimistic, may run ahead of `matched`).
+    next: Offset,
+    /// End of the prefix the follower has durably and matching ours.
+    matched: Offset,
+    /// (end offset, bytes) of Appends not yet acknowledged.
+    inflight: VecDeque<(Offset, usize)>,
+    inflight_bytes: usize,
+    /// Leader clock at the send of the newest acknowledged Append.
+    acked_sent_ms: Option<u64>,
+    last_progress_ms: u64,
+    reading: bool,
+}
+
+/// A pending follower acknowledgement, sent once storage reports the data durable.
+#[derive(Debug, Clone, Copy)]
+struct PendingAck {
+    leader: NodeId,
+    term: Term,
+    end: Offset,
+    prev_end: Offset,
+    echo_ms: u64,
+}
+
+pub struct Raft {
+    cfg: RaftConfig,
+    hard: HardState,
+    hard_dirty: bool,
+    role: Role,
+    leader: Option<NodeId>,
+    start: Offset,
+    end: Offset,
+    durable_end: Offset,
+    commit: Offset,
+    epochs: EpochCache,
+    /// Recent batches: (base, end, bytes), contiguous, ending at `end`.
+    cache: VecDeque<(Offset, Offset, Bytes)>,
+    cache_bytes: usize,
+    progress: BTreeMap<NodeId, Progress>,
+    votes: BTreeSet<NodeId>,
+    election_deadline_ms: u64,
+    heartbeat_deadline_ms: u64,
+    /// When this node last heard from a legitimate leader (itself, if leader).
+    leader_contact_ms: Option<u64>,
+    pending_ack: Option<PendingAck>,
+    rng: u64,
+    ready: Ready,
+}
+
+impl Raft {
+    pub fn new(cfg: RaftConfig, hard: HardState, log: LogState, now: u64) -> Self {
+        assert!(
+            cfg.voters.contains(&cfg.id),
+            "a node replicates only groups it votes in"
+        );
+        assert!(cfg.election_timeout_min_ms < cfg.election_timeout_max_ms);
+        assert!(cfg.heartbeat_interval_ms < cfg.election_timeout_min_ms);
+        let rng = cfg.seed ^ (u64::from(cfg.id).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+        let mut raft = Self {
+            hard,
+            hard_dirty: false,
+            role: Role::Follower,
+            leader: None,
+            start: log.start,
+            end: log.end,
+            durable_end: log.end,
+            commit: log.start,
+            epochs: log.epochs,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+            progress: BTreeMap::new(),
+            votes: BTreeSet::new(),
+            election_deadline_ms: 0,
+            heartbeat_deadline_ms: 0,
+            leader_contact_ms: None,
+            pending_ack: None,
+            rng,
+            ready: Ready::default(),
+            cfg,
+        };
+        raft.reset_election_timer(now);
+        raft
+    }
+
+    // ----- observers -------------------------------------------------------------------
+
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn term(&self) -> Term {
+        self.hard.term
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn hard_state(&self) -> HardState {
+        self.hard
+    }
+    /// The commit index: every offset below it is on a majority, durably. Kafka's high
+    /// watermark as far as this node knows.
+    pub fn commit(&self) -> Offset {
+        self.commit
+    }
+    pub fn end(&self) -> Offset {
+        self.end
+    }
+    pub fn durable_end(&self) -> Offset {
+        self.durable_end
+    }
+    pub fn epochs(&self) -> &EpochCache {
+        &self.epochs
+    }
+
+    /// The high watermark a leader may serve to readers at `now`, or `None` when it must
+    /// not: not leader, lease expired (a newer leader may exist), or no entry of its own
+    /// term committed yet (its commit index may be behind the previous leader's).
+    pub fn read_high_watermark(&self, now: u64) -> Option<Offset> {
+        if self.role != Role::Leader || !self.lease_valid(now) {
+            return None;
+        }
+        (self.commit > self.start && self.epochs.term_at(self.commit - 1) == self.hard.term)
+            .then_some(self.commit)
+    }
+
+    /// The next time `on_tick` must be called.
+    pub fn next_deadline(&self) -> u64 {
+        match self.role {
+            Role::Leader => self.heartbeat_deadline_ms,
+            _ => self.election_deadline_ms,
+        }
+    }
+
+    pub fn take_ready(&mut self) -> Ready {
+        if self.hard_dirty {
+            self.ready.hard_state = Some(self.hard);
+            self.hard_dirty = false;
+        }
+        std::mem::take(&mut self.ready)
+    }
+
+    // ----- inputs ----------------------------------------------------------------------
+
+    pub fn on_tick(&mut self, now: u64) {
+        match self.role {
+            Role::Leader => {
+                if self.quorum_silent_for(now) > self.cfg.election_timeout_max_ms {
+                    // Check quorum: a leader cut off from a majority steps down rather
+                    // than keep claiming a term others have moved past.
+                    self.become_follower(now, self.hard.term, None);
+                    return;
+                }
+                if now >= self.heartbeat_deadline_ms {
+                    // On multiples of the interval, so every group a node leads beats on
+                    // the same tick and `Node` sends one envelope per peer for all of them.
+                    let interval = self.cfg.heartbeat_interval_ms;
+                    self.heartbeat_deadline_ms = (now / interval + 1) * interval;
+                    let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+                    for peer in peers {
+                        self.maybe_retransmit(peer, now);
+                        self.send_append(peer, now, true);
+                    }
+                }
+            }
+            _ => {
+                if now >= self.election_deadline_ms {
+                    self.start_pre_vote(now);
+                }
+            }
+        }
+    }
+
+    /// Proposes a batch (leader only): stamps its base offset and leader epoch, appends it
+    /// and replicates it. Returns (base offset, end offset).
+    pub fn propose(&mut self, now: u64, batch: Vec<u8>) -> Result<(Offset, Offset), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if self.uncommitted_bytes() > self.cfg.max_uncommitted_bytes {
+            return Err(ProposeError::Busy);
+        }
+        let mut batch = batch;
+        let header =
+            BatchHeader::parse(&batch).map_err(|e| ProposeError::Invalid(e.to_string()))?;
+        if header.size != batch.len() {
+            return Err(ProposeError::Invalid("batch length mismatch".into()));
+        }
+        let base = self.end;
+        batch::set_base_offset(&mut batch, base as i64);
+        batch::set_partition_leader_epoch(&mut batch, self.hard.term as i32);
+        let end = base + header.last_offset_delta as u64 + 1;
+        self.append_local(Bytes::from(batch), base, end);
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            self.send_append(peer, now, false);
+        }
+        Ok((base, end))
+    }
+
+    pub fn on_message(&mut self, now: u64, from: NodeId, msg: Message) {
+        if !self.cfg.voters.contains(&from) || from == self.cfg.id {
+            return;
+        }
+        let term = msg.term();
+        match &msg {
+            Message::PreVote { .. } => {}
+            Message::PreVoteResponse { granted: true, .. } => {}
+            Message::Vote { .. } if term > self.hard.term && self.in_leader_lease(now) => {
+                // Leader stickiness: we heard from a live leader within the minimum
+                // election timeout, so this candidate cannot win honestly; ignoring it
+                // keeps the leader's lease sound.
+                return;
+            }
+            _ if term > self.hard.term => {
+                let leader = matches!(msg, Message::Append { .. }).then_some(from);
+                self.become_follower(now, term, leader);
+            }
+            _ => {}
+        }
+        match msg {
+            Message::PreVote {
+                term,
+                last_term,
+                end,
+            } => {
+                let granted = term > self.hard.term
+                    && self.log_ok(last_term, end)
+                    && !self.in_leader_lease(now);
+                let term = if granted { term } else { self.hard.term };
+                self.send(from, Message::PreVoteResponse { term, granted });
+            }
+            Message::PreVoteResponse { term, granted } => {
+                if self.role == Role::PreCandidate && granted && term == self.hard.term + 1 {
+                    self.votes.insert(from);
+                    if self.votes.len() >= self.cfg.majority() {
+                        self.start_election(now);
+                    }
+                }
+            }
+            Message::Vote {
+                term,
+                last_term,
+                end,
+            } => {
+                let free = self.hard.voted_for.is_none_or(|v| v == from) || self.bug_double_vote();
+                let granted = term == self.hard.term && free && self.log_ok(last_term, end);
+                if granted {
+                    self.hard.voted_for = Some(from);
+                    self.hard_dirty = true;
+                    self.reset_election_timer(now);
+                }
+                self.send(
+                    from,
+                    Message::VoteResponse {
+                        term: self.hard.term,
+                        granted,
+                    },
+                );
+            }
+            Message::VoteResponse { term, granted } => {
+                if self.role == Role::Candidate && granted && term == self.hard.term {
+                    self.votes.insert(from);
+                    if self.votes.len() >= self.cfg.majority() {
+                        self.become_leader(now);
+                    }
+                }
+            }
+            Message::Append {
+                term,
+                prev_end,
+                prev_term,
+                commit,
+                entries,
+                sent_ms,
+            } => {
+                self.handle_append(
+                    now, from, term, prev_end, prev_term, commit, entries, sent_ms,
+                );
+            }
+            Message::AppendResponse {
+                term,
+                end,
+                success,
+                prev_end,
+                echo_ms,
+            } => {
+                if self.role == Role::Leader && term == self.hard.term {
+                    self.handle_append_response(now, from, end, success, prev_end, echo_ms);
+                }
+            }
+        }
+    }
+
+    /// Storage reports every batch below `durable_end` durable.
+    pub fn on_persisted(&mut self, now: u64, durable_end: Offset) {
+        self.durable_end = durable_end.min(self.end);
+        if let Some(ack) = self.pending_ack {
+            if self.durable_end >= ack.end || self.bug_ack_before_fsync() {
+                self.pending_ack = None;
+                if ack.term == self.hard.term {
+                    self.send(
+                        ack.leader,
+                        Message::AppendResponse {
+                            term: ack.term,
+                            end: ack.end,
+                            success: true,
+                            prev_end: ack.prev_end,
+                            echo_ms: ack.echo_ms,
+                        },
+                    );
+                }
+            }
+        }
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
+        let _ = now;
+    }
+
+    /// Answer to a `StorageOp::Read`: whole batches starting at `from`.
+    pub fn on_read(&mut self, now: u64, peer: NodeId, from: Offset, bytes: Vec<u8>) {
+        let Some(p) = self.progress.get_mut(&peer) else {
+            return;
+        };
+        p.reading = false;
+        if self.role != Role::Leader || p.next != from {
+            return; // stale: the follower moved on
+        }
+        let mut entries = Vec::new();
+        let mut rest = Bytes::from(bytes);
+        let mut next = from;
+        while let Ok(h) = BatchHeader::parse(&rest) {
+            if h.size > rest.len() || h.base_offset as u64 != next {
+                break;
+            }
+            next = h.last_offset() as u64 + 1;
+            entries.push(rest.split_to(h.size));
+        }
+        if !entries.is_empty() {
+            self.send_entries(peer, now, from, entries, next);
+        }
+    }
+
+    // ----- roles -----------------------------------------------------------------------
+
+    fn become_follower(&mut self, now: u64, term: Term, leader: Option<NodeId>) {
+        if term > self.hard.term {
+            self.hard = HardState {
+                term,
+                voted_for: None,
+            };
+            self.hard_dirty = true;
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.progress.clear();
+        self.votes.clear();
+        self.reset_election_timer(now);
+    }
+
+    fn start_pre_vote(&mut self, now: u64) {
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.votes = BTreeSet::from([self.cfg.id]);
+        self.reset_election_timer(now);
+        if self.votes.len() >= self.cfg.majority() {
+            return self.start_election(now);
+        }
+        let msg = Message::PreVote {
+            term: self.hard.term + 1,
+            last_term: self.last_term(),
+            end: self.end,
+        };
+        self.broadcast(msg);
+    }
+
+    fn start_election(&mut self, now: u64) {
+        self.role = Role::Candidate;
+        self.hard = HardState {
+            term: self.hard.term + 1,
+            voted_for: Some(self.cfg.id),
+        };
+        self.hard_dirty = true;
+        self.votes = BTreeSet::from([self.cfg.id]);
+        self.reset_election_timer(now);
+        if self.votes.len() >= self.cfg.majority() {
+            return self.become_leader(now);
+        }
+        let msg = Message::Vote {
+            term: self.hard.term,
+            last_term: self.last_term(),
+            end: self.end,
+        };
+        self.broadcast(msg);
+    }
+
+    fn become_leader(&mut self, now: u64) {
+        self.role = Role::Leader;
+        self.leader = Some(self.cfg.id);
+        self.votes.clear();
+        self.leader_contact_ms = Some(now);
+        self.progress = self
+            .cfg
+            .voters
+            .iter()
+            .filter(|&&v| v != self.cfg.id)
+            .map(|&v| {
+                let p = Progress {
+                    next: self.end,
+                    matched: self.start,
+                    inflight: VecDeque::new(),
+                    inflight_bytes: 0,
+                    acked_sent_ms: None,
+                    last_progress_ms: now,
+                    reading: false,
+                };
+                (v, p)
+            })
+            .collect();
+        // Raft commits earlier terms' entries only through one of the current term. The
+        // Kafka way to have one at once: a LEADER_CHANGE control batch, which consumers
+        // skip, like KRaft's.
+        let control = leader_change_batch(self.cfg.id, &self.cfg.voters, now);
+        let base = self.end;
+        let mut bytes = control;
+        batch::set_base_offset(&mut bytes, base as i64);
+        batch::set_partition_leader_epoch(&mut bytes, self.hard.term as i32);
+        self.append_local(Bytes::from(bytes), base, base + 1);
+        self.heartbeat_deadline_ms = now;
+        self.on_tick(now);
+    }
+
+    // ----- log -------------------------------------------------------------------------
+
+    fn last_term(&self) -> Term {
+        if self.end > self.start {
+            self.epochs.term_at(self.end - 1)
+        } else {
+            0
+        }
+    }
+
+    /// Is a candidate's log at least as up to date as ours?
+    fn log_ok(&self, last_term: Term, end: Offset) -> bool {
+        (last_term, end) >= (self.last_term(), self.end)
+    }
+
+    fn append_local(&mut self, bytes: Bytes, base: Offset, end: Offset) {
+        debug_assert_eq!(base, self.end);
+        self.epochs.record(self.hard.term, base);
+        self.end = end;
+        self.cache_bytes += bytes.len();
+        self.cache.push_back((base, end, bytes.clone()));
+        while self.cache_bytes > self.cfg.max_cache_bytes && self.cache.len() > 1 {
+            let (_, _, b) = self.cache.pop_front().expect("len > 1");
+            self.cache_bytes -= b.len();
+        }
+        self.ready.storage.push(StorageOp::Append(vec![bytes]));
+    }
+
+    fn truncate_local(&mut self, offset: Offset) {
+        assert!(
+            offset >= self.commit,
+            "never truncate committed entries ({offset} < {})",
+            self.commit
+        );
+        self.end = offset;
+        self.durable_end = self.durable_end.min(offset);
+        self.epochs.truncate(offset);
+        while self.cache.back().is_some_and(|&(_, e, _)| e > offset) {
+            let (_, _, b) = self.cache.pop_back().expect("non-empty");
+            self.cache_bytes -= b.len();
+        }
+        self.ready.storage.push(StorageOp::Truncate(offset));
+    }
+
+    /// Bytes of uncommitted batches still cached: the newest entries, so the walk is
+    /// bounded by the limit it enforces.
+    fn uncommitted_bytes(&self) -> usize {
+        self.cache
+            .iter()
+            .rev()
+            .take_while(|(_, e, _)| *e > self.commit)
+            .map(|(_, _, b)| b.len())
+            .sum()
+    }
+
+    // ----- follower side ---------------------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_append(
+        &mut self,
+        now: u64,
+        from: NodeId,
+        term: Term,
+        prev_end: Offset,
+        prev_term: Term,
+        commit: Offset,
+        entries: Vec<Bytes>,
+        sent_ms: u64,
+    ) {
+        if term < self.hard.term {
+            self.send(
+                from,
+                Message::AppendResponse {
+                    term: self.hard.term,
+                    end: self.end,
+                    success: false,
+                    prev_end,
+                    echo_ms: sent_ms,
+                },
+            );
+            return;
+        }
+        // term == ours (a higher one made us follower above).
+        if self.role != Role::Follower || self.leader != Some(from) {
+            self.become_follower(now, term, Some(from));
+        }
+        self.leader_contact_ms = Some(now);
+        self.reset_election_timer(now);
+
+        let reject = |s: &Self, hint: Offset| Message::AppendResponse {
+            term: s.hard.term,
+            end: hint,
+            success: false,
+            prev_end,
+            echo_ms: sent_ms,
+        };
+        if prev_end > self.end {
+            let m = reject(self, self.end);
+            return self.send(from, m);
+        }
+        if prev_end > self.start && self.epochs.term_at(prev_end - 1) != prev_term {
+            // Retry from the start of our conflicting term: skips a whole term per round.
+            let hint = self
+                .epochs
+                .term_start(prev_end - 1)
+                .max(self.commit)
+                .min(prev_end - 1);
+            let m = reject(self, hint);
+            return self.send(from, m);
+        }
+        let mut matched = prev_end;
+        for bytes in entries {
+            let Ok(h) = BatchHeader::parse(&bytes) else {
+                break;
+            };
+            let (base, end, eterm) = (
+                h.base_offset as u64,
+                h.last_offset() as u64 + 1,
+                h.partition_leader_epoch as Term,
+            );
+            if base != matched {
+                break; // not contiguous: ignore the rest, the leader will resend
+            }
+            if base < self.end {
+                if self.epochs.term_at(base) == eterm {
+                    matched = end; // already have it (log matching: identical)
+                    continue;
+                }
+                self.truncate_local(base);
+            }
+            self.epochs.record(eterm, base);
+            self.end = end;
+            self.ready.storage.push(StorageOp::Append(vec![bytes]));
+            matched = end;
+        }
+        let new_commit = commit.min(matched);
+        if new_commit > self.commit {
+            self.commit = new_commit;
+        }
+        // The ack waits for storage: only durable data is acknowledged.
+        let ack = PendingAck {
+            leader: from,
+            term,
+            end: matched,
+            prev_end,
+            echo_ms: sent_ms,
+        };
+        self.pending_ack = Some(match self.pending_ack {
+            Some(old) if old.term == term && old.end > ack.end => PendingAck {
+                echo_ms: ack.echo_ms.max(old.echo_ms),
+                ..old
+            },
+            _ => ack,
+        });
+        if self.durable_end >= matched {
+            self.on_persisted(now, self.durable_end);
+        }
+    }
+
+    // ----- leader side -----------------------------------------------------------------
+
+    fn handle_append_response(
+        &mut self,
+        now: u64,
+        from: NodeId,
+        end: Offset,
+        success: bool,
+        prev_end: Offset,
+        echo_ms: u64,
+    ) {
+        let Some(p) = self.progress.get_mut(&from) else {
+            return;
+        };
+        if success {
+            if end > p.matched {
+                p.matched = end;
+                p.last_progress_ms = now;
+            }
+            p.next = p.next.max(p.matched);
+            p.acked_sent_ms = Some(p.acked_sent_ms.map_or(echo_ms, |t| t.max(echo_ms)));
+            while p.inflight.front().is_some_and(|&(e, _)| e <= p.matched) {
+                let (_, b) = p.inflight.pop_front().expect("non-empty");
+                p.inflight_bytes -= b;
+            }
+            self.maybe_commit();
+        } else {
+            p.acked_sent_ms = Some(p.acked_sent_ms.map_or(echo_ms, |t| t.max(echo_ms)));
+            if prev_end < p.matched || prev_end > p.next {
+                return; // stale rejection
+            }
+            p.next = end.max(p.matched).min(self.end);
+            p.inflight.clear();
+            p.inflight_bytes = 0;
+        }
+        self.send_append(from, now, false);
+    }
+
+    fn maybe_retransmit(&mut self, peer: NodeId, now: u64) {
+        let retransmit = self.cfg.retransmit_ms;
+        let Some(p) = self.progress.get_mut(&peer) else {
+            return;
+        };
+        if p.next > p.matched && now.saturating_sub(p.last_progress_ms) >= retransmit {
+            p.next = p.matched;
+            p.inflight.clear();
+            p.inflight_bytes = 0;
+            p.last_progress_ms = now;
+        }
+    }
+
+    /// Sends what `peer` lacks, within limits; or a heartbeat if `heartbeat` and nothing to
+    /// send.
+    fn send_append(&mut self, peer: NodeId, now: u64, heartbeat: bool) {
+        let Some(p) = self.progress.get(&peer) else {
+            return;
+        };
+        let (next, matched) = (p.next, p.matched);
+        if next < self.end && p.inflight_bytes < self.cfg.max_inflight_bytes && !p.reading {
+            let cached = self.cache.front().is_some_and(|&(b, _, _)| b <= next);
+            if cached {
+                let budget = self
+                    .cfg
+                    .max_append_bytes
+                    .min(self.cfg.max_inflight_bytes - p.inflight_bytes);
+                let mut entries = Vec::new();
+                let mut size = 0;
+                let mut upto = next;
+                for (b, e, bytes) in &self.cache {
+                    if *b < next {
+                        continue;
+                    }
+                    if *b != upto || (!entries.is_empty() && size + bytes.len() > budget) {
+                        break;
+                    }
+                    size += bytes.len();
+                    entries.push(bytes.clone());
+                    upto = *e;
+                }
+                if !entries.is_empty() {
+                    return self.send_entries(peer, now, next, entries, upto);
+                }
+            } else {
+                let max_bytes = self.cfg.max_append_bytes;
+                if let Some(p) = self.progress.get_mut(&peer) {
+                    p.reading = true;
+                }
+                self.ready.storage.push(StorageOp::Read {
+                    peer,
+                    from: next,
+                    max_bytes,
+                });
+            }
+        }
+        if heartbeat {
+            // Heartbeats claim only the known-matching prefix, so they never race the
+            // pipelined Appends.
+            let prev_term = if matched > self.start {
+                self.epochs.term_at(matched - 1)
+            } else {
+                0
+            };
+            let msg = Message::Append {
+                term: self.hard.term,
+                prev_end: matched,
+                prev_term,
+                commit: self.commit.min(matched),
+                entries: Vec::new(),
+                sent_ms: now,
+            };
+            self.send(peer, msg);
+        }
+    }
+
+    fn send_entries(
+        &mut self,
+        peer: NodeId,
+        now: u64,
+        from: Offset,
+        entries: Vec<Bytes>,
+        upto: Offset,
+    ) {
+        let size: usize = entries.iter().map(|e| e.len()).sum();
+        let prev_term = if from > self.start {
+            self.epochs.term_at(from - 1)
+        } else {
+            0
+        };
+        let msg = Message::Append {
+            term: self.hard.term,
+            prev_end: from,
+            prev_term,
+            commit: self.commit,
+            entries,
+            sent_ms: now,
+        };
+        if let Some(p) = self.progress.get_mut(&peer) {
+            p.next = upto;
+            p.inflight.push_back((upto, size));
+            p.inflight_bytes += size;
+        }
+        self.send(peer, msg);
+    }
+
+    fn maybe_commit(&mut self) {
+        let mut ends: Vec<Offset> = self.progress.values().map(|p| p.matched).collect();
+        ends.push(self.durable_end);
+        ends.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_end = ends[self.cfg.majority() - 1];
+        // Only an entry of the current term is committed by counting replicas (Raft 5.4.2);
+        // earlier ones commit with it.
+        let own_term =
+            quorum_end > self.start && self.epochs.term_at(quorum_end - 1) == self.hard.term;
+        if quorum_end > self.commit && (own_term || self.bug_commit_old_term()) {
+            self.commit = quorum_end;
+        }
+    }
+
+    /// How long since the newest send that a majority (counting ourselves) acknowledged.
+    fn quorum_silent_for(&self, now: u64) -> u64 {
+        now.saturating_sub(
+            self.quorum_acked_sent_ms(now)
+                .unwrap_or(self.leader_contact_ms.unwrap_or(now)),
+        )
+    }
+
+    fn quorum_acked_sent_ms(&self, now: u64) -> Option<u64> {
+        let mut sent: Vec<Option<u64>> = self.progress.values().map(|p| p.acked_sent_ms).collect();
+        sent.push(Some(now));
+        sent.sort_unstable_by(|a, b| b.cmp(a));
+        sent[self.cfg.majority() - 1]
+    }
+
+    /// A majority acknowledged a message sent less than the minimum election timeout ago.
+    /// They ignore candidates for that long after hearing from us (counted from receipt,
+    /// which is later than our send), so no other leader can exist yet.
+    fn lease_valid(&self, now: u64) -> bool {
+        if self.cfg.voters.len() == 1 {
+            return true;
+        }
+        self.quorum_acked_sent_ms(now)
+            .is_some_and(|t| now < t + self.cfg.election_timeout_min_ms)
+    }
+
+    fn in_leader_lease(&self, now: u64) -> bool {
+        self.role == Role::Leader
+            || self.leader_contact_ms.is_some_and(|t| {
+                self.leader.is_some() && now < t + self.cfg.election_timeout_min_ms
+            })
+    }
+
+    // ----- plumbing --------------------------------------------------------------------
+
+    fn send(&mut self, to: NodeId, msg: Message) {
+        self.ready.messages.push((to, msg));
+    }
+
+    fn broadcast(&mut self, msg: Message) {
+        for &v in &self.cfg.voters {
+            if v != self.cfg.id {
+                self.ready.messages.push((v, msg.clone()));
+            }
+        }
+    }
+
+    fn reset_election_timer(&mut self, now: u64) {
+        // xorshift64*: deterministic jitter from the seed.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let r = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        let span = self.cfg.election_timeout_max_ms - self.cfg.election_timeout_min_ms;
+        self.election_deadline_ms = now + self.cfg.election_timeout_min_ms + r % span;
+    }
+
+    #[cfg(feature = "inject-bugs")]
+    fn bug_commit_old_term(&self) -> bool {
+        self.cfg.bugs.commit_old_term
+    }
+    #[cfg(not(feature = "inject-bugs"))]
+    fn bug_commit_old_term(&self) -> bool {
+        false
+    }
+    #[cfg(feature = "inject-bugs")]
+    fn bug_ack_before_fsync(&self) -> bool {
+        self.cfg.bugs.ack_before_fsync
+    }
+    #[cfg(not(feature = "inject-bugs"))]
+    fn bug_ack_before_fsync(&self) -> bool {
+        false
+    }
+    #[cfg(feature = "inject-bugs")]
+    fn bug_double_vote(&self) -> bool {
+        self.cfg.bugs.double_vote
+    }
+    #[cfg(not(feature = "inject-bugs"))]
+    fn bug_double_vote(&self) -> bool {
+        false
+    }
+}
+
+/// A Kafka LEADER_CHANGE control batch (control record type 2), as KRaft writes: key
+/// `[version i16 = 0][type i16 = 2]`, value LeaderChangeMessage v0 (version, leader id,
+/// voters, granting voters).
+pub fn leader_change_batch(leader: NodeId, voters: &[NodeId], now_ms: u64) -> Vec<u8> {
+    let key = [0u8, 0, 0, 2];
+    let mut value = Vec::with_capacity(16 + 8 * voters.len());
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&(leader as i32).to_be_bytes());
+    for _ in 0..2 {
+        value.extend_from_slice(&(voters.len() as i32).to_be_bytes());
+        for v in voters {
+            value.extend_from_slice(&(*v as i32).to_be_bytes());
+        }
+    }
+    batch::build::control_batch(&key, &value, now_ms as i64)
+}
