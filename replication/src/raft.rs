@@ -458,7 +458,8 @@ impl Raft {
         let _ = now;
     }
 
-    /// Answer to a `StorageOp::Read`: whole batches starting at `from`.
+    /// Answer to a `StorageOp::Read`: whole batches starting at `from`; empty if the read
+    /// failed (it is retried later).
     pub fn on_read(&mut self, now: u64, peer: NodeId, from: Offset, bytes: Vec<u8>) {
         let Some(p) = self.progress.get_mut(&peer) else {
             return;
@@ -467,18 +468,26 @@ impl Raft {
         if self.role != Role::Leader || p.next != from {
             return; // stale: the follower moved on
         }
+        // The first batch is the one holding `from` (it may start before it).
         let mut entries = Vec::new();
         let mut rest = Bytes::from(bytes);
+        let mut start = None;
         let mut next = from;
         while let Ok(h) = BatchHeader::parse(&rest) {
-            if h.size > rest.len() || h.base_offset as u64 != next {
+            let (base, end) = (h.base_offset as u64, h.last_offset() as u64 + 1);
+            let fits = match start {
+                None => base <= from && from < end,
+                Some(_) => base == next,
+            };
+            if h.size > rest.len() || !fits {
                 break;
             }
-            next = h.last_offset() as u64 + 1;
+            start.get_or_insert(base);
+            next = end;
             entries.push(rest.split_to(h.size));
         }
-        if !entries.is_empty() {
-            self.send_entries(peer, now, from, entries, next);
+        if let Some(start) = start {
+            self.send_entries(peer, now, start, entries, next);
         }
     }
 
@@ -539,6 +548,10 @@ impl Raft {
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
         self.votes.clear();
+        // What a follower appended never entered the cache; start it afresh so it stays
+        // one contiguous run ending at `end`.
+        self.cache.clear();
+        self.cache_bytes = 0;
         self.leader_contact_ms = Some(now);
         self.progress = self
             .cfg
@@ -773,10 +786,14 @@ impl Raft {
         let Some(p) = self.progress.get_mut(&peer) else {
             return;
         };
-        if p.next > p.matched && now.saturating_sub(p.last_progress_ms) >= retransmit {
+        if (p.next > p.matched || p.reading) && now.saturating_sub(p.last_progress_ms) >= retransmit
+        {
+            // Lost messages, or a storage read that never came back: start over from
+            // what the follower is known to have.
             p.next = p.matched;
             p.inflight.clear();
             p.inflight_bytes = 0;
+            p.reading = false;
             p.last_progress_ms = now;
         }
     }
@@ -789,29 +806,34 @@ impl Raft {
         };
         let (next, matched) = (p.next, p.matched);
         if next < self.end && p.inflight_bytes < self.cfg.max_inflight_bytes && !p.reading {
+            // The cache holds a contiguous run ending at `end`, so it can serve `next` iff
+            // its first batch starts at or before it.
             let cached = self.cache.front().is_some_and(|&(b, _, _)| b <= next);
             if cached {
                 let budget = self
                     .cfg
                     .max_append_bytes
                     .min(self.cfg.max_inflight_bytes - p.inflight_bytes);
+                // Start at the batch holding `next`: a follower's hint need not fall on
+                // one of our batch boundaries.
                 let mut entries = Vec::new();
                 let mut size = 0;
+                let mut start = None;
                 let mut upto = next;
                 for (b, e, bytes) in &self.cache {
-                    if *b < next {
+                    if *e <= next {
                         continue;
                     }
-                    if *b != upto || (!entries.is_empty() && size + bytes.len() > budget) {
+                    if start.is_some() && (*b != upto || size + bytes.len() > budget) {
                         break;
                     }
+                    start.get_or_insert(*b);
                     size += bytes.len();
                     entries.push(bytes.clone());
                     upto = *e;
                 }
-                if !entries.is_empty() {
-                    return self.send_entries(peer, now, next, entries, upto);
-                }
+                let start = start.expect("a contiguous cache ending at `end` serves `next`");
+                return self.send_entries(peer, now, start, entries, upto);
             } else {
                 let max_bytes = self.cfg.max_append_bytes;
                 if let Some(p) = self.progress.get_mut(&peer) {

@@ -1,0 +1,1045 @@
+//! One simulated run: brokers, clients, faults, and the checker, all in madsim.
+//!
+//! PRNG streams are separate per concern (network: madsim's own, seeded with the run's
+//! seed; disk, workload and faults: our own SplitMix64 streams derived from the seed), so
+//! a change in one concern does not reshuffle the others.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use corelog_replication::frame;
+use corelog_replication::node::NodeReady;
+use corelog_replication::{
+    EpochCache, GroupId, HardState, LogState, Node, NodeId, Offset, Raft, RaftConfig, Role,
+    StorageOp, Term,
+};
+use corelog_storage::batch::{self, BatchHeader, build};
+use corelog_storage::{Disk, DiskFile, FaultConfig, Log, LogConfig, SimDisk};
+use madsim::net::{Endpoint, NetSim};
+use madsim::runtime::Handle;
+use madsim::time::{Instant, sleep};
+
+use crate::checker::{History, Identity};
+use crate::wire;
+
+const PORT: u16 = 7000;
+
+/// The options of one run, drawn from its seed (swarm testing: each seed its own mix).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub nodes: u32,
+    pub groups: u32,
+    pub clients: u32,
+    pub packet_loss: f64,
+    pub latency_max_ms: u64,
+    pub fault_ms: u64,
+    pub fault_every_ms: (u64, u64),
+    pub crash_weight: u32,
+    pub partition_weight: u32,
+    pub pause_weight: u32,
+    pub clock_weight: u32,
+    pub disk_fault_weight: u32,
+    #[cfg(feature = "inject-bugs")]
+    pub bugs: corelog_replication::Bugs,
+}
+
+impl RunOptions {
+    pub fn from_seed(seed: u64) -> Self {
+        let mut r = SplitMix64(seed ^ 0x5eed_0f_0f7105);
+        Self {
+            nodes: if r.below(3) == 0 { 5 } else { 3 },
+            groups: 1 + r.below(3) as u32,
+            clients: 1 + r.below(3) as u32,
+            packet_loss: [0.0, 0.005, 0.02, 0.05][r.below(4) as usize],
+            latency_max_ms: 2 + r.below(20),
+            fault_ms: 6_000 + r.below(6_000),
+            fault_every_ms: (100, 300 + r.below(1_200)),
+            crash_weight: r.below(4) as u32,
+            partition_weight: r.below(4) as u32,
+            pause_weight: r.below(3) as u32,
+            clock_weight: r.below(2) as u32,
+            disk_fault_weight: r.below(2) as u32,
+            #[cfg(feature = "inject-bugs")]
+            bugs: corelog_replication::Bugs::default(),
+        }
+    }
+}
+
+/// The result of a run.
+pub struct Outcome {
+    pub seed: u64,
+    pub trace_hash: u64,
+    pub violations: Vec<String>,
+    pub tail: Vec<String>,
+    pub acked: u64,
+    pub reads: u64,
+    pub options: RunOptions,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Shared by every simulated node of a run. madsim runs a simulation on one thread, so
+/// this lives in a thread-local and node tasks borrow it without `Send`.
+struct World {
+    opts: RunOptions,
+    seed: u64,
+    start: Instant,
+    history: RefCell<History>,
+    /// (node, group) -> disk; group u32::MAX is the node's hard-state disk.
+    disks: RefCell<BTreeMap<(NodeId, GroupId), SimDisk>>,
+    clock_jump_ms: RefCell<BTreeMap<NodeId, u64>>,
+    /// Bumped at each (re)start of a node: seeds its election jitter afresh.
+    incarnation: RefCell<BTreeMap<NodeId, u64>>,
+    disk_rng: RefCell<SplitMix64>,
+    /// Nodes whose one disk gets latent read errors (at most one replica).
+    read_faults: RefCell<BTreeSet<NodeId>>,
+    finished: RefCell<bool>,
+    /// Set before the final read-back: clients finish their operation in hand and stop,
+    /// so that nothing is acknowledged after the log was read.
+    stop_clients: RefCell<bool>,
+    clients_running: RefCell<u32>,
+    /// Each node's latest view of each group, printed when liveness fails.
+    status: RefCell<BTreeMap<(NodeId, GroupId), String>>,
+}
+
+thread_local! {
+    static WORLD: RefCell<Option<Rc<World>>> = const { RefCell::new(None) };
+}
+
+fn world() -> Rc<World> {
+    WORLD.with(|w| w.borrow().clone().expect("world set for the run"))
+}
+
+impl World {
+    fn now_ms(&self, node: NodeId) -> u64 {
+        let jump = self.clock_jump_ms.borrow().get(&node).copied().unwrap_or(0);
+        self.start.elapsed().as_millis() as u64 + jump
+    }
+
+    fn sim_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn event(&self, text: String) {
+        let now = self.sim_ms();
+        if std::env::var_os("CORELOG_SIM_DEBUG").is_some() {
+            eprintln!("{now:>7} event {text}");
+        }
+        self.history.borrow_mut().event(now, text);
+    }
+
+    fn disk(&self, node: NodeId, group: GroupId) -> SimDisk {
+        let mut disks = self.disks.borrow_mut();
+        let seed = self.seed ^ (u64::from(node) << 40) ^ u64::from(group);
+        disks
+            .entry((node, group))
+            .or_insert_with(|| SimDisk::with_faults(seed, FaultConfig::default()))
+            .clone()
+    }
+
+    async fn disk_latency(&self) {
+        let us = self.disk_rng.borrow_mut().below(3_000) + 50;
+        sleep(Duration::from_micros(us)).await;
+    }
+}
+
+fn addr(node: NodeId) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, node as u8)), PORT)
+}
+
+fn client_addr(client: u32) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, client as u8)), PORT)
+}
+
+const META: GroupId = u32::MAX;
+
+fn log_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 * 1024,
+        index_interval_bytes: 1024,
+        ..LogConfig::default()
+    }
+}
+
+// ----- hard state: two slots per group, so a torn write never loses the older value -----
+
+async fn load_hard_state(
+    file: &corelog_storage::SimFile,
+    group: GroupId,
+) -> std::io::Result<(HardState, u64)> {
+    let mut best = (HardState::default(), 0u64);
+    for slot in 0..2u64 {
+        let b = file
+            .read_at((u64::from(group) * 2 + slot) * 4096, 28)
+            .await?;
+        if b.len() < 28 {
+            continue;
+        }
+        let crc = u32::from_le_bytes(b[24..28].try_into().unwrap());
+        if crc32c::crc32c(&b[..24]) != crc || b[..24].iter().all(|&x| x == 0) {
+            continue;
+        }
+        let seq = u64::from_le_bytes(b[0..8].try_into().unwrap());
+        let term = u32::from_le_bytes(b[8..12].try_into().unwrap());
+        let voted = u32::from_le_bytes(b[12..16].try_into().unwrap());
+        if seq >= best.1 {
+            best = (
+                HardState {
+                    term,
+                    voted_for: (voted != u32::MAX).then_some(voted),
+                },
+                seq,
+            );
+        }
+    }
+    Ok(best)
+}
+
+async fn save_hard_state(
+    file: &corelog_storage::SimFile,
+    group: GroupId,
+    hs: HardState,
+    seq: u64,
+) -> std::io::Result<()> {
+    let mut block = vec![0u8; 4096];
+    block[0..8].copy_from_slice(&seq.to_le_bytes());
+    block[8..12].copy_from_slice(&hs.term.to_le_bytes());
+    block[12..16].copy_from_slice(&hs.voted_for.unwrap_or(u32::MAX).to_le_bytes());
+    let crc = crc32c::crc32c(&block[..24]);
+    block[24..28].copy_from_slice(&crc.to_le_bytes());
+    file.write_at((u64::from(group) * 2 + seq % 2) * 4096, &block)
+        .await?;
+    file.sync().await
+}
+
+// ----- broker ----------------------------------------------------------------------------
+
+struct Group {
+    log: Log<SimDisk>,
+    /// (base, end, crc) of every batch in the log, mirrored for the checker.
+    mirror: Vec<(Offset, Offset, u32)>,
+    checked_commit: Offset,
+    hard_seq: u64,
+}
+
+struct Pending {
+    group: GroupId,
+    base: Offset,
+    end: Offset,
+    term: Term,
+    client: SocketAddr,
+    req: u64,
+    deadline: u64,
+}
+
+async fn broker_main(id: NodeId) {
+    let w = world();
+    let incarnation = {
+        let mut inc = w.incarnation.borrow_mut();
+        let e = inc.entry(id).or_insert(0);
+        *e += 1;
+        *e
+    };
+    w.event(format!("node {id} starts (incarnation {incarnation})"));
+    let meta = w
+        .disk(id, META)
+        .open("raft-state")
+        .await
+        .expect("meta file");
+    if let Err(e) = w.disk(id, META).sync_dir().await {
+        panic!("meta dir sync: {e}");
+    }
+    let mut node = Node::new(id);
+    let mut groups: BTreeMap<GroupId, Group> = BTreeMap::new();
+    let voters: Vec<NodeId> = (1..=w.opts.nodes).collect();
+    let now = w.now_ms(id);
+    for g in 1..=w.opts.groups {
+        let (hard, hard_seq) = load_hard_state(&meta, g).await.expect("read hard state");
+        // A disk that errs on recovery keeps the node down (fail-stop) until it reads.
+        let (log, mirror, epochs) = loop {
+            match open_group(&w, id, g).await {
+                Ok(x) => break x,
+                Err(e) => {
+                    w.event(format!("node {id} cannot open g{g}: {e}; retrying"));
+                    sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        let state = LogState {
+            start: log.log_start_offset(),
+            end: log.next_offset(),
+            epochs,
+        };
+        #[allow(unused_mut)]
+        let mut cfg = RaftConfig::new(
+            id,
+            voters.clone(),
+            w.seed ^ (u64::from(g) << 20) ^ (incarnation << 40),
+        );
+        #[cfg(feature = "inject-bugs")]
+        {
+            cfg.bugs = w.opts.bugs;
+        }
+        node.add_group(g, Raft::new(cfg, hard, state, now));
+        groups.insert(
+            g,
+            Group {
+                log,
+                mirror,
+                checked_commit: 0,
+                hard_seq: hard_seq + 1,
+            },
+        );
+    }
+    let ep = Endpoint::bind(addr(id)).await.expect("bind");
+    let mut pending: Vec<Pending> = Vec::new();
+    loop {
+        let now = w.now_ms(id);
+        let wait = node.next_deadline().saturating_sub(now).clamp(1, 20);
+        if let Ok(Ok((payload, from))) =
+            madsim::time::timeout(Duration::from_millis(wait), ep.recv_from_raw(0)).await
+        {
+            let bytes = *payload
+                .downcast::<Vec<u8>>()
+                .expect("datagrams are byte vectors");
+            let now = w.now_ms(id);
+            handle_datagram(
+                &w,
+                id,
+                &mut node,
+                &mut groups,
+                &mut pending,
+                &ep,
+                now,
+                from,
+                bytes,
+            )
+            .await;
+        }
+        let now = w.now_ms(id);
+        node.on_tick(now);
+        drive(&w, id, &mut node, &mut groups, &meta, &ep).await;
+        answer_pending(&w, id, &node, &mut pending, &ep).await;
+        if *w.finished.borrow() {
+            return;
+        }
+    }
+}
+
+type Mirror = Vec<(Offset, Offset, u32)>;
+
+/// Opens a group's log and rebuilds what the core needs from it: the term of every batch
+/// (the epoch cache) and the checker's mirror.
+async fn open_group(
+    w: &World,
+    id: NodeId,
+    g: GroupId,
+) -> Result<(Log<SimDisk>, Mirror, EpochCache), corelog_storage::StorageError> {
+    let log = Log::open(w.disk(id, g), log_config()).await?;
+    let mut mirror = Vec::new();
+    let mut epochs = EpochCache::new();
+    let mut from = log.log_start_offset();
+    while from < log.next_offset() {
+        let got = log.read(from, 1 << 20).await?;
+        let mut rest = got.bytes.as_slice();
+        while let Ok(h) = BatchHeader::parse(rest) {
+            epochs.record(h.partition_leader_epoch as Term, h.base_offset as u64);
+            mirror.push((
+                h.base_offset as u64,
+                h.last_offset() as u64 + 1,
+                crc32c::crc32c(&rest[..h.size]),
+            ));
+            rest = &rest[h.size..];
+        }
+        from = got.next_offset;
+    }
+    Ok((log, mirror, epochs))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle_datagram(
+    w: &World,
+    id: NodeId,
+    node: &mut Node,
+    groups: &mut BTreeMap<GroupId, Group>,
+    pending: &mut Vec<Pending>,
+    ep: &Endpoint,
+    now: u64,
+    from: SocketAddr,
+    bytes: Vec<u8>,
+) {
+    match bytes.first() {
+        Some(&wire::RAFT) => match frame::decode(Bytes::from(bytes).slice(1..)) {
+            Ok(env) => node.on_envelope(now, env),
+            Err(e) => w.event(format!("node {id} drops a bad frame: {e}")),
+        },
+        Some(&wire::PRODUCE) => {
+            let Some(req) = wire::parse_request(&bytes) else {
+                return;
+            };
+            let Some(raft) = node.group_mut(req.group) else {
+                return;
+            };
+            let term = raft.term();
+            match raft.propose(now, req.rest.to_vec()) {
+                Ok((base, end)) => pending.push(Pending {
+                    group: req.group,
+                    base,
+                    end,
+                    term,
+                    client: from,
+                    req: req.req,
+                    deadline: now + 2_000,
+                }),
+                Err(_) => {
+                    let _ = ep
+                        .send_to(
+                            from,
+                            0,
+                            &wire::response(wire::PRODUCE_RESP, req.req, wire::NOT_LEADER, &[]),
+                        )
+                        .await;
+                }
+            }
+        }
+        Some(&wire::READ) => {
+            let Some(req) = wire::parse_request(&bytes) else {
+                return;
+            };
+            let Some(raft) = node.group(req.group) else {
+                return;
+            };
+            let from_offset = u64::from_le_bytes(req.rest[..8].try_into().unwrap_or([0; 8]));
+            let resp = match raft.read_high_watermark(now) {
+                None => wire::response(wire::READ_RESP, req.req, wire::NOT_LEADER, &[]),
+                Some(hw) => {
+                    let g = &groups[&req.group];
+                    match g.log.read_up_to(from_offset, 16 * 1024, hw).await {
+                        Ok(r) => wire::response(wire::READ_RESP, req.req, wire::OK, &r.bytes),
+                        Err(e) => {
+                            w.event(format!(
+                                "node {id} read g{} from {from_offset} failed: {e}",
+                                req.group
+                            ));
+                            wire::response(wire::READ_RESP, req.req, wire::FAILED, &[])
+                        }
+                    }
+                }
+            };
+            let _ = ep.send_to(from, 0, &resp).await;
+        }
+        _ => {}
+    }
+}
+
+/// Carries out what the node asks: hard state first, then messages, then storage (so a
+/// protocol that acknowledged before its fsync would be caught by a crash in between).
+async fn drive(
+    w: &World,
+    id: NodeId,
+    node: &mut Node,
+    groups: &mut BTreeMap<GroupId, Group>,
+    meta: &corelog_storage::SimFile,
+    ep: &Endpoint,
+) {
+    for _ in 0..64 {
+        let NodeReady { work, envelopes } = node.take_ready();
+        if work.is_empty() && envelopes.is_empty() {
+            break;
+        }
+        for gw in &work {
+            if let Some(hs) = gw.hard_state {
+                let g = groups.get_mut(&gw.group).expect("known group");
+                w.disk_latency().await;
+                save_hard_state(meta, gw.group, hs, g.hard_seq)
+                    .await
+                    .expect("save hard state");
+                g.hard_seq += 1;
+            }
+        }
+        for (to, env) in envelopes {
+            if std::env::var_os("CORELOG_SIM_DEBUG").is_some() {
+                for (g, m) in &env.items {
+                    let m = match m {
+                        corelog_replication::Message::Append {
+                            term,
+                            prev_end,
+                            prev_term,
+                            commit,
+                            entries,
+                            ..
+                        } => {
+                            format!(
+                                "Append t{term} prev {prev_end}/t{prev_term} commit {commit} n={}",
+                                entries.len()
+                            )
+                        }
+                        other => format!("{other:?}"),
+                    };
+                    eprintln!("{:>7} {id}->{to} g{g} {m}", w.sim_ms());
+                }
+            }
+            let mut bytes = vec![wire::RAFT];
+            bytes.extend_from_slice(&frame::encode(&env));
+            let _ = ep.send_to(addr(to), 0, &bytes).await;
+        }
+        for gw in work {
+            let g = groups.get_mut(&gw.group).expect("known group");
+            let mut reads = Vec::new();
+            let mut wrote = false;
+            for op in gw.storage {
+                let now = w.now_ms(id);
+                match op {
+                    StorageOp::Append(batches) => {
+                        for b in batches {
+                            let h = BatchHeader::parse(&b).expect("core sends whole batches");
+                            g.log.append_at(&b, now as i64).await.expect("append");
+                            g.mirror.push((
+                                h.base_offset as u64,
+                                h.last_offset() as u64 + 1,
+                                crc32c::crc32c(&b),
+                            ));
+                        }
+                        wrote = true;
+                    }
+                    StorageOp::Truncate(offset) => {
+                        g.log.truncate_to(offset).await.expect("truncate");
+                        g.mirror.retain(|&(b, _, _)| b < offset);
+                        wrote = true;
+                    }
+                    StorageOp::Read {
+                        peer,
+                        from,
+                        max_bytes,
+                    } => reads.push((peer, from, max_bytes)),
+                }
+            }
+            if wrote {
+                w.disk_latency().await;
+                let durable = g.log.sync().await.expect("sync");
+                node.on_persisted(w.now_ms(id), gw.group, durable);
+            }
+            for (peer, from, max_bytes) in reads {
+                let end = g.log.next_offset();
+                match g.log.read_up_to(from, max_bytes, end).await {
+                    Ok(r) => {
+                        if let Some(raft) = node.group_mut(gw.group) {
+                            raft.on_read(w.now_ms(id), peer, from, r.bytes);
+                        }
+                    }
+                    Err(e) => {
+                        w.event(format!(
+                            "node {id} replication read g{} from {from}: {e}",
+                            gw.group
+                        ));
+                        if let Some(raft) = node.group_mut(gw.group) {
+                            raft.on_read(w.now_ms(id), peer, from, Vec::new());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Report leadership and commits to the checker.
+    let now = w.sim_ms();
+    for (gid, raft) in node.groups() {
+        w.status.borrow_mut().insert(
+            (id, gid),
+            format!(
+                "{:?} term {} leader {:?} commit {} end {} durable {}",
+                raft.role(),
+                raft.term(),
+                raft.leader(),
+                raft.commit(),
+                raft.end(),
+                raft.durable_end()
+            ),
+        );
+        if raft.role() == Role::Leader {
+            w.history.borrow_mut().leader(now, gid, raft.term(), id);
+        }
+        let g = groups.get_mut(&gid).expect("known group");
+        let commit = raft.commit();
+        if commit > g.checked_commit {
+            let mut h = w.history.borrow_mut();
+            for &(base, end, crc) in g
+                .mirror
+                .iter()
+                .filter(|&&(_, e, _)| e > g.checked_commit && e <= commit)
+            {
+                h.committed(now, id, gid, base, end, crc);
+            }
+            g.checked_commit = commit;
+        }
+    }
+}
+
+async fn answer_pending(
+    w: &World,
+    id: NodeId,
+    node: &Node,
+    pending: &mut Vec<Pending>,
+    ep: &Endpoint,
+) {
+    let now = w.now_ms(id);
+    let mut i = 0;
+    while i < pending.len() {
+        let p = &pending[i];
+        let raft = node.group(p.group).expect("known group");
+        let status = if raft.commit() >= p.end {
+            // Committed at our offset; ours only if the entry there is still of our term.
+            Some(if raft.epochs().term_at(p.base) == p.term {
+                wire::OK
+            } else {
+                wire::NOT_LEADER
+            })
+        } else if now > p.deadline || raft.term() != p.term {
+            Some(wire::NOT_LEADER)
+        } else {
+            None
+        };
+        if let Some(status) = status {
+            let p = pending.swap_remove(i);
+            let _ = ep
+                .send_to(
+                    p.client,
+                    0,
+                    &wire::response(wire::PRODUCE_RESP, p.req, status, &p.base.to_le_bytes()),
+                )
+                .await;
+        } else {
+            i += 1;
+        }
+    }
+}
+
+// ----- clients ---------------------------------------------------------------------------
+
+fn identity(batch_bytes: &[u8]) -> (Identity, bool) {
+    let h = BatchHeader::parse(batch_bytes).expect("whole batch");
+    if h.is_control() || h.record_count != 1 {
+        return (
+            format!("batch:{:08x}", crc32c::crc32c(&batch_bytes[17..])),
+            false,
+        );
+    }
+    let value = record_value(batch_bytes).unwrap_or_default();
+    (value, true)
+}
+
+/// The value of the single uncompressed record of a workload batch.
+fn record_value(b: &[u8]) -> Option<String> {
+    // Workload values are "c{client}-{seq}", short enough for one-byte varints.
+    let body = &b[batch::HEADER_LEN..];
+    // length, attributes, tsDelta, offsetDelta, keyLen(-1 = 0x01), valueLen, value, 0
+    let value_len = (body.get(5)? >> 1) as usize;
+    let v = body.get(6..6 + value_len)?;
+    String::from_utf8(v.to_vec()).ok()
+}
+
+async fn client_main(cid: u32) {
+    let w = world();
+    let ep = Endpoint::bind(client_addr(cid)).await.expect("bind client");
+    let mut rng = SplitMix64(w.seed ^ 0xc11e_47 ^ (u64::from(cid) << 32));
+    let mut leader_guess: BTreeMap<GroupId, NodeId> = BTreeMap::new();
+    let mut read_from: BTreeMap<GroupId, Offset> = BTreeMap::new();
+    let mut seq = 0u64;
+    *w.clients_running.borrow_mut() += 1;
+    while !*w.stop_clients.borrow() {
+        let g = 1 + rng.below(u64::from(w.opts.groups)) as GroupId;
+        let target = *leader_guess
+            .entry(g)
+            .or_insert(1 + rng.below(u64::from(w.opts.nodes)) as NodeId);
+        seq += 1;
+        let req = (u64::from(cid) << 48) | seq;
+        if rng.below(10) < 7 {
+            let value = format!("c{cid}-{seq}");
+            w.history.borrow_mut().attempt(&value);
+            let batch = build::batch(&[value.as_bytes()], w.sim_ms() as i64);
+            let _ = ep
+                .send_to(addr(target), 0, &wire::produce(req, g, &batch))
+                .await;
+            match await_response(&ep, req, 3_000).await {
+                Some((wire::OK, body)) => {
+                    let base = u64::from_le_bytes(body[..8].try_into().expect("base offset"));
+                    w.history.borrow_mut().ack(w.sim_ms(), &value, g, base);
+                }
+                _ => {
+                    leader_guess.insert(g, 1 + rng.below(u64::from(w.opts.nodes)) as NodeId);
+                }
+            }
+        } else {
+            let from = *read_from.get(&g).unwrap_or(&0);
+            let _ = ep.send_to(addr(target), 0, &wire::read(req, g, from)).await;
+            match await_response(&ep, req, 1_000).await {
+                Some((wire::OK, body)) => {
+                    let batches = split_batches(&body);
+                    if let Some(last) = batches.last() {
+                        read_from.insert(g, if rng.below(4) == 0 { 0 } else { last.1 });
+                    }
+                    w.history.borrow_mut().read(w.sim_ms(), g, from, &batches);
+                }
+                _ => {
+                    leader_guess.insert(g, 1 + rng.below(u64::from(w.opts.nodes)) as NodeId);
+                }
+            }
+        }
+        sleep(Duration::from_millis(rng.below(30))).await;
+    }
+    *w.clients_running.borrow_mut() -= 1;
+}
+
+fn split_batches(mut body: &[u8]) -> Vec<(Offset, Offset, Identity, bool)> {
+    let mut out = Vec::new();
+    while let Ok(h) = BatchHeader::parse(body) {
+        if h.size > body.len() {
+            break;
+        }
+        let (id, data) = identity(&body[..h.size]);
+        out.push((h.base_offset as u64, h.last_offset() as u64 + 1, id, data));
+        body = &body[h.size..];
+    }
+    out
+}
+
+async fn await_response(ep: &Endpoint, req: u64, timeout_ms: u64) -> Option<(u8, Vec<u8>)> {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let (payload, _) = madsim::time::timeout(left, ep.recv_from_raw(0))
+            .await
+            .ok()?
+            .ok()?;
+        let bytes = *payload.downcast::<Vec<u8>>().ok()?;
+        if let Some(r) = wire::parse_response(&bytes) {
+            if r.req == req {
+                return Some((r.status, r.body.to_vec()));
+            }
+        }
+    }
+}
+
+// ----- the run -----------------------------------------------------------------------------
+
+/// Runs seed `seed` with `opts` and returns what the checker found.
+pub fn run(seed: u64, opts: RunOptions) -> Outcome {
+    let mut config = madsim::Config::default();
+    config.net.packet_loss_rate = opts.packet_loss;
+    config.net.send_latency = Duration::from_millis(1)..Duration::from_millis(opts.latency_max_ms);
+    let rt = madsim::runtime::Runtime::with_seed_and_config(seed, config);
+    let opts2 = opts.clone();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(orchestrate(seed, opts2))
+    }));
+    let world = WORLD.with(|w| w.borrow_mut().take());
+    let (mut violations, trace_hash, tail, acked, reads) = match world {
+        Some(w) => {
+            let h = w.history.borrow();
+            (
+                h.violations.clone(),
+                h.trace_hash(),
+                h.tail().cloned().collect(),
+                h.acked_count,
+                h.reads,
+            )
+        }
+        None => (Vec::new(), 0, Vec::new(), 0, 0),
+    };
+    if let Err(panic) = result {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        violations.push(format!("panic: {msg}"));
+    }
+    Outcome {
+        seed,
+        trace_hash,
+        violations,
+        tail,
+        acked,
+        reads,
+        options: opts,
+    }
+}
+
+async fn orchestrate(seed: u64, opts: RunOptions) {
+    let w = Rc::new(World {
+        opts: opts.clone(),
+        seed,
+        start: Instant::now(),
+        history: RefCell::new(History::new()),
+        disks: RefCell::new(BTreeMap::new()),
+        clock_jump_ms: RefCell::new(BTreeMap::new()),
+        incarnation: RefCell::new(BTreeMap::new()),
+        disk_rng: RefCell::new(SplitMix64(seed ^ 0xd15c)),
+        read_faults: RefCell::new(BTreeSet::new()),
+        finished: RefCell::new(false),
+        stop_clients: RefCell::new(false),
+        clients_running: RefCell::new(0),
+        status: RefCell::new(BTreeMap::new()),
+    });
+    WORLD.with(|cell| *cell.borrow_mut() = Some(w.clone()));
+    let handle = Handle::current();
+    let mut brokers = BTreeMap::new();
+    for id in 1..=opts.nodes {
+        let node = handle
+            .create_node()
+            .name(format!("broker-{id}"))
+            .ip(addr(id).ip())
+            .init(move || broker_main(id))
+            .build();
+        brokers.insert(id, node.id());
+    }
+    for c in 1..=opts.clients {
+        handle
+            .create_node()
+            .name(format!("client-{c}"))
+            .ip(client_addr(c).ip())
+            .init(move || client_main(c))
+            .build();
+    }
+    let net = NetSim::current();
+    let mut rng = SplitMix64(seed ^ 0xfa_0175);
+    let mut down: BTreeSet<NodeId> = BTreeSet::new();
+    let mut paused: BTreeSet<NodeId> = BTreeSet::new();
+    let fault_end = w.sim_ms() + opts.fault_ms;
+    let total = opts.crash_weight
+        + opts.partition_weight
+        + opts.pause_weight
+        + opts.clock_weight
+        + opts.disk_fault_weight;
+    while w.sim_ms() < fault_end {
+        let (lo, hi) = opts.fault_every_ms;
+        sleep(Duration::from_millis(lo + rng.below(hi - lo))).await;
+        if total == 0 {
+            continue;
+        }
+        let victim = 1 + rng.below(u64::from(opts.nodes)) as NodeId;
+        let mut pick = rng.below(u64::from(total)) as u32;
+        let mut take = |weight: u32| {
+            let hit = pick < weight;
+            pick = pick.saturating_sub(weight);
+            hit
+        };
+        if take(opts.crash_weight) {
+            if down.contains(&victim) {
+                handle.restart(brokers[&victim]);
+                down.remove(&victim);
+                w.event(format!("fault: restart node {victim}"));
+            } else if down.len() + 1 < opts.nodes as usize {
+                handle.kill(brokers[&victim]);
+                for (&(n, _), d) in w.disks.borrow().iter() {
+                    if n == victim {
+                        d.crash();
+                    }
+                }
+                down.insert(victim);
+                w.event(format!("fault: crash node {victim} (unsynced writes lost)"));
+            }
+        } else if take(opts.partition_weight) {
+            net_heal(&net, &brokers);
+            match rng.below(3) {
+                0 => {
+                    net.clog_node(brokers[&victim]);
+                    w.event(format!("fault: isolate node {victim}"));
+                }
+                1 => {
+                    let minority: Vec<NodeId> = (1..=opts.nodes)
+                        .filter(|_| rng.below(3) == 0)
+                        .take((opts.nodes as usize - 1) / 2)
+                        .collect();
+                    for &a in &minority {
+                        for b in 1..=opts.nodes {
+                            if !minority.contains(&b) {
+                                net.clog_link(brokers[&a], brokers[&b]);
+                                net.clog_link(brokers[&b], brokers[&a]);
+                            }
+                        }
+                    }
+                    w.event(format!("fault: split off {minority:?}"));
+                }
+                _ => {
+                    let other = 1 + rng.below(u64::from(opts.nodes)) as NodeId;
+                    if other != victim {
+                        net.clog_link(brokers[&victim], brokers[&other]);
+                        w.event(format!("fault: one-way link cut {victim} -> {other}"));
+                    }
+                }
+            }
+        } else if take(opts.pause_weight) {
+            if paused.remove(&victim) {
+                handle.resume(brokers[&victim]);
+                w.event(format!("fault: resume node {victim}"));
+            } else if !down.contains(&victim) {
+                handle.pause(brokers[&victim]);
+                paused.insert(victim);
+                w.event(format!("fault: pause node {victim}"));
+            }
+        } else if take(opts.clock_weight) {
+            let jump = rng.below(2_000);
+            *w.clock_jump_ms.borrow_mut().entry(victim).or_insert(0) += jump;
+            w.event(format!(
+                "fault: clock of node {victim} jumps {jump} ms ahead"
+            ));
+        } else if take(opts.disk_fault_weight) {
+            // Latent read errors on one replica only, until the heal: reads of one block
+            // of one of its segments fail with EIO. The node must answer with an error
+            // and keep going; what it cannot read it must not serve.
+            let holder = *w.read_faults.borrow().iter().next().unwrap_or(&victim);
+            let g = 1 + rng.below(u64::from(opts.groups)) as GroupId;
+            let disk = w.disk(holder, g);
+            let mut files = disk.list().await.unwrap_or_default();
+            files.retain(|f| f.ends_with(".log"));
+            files.sort();
+            if let Some(f) = files.last() {
+                disk.fail_reads(f, rng.below(4));
+                w.read_faults.borrow_mut().insert(holder);
+                w.event(format!(
+                    "fault: read errors in {f} of g{g} on node {holder}"
+                ));
+            }
+        }
+    }
+    // Heal: every link, every node, and wait for the cluster to make progress again.
+    net_heal(&net, &brokers);
+    for id in paused {
+        handle.resume(brokers[&id]);
+    }
+    for id in down {
+        handle.restart(brokers[&id]);
+    }
+    for (_, d) in w.disks.borrow().iter() {
+        d.heal_reads();
+    }
+    w.read_faults.borrow_mut().clear();
+    w.event("heal: all faults cleared".into());
+    let healed_at = w.sim_ms();
+    // The checker is a client like the others: it needs a node (an address) of its own.
+    handle
+        .create_node()
+        .name("checker")
+        .ip(CHECKER.ip())
+        .init(move || async move {
+            let w = world();
+            liveness_and_final_check(&w, healed_at).await;
+            *w.finished.borrow_mut() = true;
+        })
+        .build();
+    while !*w.finished.borrow() {
+        sleep(Duration::from_millis(100)).await;
+    }
+    sleep(Duration::from_millis(100)).await;
+}
+
+const CHECKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1)), PORT);
+
+fn net_heal(net: &NetSim, brokers: &BTreeMap<NodeId, madsim::task::NodeId>) {
+    for (_, &a) in brokers.iter() {
+        net.unclog_node(a);
+        for (_, &b) in brokers.iter() {
+            net.unclog_link(a, b);
+        }
+    }
+}
+
+/// After healing: each group must accept and commit a write within the bound; then every
+/// group is read back in full and every acknowledged record must be at its offset.
+async fn liveness_and_final_check(w: &Rc<World>, healed_at: u64) {
+    const BOUND_MS: u64 = 15_000;
+    let ep = Endpoint::bind(CHECKER).await.expect("bind checker");
+    let mut final_log = BTreeMap::new();
+    let mut req = 1u64 << 60;
+    for g in 1..=w.opts.groups {
+        let value = format!("final-{g}");
+        w.history.borrow_mut().attempt(&value);
+        let mut committed_on = None;
+        'retry: while w.sim_ms() < healed_at + BOUND_MS {
+            for n in 1..=w.opts.nodes {
+                req += 1;
+                let batch = build::batch(&[value.as_bytes()], w.sim_ms() as i64);
+                let _ = ep.send_to(addr(n), 0, &wire::produce(req, g, &batch)).await;
+                let resp = await_response(&ep, req, 1_000).await;
+                w.event(format!(
+                    "checker: produce g{g} via node {n}: {:?}",
+                    resp.as_ref().map(|r| r.0)
+                ));
+                if let Some((wire::OK, body)) = resp {
+                    let base = u64::from_le_bytes(body[..8].try_into().expect("base"));
+                    w.history.borrow_mut().ack(w.sim_ms(), &value, g, base);
+                    committed_on = Some(n);
+                    break 'retry;
+                }
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+        let Some(leader) = committed_on else {
+            let now = w.sim_ms();
+            w.history.borrow_mut().liveness(
+                now,
+                format!("g{g} committed nothing within {BOUND_MS} ms of healing"),
+            );
+            for ((n, sg), st) in w.status.borrow().iter() {
+                if *sg == g {
+                    w.history
+                        .borrow_mut()
+                        .event(now, format!("status node {n} g{g}: {st}"));
+                }
+            }
+            continue;
+        };
+        // Quiesce the clients, then read the whole partition back from the leader.
+        *w.stop_clients.borrow_mut() = true;
+        while *w.clients_running.borrow() > 0 {
+            sleep(Duration::from_millis(50)).await;
+        }
+        let mut from = 0;
+        let mut attempts = 0;
+        while attempts < 200 {
+            attempts += 1;
+            req += 1;
+            let _ = ep.send_to(addr(leader), 0, &wire::read(req, g, from)).await;
+            match await_response(&ep, req, 1_000).await {
+                Some((wire::OK, body)) if body.is_empty() => break,
+                Some((wire::OK, body)) => {
+                    let batches = split_batches(&body);
+                    w.history.borrow_mut().read(w.sim_ms(), g, from, &batches);
+                    for (base, _, id, _) in &batches {
+                        final_log.insert((g, *base), id.clone());
+                    }
+                    from = batches.last().map_or(from, |b| b.1);
+                }
+                _ => sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+    let now = w.sim_ms();
+    w.history.borrow_mut().check_acked(now, &final_log);
+}
+
+/// SplitMix64: our PRNG streams (disk, workload, faults, options).
+#[derive(Debug, Clone)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+}
