@@ -74,6 +74,8 @@ pub struct Cluster {
     seed: u64,
     /// (group, term) -> leader, over the whole run: at most one each.
     pub leaders: BTreeMap<(GroupId, Term), NodeId>,
+    /// Adjusts every node's config (limits, bugs) before it starts.
+    pub tweak: fn(&mut RaftConfig),
 }
 
 impl Cluster {
@@ -89,6 +91,7 @@ impl Cluster {
             latency_ms: 5,
             seed,
             leaders: BTreeMap::new(),
+            tweak: |_| {},
         };
         for &id in &voters {
             c.nodes.insert(
@@ -109,7 +112,9 @@ impl Cluster {
         let mut node = Node::new(id);
         let sn = self.nodes.get_mut(&id).unwrap();
         for &g in &self.groups {
-            let cfg = RaftConfig::new(id, self.voters.clone(), self.seed ^ u64::from(g) ^ self.now);
+            let mut cfg =
+                RaftConfig::new(id, self.voters.clone(), self.seed ^ u64::from(g) ^ self.now);
+            (self.tweak)(&mut cfg);
             let log = sn.logs.entry(g).or_default().state();
             let hard = sn.hard.get(&g).copied().unwrap_or_default();
             node.add_group(g, Raft::new(cfg, hard, log, self.now));
@@ -120,6 +125,16 @@ impl Cluster {
     pub fn stop(&mut self, id: NodeId) {
         self.nodes.get_mut(&id).unwrap().node = None;
         self.in_flight.retain(|(_, to, _)| *to != id);
+    }
+
+    /// Restarts every node with `tweak` applied to its config (state is kept).
+    pub fn restart_all_with(&mut self, tweak: fn(&mut RaftConfig)) {
+        self.tweak = tweak;
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.stop(id);
+            self.start(id);
+        }
     }
 
     /// Cuts every link between `a` and the rest, both ways.
@@ -268,6 +283,10 @@ impl Cluster {
             .partition(|(t, _, _)| *t <= now);
         self.in_flight = later;
         for (_, to, env) in due {
+            // Links are checked again on delivery: a cut also drops what was in flight.
+            if self.cut.contains(&(env.from, to)) {
+                continue;
+            }
             if let Some(node) = self.nodes.get_mut(&to).and_then(|sn| sn.node.as_mut()) {
                 node.on_envelope(now, env);
             }
@@ -466,6 +485,76 @@ mod tests {
             .filter(|(_, r)| r.role() == Role::Leader)
             .count();
         assert!(ready.envelopes.iter().all(|(_, e)| e.items.len() >= led));
+    }
+
+    /// Raft's figure 8: a leader must not commit an entry of an earlier term by counting
+    /// its replicas, or a later leader may overwrite it. Builds the situation step by step
+    /// and returns every commit index the re-elected old leader goes through, plus the
+    /// end of the old-term entry.
+    fn figure_8(tweak: fn(&mut RaftConfig)) -> (Vec<Offset>, Offset, Offset) {
+        let mut c = Cluster::new(3, &[1], 8);
+        c.restart_all_with(tweak);
+        let a = elect(&mut c, 1);
+        c.run_for(200);
+        // `a` appends y alone.
+        c.isolate(a);
+        let now = c.now;
+        let (y_base, y_end) = c
+            .raft_mut(a, 1)
+            .propose(now, build::batch(&[b"old-y"], 0))
+            .unwrap();
+        // A new leader b is elected by the others, and cut off at once.
+        let b = loop {
+            c.step();
+            if let Some(l) = c
+                .leader_of(1)
+                .filter(|&l| l != a && c.raft(l, 1).role() == Role::Leader)
+            {
+                break l;
+            }
+        };
+        c.isolate(b);
+        let other = (1..=3).find(|&i| i != a && i != b).unwrap();
+        // a and the third node reconnect; a wins a later term with its longer log.
+        c.heal();
+        c.isolate(b);
+        let mut commits = Vec::new();
+        for _ in 0..4000 {
+            c.step();
+            if c.raft(a, 1).role() == Role::Leader && c.raft(a, 1).term() > c.raft(b, 1).term() {
+                commits.push(c.raft(a, 1).commit());
+            }
+            if c.raft(a, 1).commit() > y_end {
+                break;
+            }
+        }
+        assert!(
+            c.raft(other, 1).end() > y_end,
+            "the scenario ran: the old entry and a new one were replicated"
+        );
+        (commits, y_base, y_end)
+    }
+
+    #[test]
+    fn an_old_term_entry_commits_only_with_one_of_the_current_term() {
+        // One batch per Append: the follower acknowledges the old entry before the new
+        // leader's own batch, which is the moment the rule matters.
+        let (commits, y_base, y_end) = figure_8(|cfg| cfg.max_append_bytes = 1);
+        assert!(!commits.is_empty(), "a must lead again");
+        assert!(
+            commits.iter().all(|&c| c <= y_base || c > y_end),
+            "commit stopped at the end of an old-term entry: {commits:?} (y {y_base}..{y_end})"
+        );
+    }
+
+    #[cfg(feature = "inject-bugs")]
+    #[test]
+    fn without_the_rule_the_old_term_entry_is_committed_by_counting() {
+        let (commits, _, y_end) = figure_8(|cfg| {
+            cfg.max_append_bytes = 1;
+            cfg.bugs.commit_old_term = true;
+        });
+        assert!(commits.contains(&y_end), "the bug must show: {commits:?}");
     }
 
     #[test]

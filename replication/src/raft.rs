@@ -365,7 +365,7 @@ impl Raft {
                 end,
             } => {
                 let granted = term > self.hard.term
-                    && self.log_ok(last_term, end)
+                    && (self.log_ok(last_term, end) || self.bug_vote_ignores_log())
                     && !self.in_leader_lease(now);
                 let term = if granted { term } else { self.hard.term };
                 self.send(from, Message::PreVoteResponse { term, granted });
@@ -384,7 +384,9 @@ impl Raft {
                 end,
             } => {
                 let free = self.hard.voted_for.is_none_or(|v| v == from) || self.bug_double_vote();
-                let granted = term == self.hard.term && free && self.log_ok(last_term, end);
+                let granted = term == self.hard.term
+                    && free
+                    && (self.log_ok(last_term, end) || self.bug_vote_ignores_log());
                 if granted {
                     self.hard.voted_for = Some(from);
                     self.hard_dirty = true;
@@ -738,7 +740,7 @@ impl Raft {
             },
             _ => ack,
         });
-        if self.durable_end >= matched {
+        if self.durable_end >= matched || self.bug_ack_before_fsync() {
             self.on_persisted(now, self.durable_end);
         }
     }
@@ -981,6 +983,14 @@ impl Raft {
     }
     #[cfg(not(feature = "inject-bugs"))]
     fn bug_ack_before_fsync(&self) -> bool {
+        false
+    }
+    #[cfg(feature = "inject-bugs")]
+    fn bug_vote_ignores_log(&self) -> bool {
+        self.cfg.bugs.vote_ignores_log
+    }
+    #[cfg(not(feature = "inject-bugs"))]
+    fn bug_vote_ignores_log(&self) -> bool {
         false
     }
     #[cfg(feature = "inject-bugs")]
