@@ -126,6 +126,8 @@ struct World {
     /// so that nothing is acknowledged after the log was read.
     stop_clients: RefCell<bool>,
     clients_running: RefCell<u32>,
+    /// Set when the fault phase ends: fault tasks stop injecting.
+    healing: RefCell<bool>,
     /// Each node's latest view of each group, printed when liveness fails.
     status: RefCell<BTreeMap<(NodeId, GroupId), String>>,
 }
@@ -266,8 +268,18 @@ struct Pending {
     deadline: u64,
 }
 
+/// A broker process. A storage error is fatal to the process (fail-stop, as a real broker
+/// would exit); it restarts from what its disks hold, like a supervisor would restart it.
 async fn broker_main(id: NodeId) {
     let w = world();
+    while let Err(e) = broker_run(&w, id).await {
+        w.event(format!("node {id} fail-stop: {e}; restarting"));
+        sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
+    let w = w.clone();
     let incarnation = {
         let mut inc = w.incarnation.borrow_mut();
         let e = inc.entry(id).or_insert(0);
@@ -279,16 +291,19 @@ async fn broker_main(id: NodeId) {
         .disk(id, META)
         .open("raft-state")
         .await
-        .expect("meta file");
-    if let Err(e) = w.disk(id, META).sync_dir().await {
-        panic!("meta dir sync: {e}");
-    }
+        .map_err(|e| format!("meta file: {e}"))?;
+    w.disk(id, META)
+        .sync_dir()
+        .await
+        .map_err(|e| format!("meta dir sync: {e}"))?;
     let mut node = Node::new(id);
     let mut groups: BTreeMap<GroupId, Group> = BTreeMap::new();
     let voters: Vec<NodeId> = (1..=w.opts.nodes).collect();
     let now = w.now_ms(id);
     for g in 1..=w.opts.groups {
-        let (hard, hard_seq) = load_hard_state(&meta, g).await.expect("read hard state");
+        let (hard, hard_seq) = load_hard_state(&meta, g)
+            .await
+            .map_err(|e| format!("read hard state: {e}"))?;
         // A disk that errs on recovery keeps the node down (fail-stop) until it reads.
         let (log, mirror, epochs) = loop {
             match open_group(&w, id, g).await {
@@ -352,10 +367,10 @@ async fn broker_main(id: NodeId) {
         }
         let now = w.now_ms(id);
         node.on_tick(now);
-        drive(&w, id, &mut node, &mut groups, &meta, &ep).await;
+        drive(&w, id, &mut node, &mut groups, &meta, &ep).await?;
         answer_pending(&w, id, &node, &mut pending, &ep).await;
         if *w.finished.borrow() {
-            return;
+            return Ok(());
         }
     }
 }
@@ -474,7 +489,7 @@ async fn drive(
     groups: &mut BTreeMap<GroupId, Group>,
     meta: &corelog_storage::SimFile,
     ep: &Endpoint,
-) {
+) -> Result<(), String> {
     for _ in 0..64 {
         let NodeReady { work, envelopes } = node.take_ready();
         if work.is_empty() && envelopes.is_empty() {
@@ -486,7 +501,7 @@ async fn drive(
                 w.disk_latency().await;
                 save_hard_state(meta, gw.group, hs, g.hard_seq)
                     .await
-                    .expect("save hard state");
+                    .map_err(|e| format!("save hard state: {e}"))?;
                 g.hard_seq += 1;
             }
         }
@@ -526,7 +541,10 @@ async fn drive(
                     StorageOp::Append(batches) => {
                         for b in batches {
                             let h = BatchHeader::parse(&b).expect("core sends whole batches");
-                            g.log.append_at(&b, now as i64).await.expect("append");
+                            g.log
+                                .append_at(&b, now as i64)
+                                .await
+                                .map_err(|e| format!("append: {e}"))?;
                             g.mirror.push((
                                 h.base_offset as u64,
                                 h.last_offset() as u64 + 1,
@@ -536,7 +554,10 @@ async fn drive(
                         wrote = true;
                     }
                     StorageOp::Truncate(offset) => {
-                        g.log.truncate_to(offset).await.expect("truncate");
+                        g.log
+                            .truncate_to(offset)
+                            .await
+                            .map_err(|e| format!("truncate: {e}"))?;
                         g.mirror.retain(|&(b, _, _)| b < offset);
                         wrote = true;
                     }
@@ -549,7 +570,7 @@ async fn drive(
             }
             if wrote {
                 w.disk_latency().await;
-                let durable = g.log.sync().await.expect("sync");
+                let durable = g.log.sync().await.map_err(|e| format!("sync: {e}"))?;
                 node.on_persisted(w.now_ms(id), gw.group, durable);
             }
             for (peer, from, max_bytes) in reads {
@@ -605,6 +626,7 @@ async fn drive(
             g.checked_commit = commit;
         }
     }
+    Ok(())
 }
 
 async fn answer_pending(
@@ -825,6 +847,7 @@ async fn orchestrate(seed: u64, opts: RunOptions) {
         read_faults: RefCell::new(BTreeSet::new()),
         finished: RefCell::new(false),
         stop_clients: RefCell::new(false),
+        healing: RefCell::new(false),
         clients_running: RefCell::new(0),
         status: RefCell::new(BTreeMap::new()),
     });
@@ -950,6 +973,16 @@ async fn orchestrate(seed: u64, opts: RunOptions) {
             ));
         } else if take(opts.power_loss_weight) {
             // A power cut of the whole cluster: every unsynced write may be lost at once.
+            // Timed to land just after an acknowledgement half of the time: the moment
+            // that shows whether "acknowledged" really meant "durable on a majority".
+            if rng.below(2) == 0 {
+                let acked = w.history.borrow().acked_count;
+                let give_up = w.sim_ms() + 2_000;
+                while w.history.borrow().acked_count == acked && w.sim_ms() < give_up {
+                    sleep(Duration::from_millis(1)).await;
+                }
+                sleep(Duration::from_micros(rng.below(5_000))).await;
+            }
             for (&id, &node) in &brokers {
                 if !down.contains(&id) {
                     handle.kill(node);
@@ -986,6 +1019,7 @@ async fn orchestrate(seed: u64, opts: RunOptions) {
         }
     }
     // Heal: every link, every node, and wait for the cluster to make progress again.
+    *w.healing.borrow_mut() = true;
     net_heal(&net, &brokers);
     for id in paused {
         handle.resume(brokers[&id]);
@@ -1048,6 +1082,9 @@ async fn snipe_new_leaders(
             seen.insert(k.clone());
             if (rng.below(1000) as f64) < w.opts.snipe_probability * 1000.0 {
                 sleep(Duration::from_millis(rng.below(120))).await;
+                if *w.healing.borrow() {
+                    return;
+                }
                 let node = brokers[&k.0];
                 net.clog_node(node);
                 w.event(format!(
@@ -1055,6 +1092,9 @@ async fn snipe_new_leaders(
                     k.0, k.1
                 ));
                 sleep(Duration::from_millis(200 + rng.below(1_500))).await;
+                if *w.healing.borrow() {
+                    return; // the heal already reconnected everything
+                }
                 net.unclog_node(node);
                 w.event(format!("fault: node {} rejoins", k.0));
             }
@@ -1076,59 +1116,63 @@ fn net_heal(net: &NetSim, brokers: &BTreeMap<NodeId, madsim::task::NodeId>) {
 async fn liveness_and_final_check(w: &Rc<World>, healed_at: u64) {
     const BOUND_MS: u64 = 15_000;
     let ep = Endpoint::bind(CHECKER).await.expect("bind checker");
-    let mut final_log = BTreeMap::new();
+    let mut rng = SplitMix64(w.seed ^ 0x0c4e_c4e4);
     let mut req = 1u64 << 60;
+    // 1. Liveness: every group commits a write within the bound.
     for g in 1..=w.opts.groups {
         let value = format!("final-{g}");
         w.history.borrow_mut().attempt(&value);
-        let mut committed_on = None;
-        'retry: while w.sim_ms() < healed_at + BOUND_MS {
-            for n in 1..=w.opts.nodes {
-                req += 1;
-                let batch = build::batch(&[value.as_bytes()], w.sim_ms() as i64);
-                let _ = ep.send_to(addr(n), 0, &wire::produce(req, g, &batch)).await;
-                let resp = await_response(&ep, req, 1_000).await;
-                w.event(format!(
-                    "checker: produce g{g} via node {n}: {:?}",
-                    resp.as_ref().map(|r| r.0)
-                ));
-                if let Some((wire::OK, body)) = resp {
+        let mut target = 1;
+        let mut committed = false;
+        while !committed && w.sim_ms() < healed_at + BOUND_MS {
+            req += 1;
+            let batch = build::batch(&[value.as_bytes()], w.sim_ms() as i64);
+            let _ = ep
+                .send_to(addr(target), 0, &wire::produce(req, g, &batch))
+                .await;
+            match await_response(&ep, req, 1_000).await {
+                Some((wire::OK, body)) => {
                     let base = u64::from_le_bytes(body[..8].try_into().expect("base"));
                     w.history.borrow_mut().ack(w.sim_ms(), &value, g, base);
-                    committed_on = Some(n);
-                    break 'retry;
+                    committed = true;
+                }
+                other => {
+                    target = next_guess(other, &mut rng, w.opts.nodes);
+                    sleep(Duration::from_millis(20)).await;
                 }
             }
-            sleep(Duration::from_millis(100)).await;
         }
-        let Some(leader) = committed_on else {
+        if !committed {
             let now = w.sim_ms();
-            w.history.borrow_mut().liveness(
+            let mut h = w.history.borrow_mut();
+            h.liveness(
                 now,
                 format!("g{g} committed nothing within {BOUND_MS} ms of healing"),
             );
             for ((n, sg), st) in w.status.borrow().iter() {
                 if *sg == g {
-                    w.history
-                        .borrow_mut()
-                        .event(now, format!("status node {n} g{g}: {st}"));
+                    h.event(now, format!("status node {n} g{g}: {st}"));
                 }
             }
-            continue;
-        };
-        // Quiesce the clients, then read the whole partition back from the leader.
-        *w.stop_clients.borrow_mut() = true;
-        while *w.clients_running.borrow() > 0 {
-            sleep(Duration::from_millis(50)).await;
         }
-        let mut from = 0;
-        let mut attempts = 0;
-        while attempts < 200 {
-            attempts += 1;
+    }
+    // 2. Quiesce the clients: nothing may be acknowledged after the read-back.
+    *w.stop_clients.borrow_mut() = true;
+    while *w.clients_running.borrow() > 0 {
+        sleep(Duration::from_millis(50)).await;
+    }
+    // 3. Read every group back in full, from whichever node leads it now.
+    let mut final_log = BTreeMap::new();
+    for g in 1..=w.opts.groups {
+        let (mut from, mut target, mut done) = (0, 1, false);
+        for _ in 0..2_000 {
             req += 1;
-            let _ = ep.send_to(addr(leader), 0, &wire::read(req, g, from)).await;
-            match await_response(&ep, req, 1_000).await {
-                Some((wire::OK, body)) if body.is_empty() => break,
+            let _ = ep.send_to(addr(target), 0, &wire::read(req, g, from)).await;
+            match await_response(&ep, req, 500).await {
+                Some((wire::OK, body)) if body.is_empty() => {
+                    done = true;
+                    break;
+                }
                 Some((wire::OK, body)) => {
                     let batches = split_batches(&body);
                     w.history.borrow_mut().read(w.sim_ms(), g, from, &batches);
@@ -1137,8 +1181,17 @@ async fn liveness_and_final_check(w: &Rc<World>, healed_at: u64) {
                     }
                     from = batches.last().map_or(from, |b| b.1);
                 }
-                _ => sleep(Duration::from_millis(50)).await,
+                other => {
+                    target = next_guess(other, &mut rng, w.opts.nodes);
+                    sleep(Duration::from_millis(20)).await;
+                }
             }
+        }
+        if !done {
+            let now = w.sim_ms();
+            w.history
+                .borrow_mut()
+                .liveness(now, format!("g{g} could not be read back in full"));
         }
     }
     let now = w.sim_ms();
