@@ -558,6 +558,54 @@ mod tests {
     }
 
     #[test]
+    fn the_controller_group_gives_every_broker_the_same_metadata() {
+        use crate::controller::{self, CONTROLLER_GROUP, ClusterMetadata, MetadataCommand};
+        let mut c = Cluster::new(3, &[CONTROLLER_GROUP], 9);
+        let leader = elect(&mut c, CONTROLLER_GROUP);
+        let mut cmds: Vec<MetadataCommand> = (1..=3)
+            .map(|id| MetadataCommand::RegisterBroker {
+                id,
+                host: format!("10.0.0.{id}"),
+                port: 9092,
+            })
+            .collect();
+        let partitions = controller::assign_replicas(&[1, 2, 3], 6, 3, 0).unwrap();
+        cmds.push(MetadataCommand::CreateTopic {
+            name: "orders".into(),
+            partitions,
+            configs: vec![],
+        });
+        for cmd in &cmds {
+            let now = c.now;
+            c.raft_mut(leader, CONTROLLER_GROUP)
+                .propose(now, controller::encode_command(cmd, 0))
+                .unwrap();
+            c.step();
+        }
+        c.run_for(500);
+        let applied: Vec<ClusterMetadata> = (1..=3)
+            .map(|id| {
+                let commit = c.raft(id, CONTROLLER_GROUP).commit();
+                let mut m = ClusterMetadata::default();
+                for b in &c.nodes[&id].logs[&CONTROLLER_GROUP].batches {
+                    let h = BatchHeader::parse(b).unwrap();
+                    let end = h.last_offset() as u64 + 1;
+                    if end <= commit {
+                        m.apply_batch(b, end).unwrap();
+                    }
+                }
+                m
+            })
+            .collect();
+        assert_eq!(applied[0].topics["orders"].partitions.len(), 6);
+        assert_eq!(applied[0].brokers.len(), 3);
+        assert!(
+            applied.iter().all(|m| m == &applied[0]),
+            "replicas disagree on metadata"
+        );
+    }
+
+    #[test]
     fn a_single_replica_group_commits_on_its_own_fsync() {
         let mut c = Cluster::new(1, &[1], 6);
         let l = elect(&mut c, 1);

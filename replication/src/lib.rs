@@ -14,6 +14,7 @@
 //! reads the clock and never touches the filesystem. `tests/invariants.rs` checks the
 //! dependency graph.
 
+pub mod controller;
 pub mod epochs;
 pub mod frame;
 pub mod message;

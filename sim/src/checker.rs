@@ -8,6 +8,8 @@
 //! - replicas never diverge at or below their commit index (every committed batch is
 //!   compared with the first commit of that offset by any node);
 //! - at most one leader per term;
+//! - every broker that applied the controller log to the same offset holds the same
+//!   cluster metadata;
 //! - liveness: after faults heal, every partition elects a leader and commits in time.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -28,6 +30,8 @@ pub struct History {
     bound: BTreeMap<(GroupId, Offset), Identity>,
     committed: BTreeMap<(GroupId, Offset), (Offset, u32, NodeId)>,
     leaders: BTreeMap<(GroupId, Term), NodeId>,
+    /// Controller offset applied -> (metadata fingerprint, first node to report it).
+    metadata: BTreeMap<Offset, (u64, NodeId)>,
     pub violations: Vec<String>,
     pub acked_count: u64,
     pub reads: u64,
@@ -182,6 +186,22 @@ impl History {
             None => {
                 self.event(now_ms, format!("node {node} leads g{group} term {term}"));
                 self.leaders.insert((group, term), node);
+            }
+        }
+    }
+
+    /// `node` applied the controller log up to `applied` and holds metadata `fingerprint`.
+    pub fn metadata(&mut self, now_ms: u64, node: NodeId, applied: Offset, fingerprint: u64) {
+        match self.metadata.get(&applied) {
+            Some(&(fp, first)) if fp != fingerprint => {
+                self.violate(
+                    now_ms,
+                    format!("metadata diverges after controller offset {applied}: node {first} {fp:016x}, node {node} {fingerprint:016x}"),
+                );
+            }
+            Some(_) => {}
+            None => {
+                self.metadata.insert(applied, (fingerprint, node));
             }
         }
     }

@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use corelog_replication::controller::{self, CONTROLLER_GROUP, ClusterMetadata, MetadataCommand};
 use corelog_replication::frame;
 use corelog_replication::node::NodeReady;
 use corelog_replication::{
@@ -300,7 +301,8 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
     let mut groups: BTreeMap<GroupId, Group> = BTreeMap::new();
     let voters: Vec<NodeId> = (1..=w.opts.nodes).collect();
     let now = w.now_ms(id);
-    for g in 1..=w.opts.groups {
+    // Group 0 is the controller (cluster metadata); 1..=groups are partitions.
+    for g in CONTROLLER_GROUP..=w.opts.groups {
         let (hard, hard_seq) = load_hard_state(&meta, g)
             .await
             .map_err(|e| format!("read hard state: {e}"))?;
@@ -342,6 +344,7 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
     }
     let ep = Endpoint::bind(addr(id)).await.expect("bind");
     let mut pending: Vec<Pending> = Vec::new();
+    let mut metadata = ClusterMetadata::default();
     loop {
         let now = w.now_ms(id);
         let wait = node.next_deadline().saturating_sub(now).clamp(1, 20);
@@ -368,11 +371,49 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
         let now = w.now_ms(id);
         node.on_tick(now);
         drive(&w, id, &mut node, &mut groups, &meta, &ep).await?;
+        apply_metadata(&w, id, &node, &groups, &mut metadata).await?;
         answer_pending(&w, id, &node, &mut pending, &ep).await;
         if *w.finished.borrow() {
             return Ok(());
         }
     }
+}
+
+/// Applies newly committed controller batches to this broker's metadata and reports the
+/// result to the checker, which compares every broker's state at every offset.
+async fn apply_metadata(
+    w: &World,
+    id: NodeId,
+    node: &Node,
+    groups: &BTreeMap<GroupId, Group>,
+    metadata: &mut ClusterMetadata,
+) -> Result<(), String> {
+    let commit = node.group(CONTROLLER_GROUP).map_or(0, |r| r.commit());
+    let log = &groups[&CONTROLLER_GROUP].log;
+    while metadata.applied < commit {
+        let got = log
+            .read_up_to(metadata.applied, 64 * 1024, commit)
+            .await
+            .map_err(|e| format!("controller read: {e}"))?;
+        if got.bytes.is_empty() {
+            break;
+        }
+        let mut rest = got.bytes.as_slice();
+        while let Ok(h) = BatchHeader::parse(rest) {
+            let end = h.last_offset() as u64 + 1;
+            if end > metadata.applied {
+                if let Err(e) = metadata.apply_batch(&rest[..h.size], end) {
+                    w.event(format!("node {id} metadata@{}: {e}", h.base_offset));
+                }
+                let now = w.sim_ms();
+                w.history
+                    .borrow_mut()
+                    .metadata(now, id, metadata.applied, metadata.fingerprint());
+            }
+            rest = &rest[h.size..];
+        }
+    }
+    Ok(())
 }
 
 type Mirror = Vec<(Offset, Offset, u32)>;
@@ -670,26 +711,62 @@ async fn answer_pending(
 
 // ----- clients ---------------------------------------------------------------------------
 
+/// What names a batch for the checker: the workload value of a data batch, `meta:{crc}`
+/// of a metadata command's value, or `batch:{crc}` of anything else (control batches).
 fn identity(batch_bytes: &[u8]) -> (Identity, bool) {
     let h = BatchHeader::parse(batch_bytes).expect("whole batch");
-    if h.is_control() || h.record_count != 1 {
-        return (
+    let records = if h.is_control() {
+        None
+    } else {
+        batch::records(batch_bytes)
+    };
+    match records.as_deref() {
+        Some([r]) if r.key == Some(controller::METADATA_KEY) => {
+            (meta_identity(r.value.unwrap_or_default()), true)
+        }
+        Some([r]) if r.key.is_none() => (
+            String::from_utf8_lossy(r.value.unwrap_or_default()).into_owned(),
+            true,
+        ),
+        _ => (
             format!("batch:{:08x}", crc32c::crc32c(&batch_bytes[17..])),
             false,
-        );
+        ),
     }
-    let value = record_value(batch_bytes).unwrap_or_default();
-    (value, true)
 }
 
-/// The value of the single uncompressed record of a workload batch.
-fn record_value(b: &[u8]) -> Option<String> {
-    // Workload values are "c{client}-{seq}", short enough for one-byte varints.
-    let body = &b[batch::HEADER_LEN..];
-    // length, attributes, tsDelta, offsetDelta, keyLen(-1 = 0x01), valueLen, value, 0
-    let value_len = (body.get(5)? >> 1) as usize;
-    let v = body.get(6..6 + value_len)?;
-    String::from_utf8(v.to_vec()).ok()
+fn meta_identity(value: &[u8]) -> Identity {
+    format!("meta:{:08x}", crc32c::crc32c(value))
+}
+
+/// A unique metadata command for the workload, its batch, and its identity.
+fn metadata_op(rng: &mut SplitMix64, nodes: u32, nonce: &str, now_ms: i64) -> (Vec<u8>, Identity) {
+    let cmd = if rng.below(2) == 0 {
+        let id = 1 + rng.below(u64::from(nodes)) as NodeId;
+        MetadataCommand::RegisterBroker {
+            id,
+            host: format!("broker-{id}.{nonce}"),
+            port: 9092,
+        }
+    } else {
+        let brokers: Vec<NodeId> = (1..=nodes).collect();
+        let partitions = controller::assign_replicas(
+            &brokers,
+            1 + rng.below(3) as u32,
+            nodes.min(3),
+            rng.below(8) as u32,
+        )
+        .expect("valid assignment");
+        MetadataCommand::CreateTopic {
+            name: format!("topic-{nonce}"),
+            partitions,
+            configs: vec![],
+        }
+    };
+    let batch = controller::encode_command(&cmd, now_ms);
+    let records = batch::records(&batch).expect("fresh batch parses");
+    let id = meta_identity(records[0].value.expect("metadata value"));
+    (batch, id)
 }
 
 async fn client_main(cid: u32) {
@@ -701,16 +778,30 @@ async fn client_main(cid: u32) {
     let mut seq = 0u64;
     *w.clients_running.borrow_mut() += 1;
     while !*w.stop_clients.borrow() {
-        let g = 1 + rng.below(u64::from(w.opts.groups)) as GroupId;
+        // One operation in four goes to the controller group.
+        let g = if rng.below(4) == 0 {
+            CONTROLLER_GROUP
+        } else {
+            1 + rng.below(u64::from(w.opts.groups)) as GroupId
+        };
         let target = *leader_guess
             .entry(g)
             .or_insert(1 + rng.below(u64::from(w.opts.nodes)) as NodeId);
         seq += 1;
         let req = (u64::from(cid) << 48) | seq;
         if rng.below(10) < 7 {
-            let value = format!("c{cid}-{seq}");
+            let (batch, value) = if g == CONTROLLER_GROUP {
+                metadata_op(
+                    &mut rng,
+                    w.opts.nodes,
+                    &format!("c{cid}-{seq}"),
+                    w.sim_ms() as i64,
+                )
+            } else {
+                let value = format!("c{cid}-{seq}");
+                (build::batch(&[value.as_bytes()], w.sim_ms() as i64), value)
+            };
             w.history.borrow_mut().attempt(&value);
-            let batch = build::batch(&[value.as_bytes()], w.sim_ms() as i64);
             let _ = ep
                 .send_to(addr(target), 0, &wire::produce(req, g, &batch))
                 .await;
@@ -1118,15 +1209,19 @@ async fn liveness_and_final_check(w: &Rc<World>, healed_at: u64) {
     let ep = Endpoint::bind(CHECKER).await.expect("bind checker");
     let mut rng = SplitMix64(w.seed ^ 0x0c4e_c4e4);
     let mut req = 1u64 << 60;
-    // 1. Liveness: every group commits a write within the bound.
-    for g in 1..=w.opts.groups {
-        let value = format!("final-{g}");
+    // 1. Liveness: every group (the controller too) commits a write within the bound.
+    for g in CONTROLLER_GROUP..=w.opts.groups {
+        let (batch, value) = if g == CONTROLLER_GROUP {
+            metadata_op(&mut rng, w.opts.nodes, "final", w.sim_ms() as i64)
+        } else {
+            let value = format!("final-{g}");
+            (build::batch(&[value.as_bytes()], w.sim_ms() as i64), value)
+        };
         w.history.borrow_mut().attempt(&value);
         let mut target = 1;
         let mut committed = false;
         while !committed && w.sim_ms() < healed_at + BOUND_MS {
             req += 1;
-            let batch = build::batch(&[value.as_bytes()], w.sim_ms() as i64);
             let _ = ep
                 .send_to(addr(target), 0, &wire::produce(req, g, &batch))
                 .await;
@@ -1163,7 +1258,7 @@ async fn liveness_and_final_check(w: &Rc<World>, healed_at: u64) {
     }
     // 3. Read every group back in full, from whichever node leads it now.
     let mut final_log = BTreeMap::new();
-    for g in 1..=w.opts.groups {
+    for g in CONTROLLER_GROUP..=w.opts.groups {
         let (mut from, mut target, mut done) = (0, 1, false);
         for _ in 0..2_000 {
             req += 1;
@@ -1243,6 +1338,8 @@ mod tests {
     #[cfg(feature = "inject-bugs")]
     #[test]
     fn every_injected_bug_is_caught_within_200_seeds() {
+        // Panics inside a run are findings, reported in the outcome; keep the log quiet.
+        std::panic::set_hook(Box::new(|_| {}));
         for name in corelog_replication::Bugs::NAMES {
             let caught = (1..=200).find(|&seed| {
                 let mut opts = RunOptions::from_seed(seed);

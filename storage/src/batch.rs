@@ -175,30 +175,68 @@ pub fn set_partition_leader_epoch(bytes: &mut [u8], epoch: i32) {
     bytes[12..16].copy_from_slice(&epoch.to_be_bytes());
 }
 
-/// Timestamps of the records of an uncompressed batch, in order, as (offset delta,
-/// timestamp). `None` for compressed batches, whose records storage does not decompress,
-/// and for records that do not parse. Used by `offset_for_timestamp` to find the exact
-/// first record at or after a time.
-pub fn record_timestamps(bytes: &[u8]) -> Option<Vec<(i32, i64)>> {
+/// One record of an uncompressed batch, borrowed from the batch bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub offset_delta: i32,
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+}
+
+/// The records of an uncompressed batch, in order. `None` for compressed batches, whose
+/// records storage does not decompress, and for records that do not parse. Headers are
+/// skipped.
+pub fn records(bytes: &[u8]) -> Option<Vec<Record<'_>>> {
     let header = BatchHeader::parse(bytes).ok()?;
     if header.compression() != 0 {
         return None;
     }
-    let mut out = Vec::with_capacity(header.record_count.max(0) as usize);
-    let mut rest = &bytes[HEADER_LEN..header.size.min(bytes.len())];
+    let mut out = Vec::with_capacity(header.record_count.clamp(0, 4096) as usize);
+    let mut rest = bytes.get(HEADER_LEN..header.size.min(bytes.len()))?;
     for _ in 0..header.record_count {
         let (len, n) = varint(rest)?;
         let body = rest.get(n..n + usize::try_from(len).ok()?)?;
-        // attributes (1 byte), timestampDelta (varlong), offsetDelta (varint), ...
-        let (ts_delta, m) = varint(body.get(1..)?)?;
-        let (offset_delta, _) = varint(body.get(1 + m..)?)?;
-        out.push((
-            i32::try_from(offset_delta).ok()?,
-            header.base_timestamp + ts_delta,
-        ));
+        // attributes (1 byte), timestampDelta (varlong), offsetDelta (varint), key, value
+        let mut at = 1;
+        let (ts_delta, m) = varint(body.get(at..)?)?;
+        at += m;
+        let (offset_delta, m) = varint(body.get(at..)?)?;
+        at += m;
+        let (key, m) = bytes_field(body.get(at..)?)?;
+        at += m;
+        let (value, _) = bytes_field(body.get(at..)?)?;
+        out.push(Record {
+            offset_delta: i32::try_from(offset_delta).ok()?,
+            timestamp: header.base_timestamp + ts_delta,
+            key,
+            value,
+        });
         rest = &rest[n + len as usize..];
     }
     Some(out)
+}
+
+/// A varint length (-1 for null) followed by that many bytes.
+fn bytes_field(b: &[u8]) -> Option<(Option<&[u8]>, usize)> {
+    let (len, n) = varint(b)?;
+    if len < 0 {
+        return Some((None, n));
+    }
+    let len = usize::try_from(len).ok()?;
+    Some((Some(b.get(n..n + len)?), n + len))
+}
+
+/// Timestamps of the records of an uncompressed batch, in order, as (offset delta,
+/// timestamp); `None` as for [`records`]. Used by `offset_for_timestamp` to find the exact
+/// first record at or after a time.
+pub fn record_timestamps(bytes: &[u8]) -> Option<Vec<(i32, i64)>> {
+    Some(
+        records(bytes)?
+            .iter()
+            .map(|r| (r.offset_delta, r.timestamp))
+            .collect(),
+    )
 }
 
 /// A zigzag varint/varlong as Kafka writes them; returns the value and the bytes used.
@@ -310,6 +348,16 @@ mod tests {
         assert_eq!(
             record_timestamps(&b).unwrap(),
             vec![(0, 1_000), (1, 1_001), (2, 1_002)]
+        );
+        let keyed = build::with_records(&[(Some(b"k"), b"v1"), (None, b"")], 7, 0);
+        let rs = records(&keyed).unwrap();
+        assert_eq!(
+            (rs[0].key, rs[0].value),
+            (Some(&b"k"[..]), Some(&b"v1"[..]))
+        );
+        assert_eq!(
+            (rs[1].key, rs[1].value, rs[1].offset_delta),
+            (None, Some(&b""[..]), 1)
         );
     }
 
