@@ -481,7 +481,10 @@ impl Raft {
                 None => base <= from && from < end,
                 Some(_) => base == next,
             };
-            if h.size > rest.len() || !fits {
+            // The epoch field lies outside the batch CRC: never forward one that disagrees
+            // with our own term history.
+            let epoch_ok = h.partition_leader_epoch as Term == self.epochs.term_at(base);
+            if h.size > rest.len() || !fits || !epoch_ok {
                 break;
             }
             start.get_or_insert(base);

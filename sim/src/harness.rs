@@ -55,6 +55,8 @@ pub struct RunOptions {
     /// Chance that a fault strikes a current leader rather than any node: leaders are
     /// where the interesting interleavings are.
     pub leader_bias: f64,
+    /// One replica's disks flip a bit in this share of reads (in transit, not stored).
+    pub read_flip_probability: f64,
     /// Chance that a newly elected leader is cut off moments after its election, before
     /// it can replicate: the classic source of divergent logs.
     pub snipe_probability: f64,
@@ -84,6 +86,7 @@ impl RunOptions {
             persist_probability: [0.0, 0.2, 0.5, 0.9][r.below(4) as usize],
             leader_bias: [0.0, 0.5, 0.9][r.below(3) as usize],
             snipe_probability: [0.0, 0.3, 0.7][r.below(3) as usize],
+            read_flip_probability: [0.0, 0.002, 0.02][r.below(3) as usize],
             #[cfg(feature = "inject-bugs")]
             bugs: corelog_replication::Bugs::default(),
         }
@@ -165,8 +168,14 @@ impl World {
         disks
             .entry((node, group))
             .or_insert_with(|| {
+                // Node 1's disks are the flaky ones, when the seed says so.
                 let faults = FaultConfig {
                     persist_probability: self.opts.persist_probability,
+                    read_flip_probability: if node == 1 {
+                        self.opts.read_flip_probability
+                    } else {
+                        0.0
+                    },
                     ..FaultConfig::default()
                 };
                 SimDisk::with_faults(seed, faults)
@@ -206,9 +215,15 @@ async fn load_hard_state(
 ) -> std::io::Result<(HardState, u64)> {
     let mut best = (HardState::default(), 0u64);
     for slot in 0..2u64 {
-        let b = file
-            .read_at((u64::from(group) * 2 + slot) * 4096, 28)
-            .await?;
+        // Two reads must agree before a slot is judged: a bit flipped in transit must not
+        // make a valid slot look torn (the older slot would bring back an older vote).
+        let at = (u64::from(group) * 2 + slot) * 4096;
+        let b = loop {
+            let a = file.read_at(at, 28).await?;
+            if a == file.read_at(at, 28).await? {
+                break a;
+            }
+        };
         if b.len() < 28 {
             continue;
         }
@@ -430,7 +445,15 @@ async fn open_group(
     let mut epochs = EpochCache::new();
     let mut from = log.log_start_offset();
     while from < log.next_offset() {
-        let got = log.read(from, 1 << 20).await?;
+        // Read twice: the epoch field is outside the CRC, and a bit flipped in transit
+        // there would corrupt the term history this rebuilds.
+        let got = loop {
+            let a = log.read(from, 1 << 20).await?;
+            let b = log.read(from, 1 << 20).await?;
+            if a == b {
+                break a;
+            }
+        };
         let mut rest = got.bytes.as_slice();
         while let Ok(h) = BatchHeader::parse(rest) {
             epochs.record(h.partition_leader_epoch as Term, h.base_offset as u64);

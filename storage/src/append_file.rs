@@ -27,7 +27,7 @@ impl<F: DiskFile> AppendFile<F> {
     /// will be overwritten. Reads the partial tail block back into memory.
     pub(crate) async fn open(file: F, len: u64) -> io::Result<Self> {
         let buf_start = align_down(len);
-        let buf = file.read_at(buf_start, (len - buf_start) as usize).await?;
+        let buf = read_stable(&file, buf_start, (len - buf_start) as usize).await?;
         if buf.len() as u64 != len - buf_start {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -134,7 +134,11 @@ impl<F: DiskFile> AppendFile<F> {
         assert!(len <= self.len, "truncate may only shorten");
         self.flush().await?;
         let start = align_down(len);
-        self.buf = self.read(start, (len - start) as usize).await?;
+        self.buf = if start < self.buf_start {
+            read_stable(&self.file, start, (len - start) as usize).await?
+        } else {
+            self.read(start, (len - start) as usize).await?
+        };
         self.buf_start = start;
         self.len = len;
         self.written_len = start; // force the tail block to be rewritten
@@ -145,6 +149,23 @@ impl<F: DiskFile> AppendFile<F> {
         self.written_len = len;
         self.file.sync().await
     }
+}
+
+/// Reads bytes that are about to be written back (the partial tail block): a bit flipped
+/// in transit would otherwise become a stored one. Two reads must agree.
+async fn read_stable<F: DiskFile>(file: &F, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut last = file.read_at(pos, len).await?;
+    for _ in 0..4 {
+        let again = file.read_at(pos, len).await?;
+        if again == last {
+            return Ok(again);
+        }
+        last = again;
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "reads of the tail block keep disagreeing",
+    ))
 }
 
 #[cfg(test)]

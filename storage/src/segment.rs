@@ -193,6 +193,9 @@ impl<F: DiskFile> Segment<F> {
     }
 
     /// Scans batches from `position` up to `limit` bytes of file, tracking each valid one.
+    ///
+    /// Before stopping anywhere but at clean zeros, it reads that place once more: a bit
+    /// flipped in transit (bus, controller) must not cut a log whose stored bytes are fine.
     async fn scan(
         &mut self,
         mut position: u64,
@@ -201,6 +204,7 @@ impl<F: DiskFile> Segment<F> {
     ) -> Result<ScanEnd, StorageError> {
         let mut chunk: Vec<u8> = Vec::new();
         let mut chunk_start = position;
+        let mut reread_at = None;
         loop {
             if position + batch::LOG_OVERHEAD as u64 > limit {
                 return Ok(ScanEnd {
@@ -214,51 +218,55 @@ impl<F: DiskFile> Segment<F> {
                 Some(h) => h.size,
                 None => HEADER_LEN,
             };
-            if chunk.len() < at + need {
+            let verdict = if chunk.len() < at + need {
                 let want = need.max(SCAN_CHUNK).min((limit - position) as usize);
                 chunk = self.log.file.read_at(position, want).await?;
                 chunk_start = position;
-                if chunk.len() < need {
-                    let why = if chunk.iter().all(|&b| b == 0) {
-                        None
-                    } else {
-                        Some("torn batch".to_string())
-                    };
+                if chunk.len() >= need {
+                    continue;
+                }
+                if chunk.iter().all(|&b| b == 0) {
                     return Ok(ScanEnd {
                         position,
-                        stopped: why,
+                        stopped: None,
                     });
                 }
-                continue;
-            }
-            let bytes = &chunk[at..at + need];
-            // Zeros are the padding after the last batch: the clean end of the log.
-            if bytes[..batch::LOG_OVERHEAD].iter().all(|&b| b == 0) {
-                return Ok(ScanEnd {
-                    position,
-                    stopped: None,
-                });
-            }
-            let header = match batch::validate(bytes, max_batch_bytes.max(need)) {
-                Ok(h) => h,
-                Err(e) => {
+                Err("torn batch".to_string())
+            } else {
+                let bytes = &chunk[at..at + need];
+                // Zeros are the padding after the last batch: the clean end of the log.
+                if bytes[..batch::LOG_OVERHEAD].iter().all(|&b| b == 0) {
                     return Ok(ScanEnd {
                         position,
-                        stopped: Some(e.to_string()),
+                        stopped: None,
                     });
+                }
+                match batch::validate(bytes, max_batch_bytes.max(need)) {
+                    Ok(h) if h.base_offset == self.next_offset as i64 => Ok(h),
+                    Ok(h) => Err(format!(
+                        "batch at offset {} where {} was expected",
+                        h.base_offset, self.next_offset
+                    )),
+                    Err(e) => Err(e.to_string()),
                 }
             };
-            if header.base_offset != self.next_offset as i64 {
-                return Ok(ScanEnd {
-                    position,
-                    stopped: Some(format!(
-                        "batch at offset {} where {} was expected",
-                        header.base_offset, self.next_offset
-                    )),
-                });
+            match verdict {
+                Ok(header) => {
+                    self.track(position, &header);
+                    position += header.size as u64;
+                }
+                Err(_) if reread_at != Some(position) => {
+                    reread_at = Some(position);
+                    chunk.clear();
+                    chunk_start = position;
+                }
+                Err(why) => {
+                    return Ok(ScanEnd {
+                        position,
+                        stopped: Some(why),
+                    });
+                }
             }
-            self.track(position, &header);
-            position += header.size as u64;
         }
     }
 

@@ -19,6 +19,9 @@
 //!    return `EIO`; `FaultConfig::read_error_probability` does so at random per read.
 //! 5. **Bit rot.** [`SimDisk::flip_bit`] flips a stored bit, durably, as a decaying medium
 //!    would; only CRCs can tell.
+//! 6. **Bit flips in transit.** `FaultConfig::read_flip_probability` flips one bit of the
+//!    data a read returns (a bad cable, controller or DMA), leaving the stored bytes
+//!    intact: the same read again returns the truth.
 //!
 //! Direct-I/O alignment is enforced as the kernel does: an unaligned write or truncate
 //! fails with `EINVAL`, so alignment bugs surface here first.
@@ -44,6 +47,8 @@ pub struct FaultConfig {
     pub torn_probability: f64,
     /// Chance that any read fails with EIO.
     pub read_error_probability: f64,
+    /// Chance that a read returns its data with one bit flipped (not stored).
+    pub read_flip_probability: f64,
 }
 
 impl Default for FaultConfig {
@@ -52,6 +57,7 @@ impl Default for FaultConfig {
             persist_probability: 0.5,
             torn_probability: 0.5,
             read_error_probability: 0.0,
+            read_flip_probability: 0.0,
         }
     }
 }
@@ -164,6 +170,11 @@ impl SimDisk {
             .borrow_mut()
             .failing_blocks
             .insert((name.to_string(), block));
+    }
+
+    /// Changes the random fault rates of this disk from now on.
+    pub fn set_faults(&self, faults: FaultConfig) {
+        self.state.borrow_mut().faults = faults;
     }
 
     /// Clears all injected read errors.
@@ -279,7 +290,15 @@ impl DiskFile for SimFile {
         let d = self.data.borrow();
         let start = (pos as usize).min(d.current.len());
         let end = (pos as usize + len).min(d.current.len());
-        Ok(d.current[start..end].to_vec())
+        let mut out = d.current[start..end].to_vec();
+        let mut s = self.disk.state.borrow_mut();
+        let p = s.faults.read_flip_probability;
+        if p > 0.0 && !out.is_empty() && s.rng.chance(p) {
+            let at = s.rng.below(out.len() as u64) as usize;
+            let bit = s.rng.below(8);
+            out[at] ^= 1 << bit;
+        }
+        Ok(out)
     }
 
     async fn sync(&self) -> io::Result<()> {
@@ -367,6 +386,7 @@ mod tests {
                 persist_probability: 0.0,
                 torn_probability: 0.0,
                 read_error_probability: 0.0,
+                read_flip_probability: 0.0,
             };
             let disk = SimDisk::with_faults(2, lost);
             let f = disk.open("a").await.unwrap();

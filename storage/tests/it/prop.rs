@@ -51,7 +51,7 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..80),
     ) {
         block_on(async {
-            let faults = FaultConfig { persist_probability: persist, torn_probability: 0.5, read_error_probability: 0.0 };
+            let faults = FaultConfig { persist_probability: persist, torn_probability: 0.5, ..FaultConfig::default() };
             let disk = SimDisk::with_faults(seed, faults);
             let mut log = Log::open(disk.clone(), config(large)).await.unwrap();
             // The model: batches as stored, and how many of them are synced.
