@@ -365,7 +365,7 @@ impl Raft {
                 end,
             } => {
                 let granted = term > self.hard.term
-                    && (self.log_ok(last_term, end) || self.bug_vote_ignores_log())
+                    && (self.log_ok(last_term, end) || self.bugs().vote_ignores_log)
                     && !self.in_leader_lease(now);
                 let term = if granted { term } else { self.hard.term };
                 self.send(from, Message::PreVoteResponse { term, granted });
@@ -383,10 +383,10 @@ impl Raft {
                 last_term,
                 end,
             } => {
-                let free = self.hard.voted_for.is_none_or(|v| v == from) || self.bug_double_vote();
+                let free = self.hard.voted_for.is_none_or(|v| v == from) || self.bugs().double_vote;
                 let granted = term == self.hard.term
                     && free
-                    && (self.log_ok(last_term, end) || self.bug_vote_ignores_log());
+                    && (self.log_ok(last_term, end) || self.bugs().vote_ignores_log);
                 if granted {
                     self.hard.voted_for = Some(from);
                     self.hard_dirty = true;
@@ -438,7 +438,7 @@ impl Raft {
     pub fn on_persisted(&mut self, now: u64, durable_end: Offset) {
         self.durable_end = durable_end.min(self.end);
         if let Some(ack) = self.pending_ack {
-            if self.durable_end >= ack.end || self.bug_ack_before_fsync() {
+            if self.durable_end >= ack.end || self.bugs().ack_before_fsync {
                 self.pending_ack = None;
                 if ack.term == self.hard.term {
                     self.send(
@@ -743,7 +743,7 @@ impl Raft {
             },
             _ => ack,
         });
-        if self.durable_end >= matched || self.bug_ack_before_fsync() {
+        if self.durable_end >= matched || self.bugs().ack_before_fsync {
             self.on_persisted(now, self.durable_end);
         }
     }
@@ -910,7 +910,7 @@ impl Raft {
         // earlier ones commit with it.
         let own_term =
             quorum_end > self.start && self.epochs.term_at(quorum_end - 1) == self.hard.term;
-        if quorum_end > self.commit && (own_term || self.bug_commit_old_term()) {
+        if quorum_end > self.commit && (own_term || self.bugs().commit_old_term) {
             self.commit = quorum_end;
         }
     }
@@ -972,38 +972,25 @@ impl Raft {
         self.election_deadline_ms = now + self.cfg.election_timeout_min_ms + r % span;
     }
 
+    /// The injected bugs in force: none unless built with `inject-bugs`.
     #[cfg(feature = "inject-bugs")]
-    fn bug_commit_old_term(&self) -> bool {
-        self.cfg.bugs.commit_old_term
+    fn bugs(&self) -> crate::Bugs {
+        self.cfg.bugs
     }
     #[cfg(not(feature = "inject-bugs"))]
-    fn bug_commit_old_term(&self) -> bool {
-        false
+    fn bugs(&self) -> NoBugs {
+        NoBugs::default()
     }
-    #[cfg(feature = "inject-bugs")]
-    fn bug_ack_before_fsync(&self) -> bool {
-        self.cfg.bugs.ack_before_fsync
-    }
-    #[cfg(not(feature = "inject-bugs"))]
-    fn bug_ack_before_fsync(&self) -> bool {
-        false
-    }
-    #[cfg(feature = "inject-bugs")]
-    fn bug_vote_ignores_log(&self) -> bool {
-        self.cfg.bugs.vote_ignores_log
-    }
-    #[cfg(not(feature = "inject-bugs"))]
-    fn bug_vote_ignores_log(&self) -> bool {
-        false
-    }
-    #[cfg(feature = "inject-bugs")]
-    fn bug_double_vote(&self) -> bool {
-        self.cfg.bugs.double_vote
-    }
-    #[cfg(not(feature = "inject-bugs"))]
-    fn bug_double_vote(&self) -> bool {
-        false
-    }
+}
+
+/// Without the `inject-bugs` feature every bug is off, and the checks fold away.
+#[cfg(not(feature = "inject-bugs"))]
+#[derive(Default)]
+struct NoBugs {
+    commit_old_term: bool,
+    ack_before_fsync: bool,
+    vote_ignores_log: bool,
+    double_vote: bool,
 }
 
 /// A Kafka LEADER_CHANGE control batch (control record type 2), as KRaft writes: key

@@ -825,15 +825,9 @@ async fn client_main(cid: u32) {
                 (build::batch(&[value.as_bytes()], w.sim_ms() as i64), value)
             };
             w.history.borrow_mut().attempt(&value);
-            let _ = ep
-                .send_to(addr(target), 0, &wire::produce(req, g, &batch))
-                .await;
-            match await_response(&ep, req, 1_000).await {
-                Some((wire::OK, body)) => {
-                    let base = u64::from_le_bytes(body[..8].try_into().expect("base offset"));
-                    w.history.borrow_mut().ack(w.sim_ms(), &value, g, base);
-                }
-                other => {
+            match produce(&ep, target, req, g, &batch).await {
+                Ok(base) => w.history.borrow_mut().ack(w.sim_ms(), &value, g, base),
+                Err(other) => {
                     leader_guess.insert(g, next_guess(other, &mut rng, w.opts.nodes));
                 }
             }
@@ -856,6 +850,26 @@ async fn client_main(cid: u32) {
         sleep(Duration::from_millis(rng.below(10))).await;
     }
     *w.clients_running.borrow_mut() -= 1;
+}
+
+/// Sends one produce request (acks=all) and waits up to a second for its answer: the base
+/// offset it got, or the failed answer to steer the next attempt by.
+async fn produce(
+    ep: &Endpoint,
+    to: NodeId,
+    req: u64,
+    group: GroupId,
+    batch: &[u8],
+) -> Result<Offset, Option<(u8, Vec<u8>)>> {
+    let _ = ep
+        .send_to(addr(to), 0, &wire::produce(req, group, batch))
+        .await;
+    match await_response(ep, req, 1_000).await {
+        Some((wire::OK, body)) => Ok(u64::from_le_bytes(
+            body[..8].try_into().expect("base offset"),
+        )),
+        other => Err(other),
+    }
 }
 
 /// Where to send next after a failure: the leader a node named, else anyone.
@@ -1245,16 +1259,12 @@ async fn liveness_and_final_check(w: &Rc<World>, healed_at: u64) {
         let mut committed = false;
         while !committed && w.sim_ms() < healed_at + BOUND_MS {
             req += 1;
-            let _ = ep
-                .send_to(addr(target), 0, &wire::produce(req, g, &batch))
-                .await;
-            match await_response(&ep, req, 1_000).await {
-                Some((wire::OK, body)) => {
-                    let base = u64::from_le_bytes(body[..8].try_into().expect("base"));
+            match produce(&ep, target, req, g, &batch).await {
+                Ok(base) => {
                     w.history.borrow_mut().ack(w.sim_ms(), &value, g, base);
                     committed = true;
                 }
-                other => {
+                Err(other) => {
                     target = next_guess(other, &mut rng, w.opts.nodes);
                     sleep(Duration::from_millis(20)).await;
                 }
