@@ -17,18 +17,29 @@ impl EpochCache {
         Self::default()
     }
 
-    /// Records that `term` wrote a batch starting at `base`.
-    pub fn record(&mut self, term: Term, base: Offset) {
+    /// Builds a cache from stored runs; `None` unless terms and offsets strictly grow.
+    pub fn from_runs(runs: Vec<(Term, Offset)>) -> Option<Self> {
+        runs.windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1)
+            .then_some(Self { runs })
+    }
+
+    /// Records that `term` wrote a batch starting at `base`; true if that began a run.
+    pub fn record(&mut self, term: Term, base: Offset) -> bool {
         match self.runs.last() {
-            Some(&(t, _)) if t == term => {}
+            Some(&(t, _)) if t == term => false,
             Some(&(t, s)) => {
                 assert!(
                     term > t && base >= s,
                     "terms must grow along the log: {t}@{s} then {term}@{base}"
                 );
                 self.runs.push((term, base));
+                true
             }
-            None => self.runs.push((term, base)),
+            None => {
+                self.runs.push((term, base));
+                true
+            }
         }
     }
 
@@ -44,9 +55,12 @@ impl EpochCache {
         i.checked_sub(1).map_or(0, |i| self.runs[i].1)
     }
 
-    /// Forgets everything from `offset` on (the log was truncated there).
-    pub fn truncate(&mut self, offset: Offset) {
+    /// Forgets everything from `offset` on (the log was truncated there); true if a run
+    /// went.
+    pub fn truncate(&mut self, offset: Offset) -> bool {
+        let before = self.runs.len();
         self.runs.retain(|&(_, s)| s < offset);
+        self.runs.len() != before
     }
 
     pub fn runs(&self) -> &[(Term, Offset)] {

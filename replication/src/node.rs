@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::epochs::EpochCache;
 use crate::message::Message;
 use crate::raft::{HardState, Raft, StorageOp};
 use crate::{NodeId, Offset};
@@ -23,6 +24,8 @@ pub struct Envelope {
 pub struct GroupWork {
     pub group: GroupId,
     pub hard_state: Option<HardState>,
+    /// See [`crate::Ready::epochs`] for when to persist it.
+    pub epochs: Option<EpochCache>,
     pub storage: Vec<StorageOp>,
 }
 
@@ -103,10 +106,11 @@ impl Node {
         let mut by_peer: BTreeMap<NodeId, Vec<(GroupId, Message)>> = BTreeMap::new();
         for (&group, raft) in self.groups.iter_mut() {
             let ready = raft.take_ready();
-            if ready.hard_state.is_some() || !ready.storage.is_empty() {
+            if ready.hard_state.is_some() || ready.epochs.is_some() || !ready.storage.is_empty() {
                 out.work.push(GroupWork {
                     group,
                     hard_state: ready.hard_state,
+                    epochs: ready.epochs,
                     storage: ready.storage,
                 });
             }

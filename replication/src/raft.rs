@@ -84,6 +84,7 @@ pub struct LogState {
     pub start: Offset,
     /// Every batch present is durable (recovery syncs).
     pub end: Offset,
+    /// The term history: the epoch checkpoint (runs past `end` are dropped).
     pub epochs: EpochCache,
 }
 
@@ -105,13 +106,21 @@ pub enum StorageOp {
 #[derive(Debug, Default)]
 pub struct Ready {
     pub hard_state: Option<HardState>,
+    /// The term history changed: persist it (the epoch checkpoint, like Kafka's
+    /// `leader-epoch-checkpoint`) just before the first `Append` of this Ready, after any
+    /// `Truncate` before it, or after the ops if there is no `Append`. So the checkpoint on
+    /// disk always names the term of every batch on disk; start-up truncates it to the log.
+    pub epochs: Option<EpochCache>,
     pub storage: Vec<StorageOp>,
     pub messages: Vec<Outgoing>,
 }
 
 impl Ready {
     pub fn is_empty(&self) -> bool {
-        self.hard_state.is_none() && self.storage.is_empty() && self.messages.is_empty()
+        self.hard_state.is_none()
+            && self.epochs.is_none()
+            && self.storage.is_empty()
+            && self.messages.is_empty()
     }
 }
 
@@ -163,6 +172,7 @@ pub struct Raft {
     cfg: RaftConfig,
     hard: HardState,
     hard_dirty: bool,
+    epochs_dirty: bool,
     role: Role,
     leader: Option<NodeId>,
     start: Offset,
@@ -196,13 +206,20 @@ impl Raft {
         let mut raft = Self {
             hard,
             hard_dirty: false,
+            epochs_dirty: false,
             role: Role::Follower,
             leader: None,
             start: log.start,
             end: log.end,
             durable_end: log.end,
             commit: log.start,
-            epochs: log.epochs,
+            // A checkpoint may name runs past the log end (saved before a crash cut the
+            // tail); they are not the log's.
+            epochs: {
+                let mut e = log.epochs;
+                e.truncate(log.end);
+                e
+            },
             cache: VecDeque::new(),
             cache_bytes: 0,
             progress: BTreeMap::new(),
@@ -274,6 +291,10 @@ impl Raft {
         if self.hard_dirty {
             self.ready.hard_state = Some(self.hard);
             self.hard_dirty = false;
+        }
+        if self.epochs_dirty {
+            self.ready.epochs = Some(self.epochs.clone());
+            self.epochs_dirty = false;
         }
         std::mem::take(&mut self.ready)
     }
@@ -606,7 +627,7 @@ impl Raft {
 
     fn append_local(&mut self, bytes: Bytes, base: Offset, end: Offset) {
         debug_assert_eq!(base, self.end);
-        self.epochs.record(self.hard.term, base);
+        self.epochs_dirty |= self.epochs.record(self.hard.term, base);
         self.end = end;
         self.cache_bytes += bytes.len();
         self.cache.push_back((base, end, bytes.clone()));
@@ -625,7 +646,7 @@ impl Raft {
         );
         self.end = offset;
         self.durable_end = self.durable_end.min(offset);
-        self.epochs.truncate(offset);
+        self.epochs_dirty |= self.epochs.truncate(offset);
         while self.cache.back().is_some_and(|&(_, e, _)| e > offset) {
             let (_, _, b) = self.cache.pop_back().expect("non-empty");
             self.cache_bytes -= b.len();
@@ -719,7 +740,7 @@ impl Raft {
                 }
                 self.truncate_local(base);
             }
-            self.epochs.record(eterm, base);
+            self.epochs_dirty |= self.epochs.record(eterm, base);
             self.end = end;
             self.ready.storage.push(StorageOp::Append(vec![bytes]));
             matched = end;

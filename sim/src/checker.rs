@@ -206,6 +206,11 @@ impl History {
         }
     }
 
+    /// Any other broken invariant a node or the harness notices.
+    pub fn invariant(&mut self, now_ms: u64, what: String) {
+        self.violate(now_ms, what);
+    }
+
     pub fn liveness(&mut self, now_ms: u64, what: String) {
         self.violate(now_ms, format!("liveness: {what}"));
     }

@@ -272,6 +272,7 @@ struct Group {
     mirror: Vec<(Offset, Offset, u32)>,
     checked_commit: Offset,
     hard_seq: u64,
+    epoch_seq: u64,
 }
 
 struct Pending {
@@ -308,6 +309,11 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
         .open("raft-state")
         .await
         .map_err(|e| format!("meta file: {e}"))?;
+    let epochs_file = w
+        .disk(id, META)
+        .open("epochs")
+        .await
+        .map_err(|e| format!("epochs file: {e}"))?;
     w.disk(id, META)
         .sync_dir()
         .await
@@ -322,8 +328,8 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
             .await
             .map_err(|e| format!("read hard state: {e}"))?;
         // A disk that errs on recovery keeps the node down (fail-stop) until it reads.
-        let (log, mirror, epochs) = loop {
-            match open_group(&w, id, g).await {
+        let (log, mirror, epochs, epoch_seq) = loop {
+            match open_group(&w, id, g, &epochs_file).await {
                 Ok(x) => break x,
                 Err(e) => {
                     w.event(format!("node {id} cannot open g{g}: {e}; retrying"));
@@ -354,6 +360,7 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
                 mirror,
                 checked_commit: 0,
                 hard_seq: hard_seq + 1,
+                epoch_seq: epoch_seq + 1,
             },
         );
     }
@@ -385,7 +392,7 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
         }
         let now = w.now_ms(id);
         node.on_tick(now);
-        drive(&w, id, &mut node, &mut groups, &meta, &ep).await?;
+        drive(&w, id, &mut node, &mut groups, (&meta, &epochs_file), &ep).await?;
         apply_metadata(&w, id, &node, &groups, &mut metadata).await?;
         answer_pending(&w, id, &node, &mut pending, &ep).await;
         if *w.finished.borrow() {
@@ -433,32 +440,51 @@ async fn apply_metadata(
 
 type Mirror = Vec<(Offset, Offset, u32)>;
 
-/// Opens a group's log and rebuilds what the core needs from it: the term of every batch
-/// (the epoch cache) and the checker's mirror.
+/// Opens a group's log and its term history (the epoch checkpoint), and builds the
+/// checker's mirror of the log. Every batch's epoch must agree with the checkpoint: if not,
+/// the checkpoint protocol is broken, and the run says so.
 async fn open_group(
     w: &World,
     id: NodeId,
     g: GroupId,
-) -> Result<(Log<SimDisk>, Mirror, EpochCache), corelog_storage::StorageError> {
-    let log = Log::open(w.disk(id, g), log_config()).await?;
+    epochs_file: &corelog_storage::SimFile,
+) -> Result<(Log<SimDisk>, Mirror, EpochCache, u64), String> {
+    let log = Log::open(w.disk(id, g), log_config())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut epochs, seq) = load_epochs(epochs_file, g)
+        .await
+        .map_err(|e| format!("load epochs: {e}"))?
+        .unwrap_or_default();
+    epochs.truncate(log.next_offset());
     let mut mirror = Vec::new();
-    let mut epochs = EpochCache::new();
     let mut from = log.log_start_offset();
     while from < log.next_offset() {
         // Read twice: the epoch field is outside the CRC, and a bit flipped in transit
-        // there would corrupt the term history this rebuilds.
+        // there would make a sound checkpoint look wrong.
         let got = loop {
-            let a = log.read(from, 1 << 20).await?;
-            let b = log.read(from, 1 << 20).await?;
+            let a = log.read(from, 1 << 20).await.map_err(|e| e.to_string())?;
+            let b = log.read(from, 1 << 20).await.map_err(|e| e.to_string())?;
             if a == b {
                 break a;
             }
         };
         let mut rest = got.bytes.as_slice();
         while let Ok(h) = BatchHeader::parse(rest) {
-            epochs.record(h.partition_leader_epoch as Term, h.base_offset as u64);
+            let base = h.base_offset as u64;
+            let term = h.partition_leader_epoch as Term;
+            if epochs.term_at(base) != term {
+                let now = w.sim_ms();
+                w.history.borrow_mut().invariant(
+                    now,
+                    format!(
+                        "node {id} g{g}: batch {base} has epoch {term}, checkpoint says {}",
+                        epochs.term_at(base)
+                    ),
+                );
+            }
             mirror.push((
-                h.base_offset as u64,
+                base,
                 h.last_offset() as u64 + 1,
                 crc32c::crc32c(&rest[..h.size]),
             ));
@@ -466,7 +492,82 @@ async fn open_group(
         }
         from = got.next_offset;
     }
-    Ok((log, mirror, epochs))
+    Ok((log, mirror, epochs, seq))
+}
+
+/// Epoch checkpoints: two slots of `EPOCH_SLOT` bytes per group in the meta disk's
+/// "epochs" file, `[seq u64][count u32][(term u32, offset u64) x count][crc32c u32]`; the
+/// valid slot with the higher seq wins, so a torn write keeps the previous checkpoint.
+const EPOCH_SLOT: u64 = 64 * 1024;
+
+async fn save_epochs(
+    file: &corelog_storage::SimFile,
+    group: GroupId,
+    epochs: &EpochCache,
+    seq: u64,
+) -> std::io::Result<()> {
+    let mut body = Vec::with_capacity(16 + 12 * epochs.runs().len());
+    body.extend_from_slice(&seq.to_le_bytes());
+    body.extend_from_slice(&(epochs.runs().len() as u32).to_le_bytes());
+    for &(term, offset) in epochs.runs() {
+        body.extend_from_slice(&term.to_le_bytes());
+        body.extend_from_slice(&offset.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&body);
+    body.extend_from_slice(&crc.to_le_bytes());
+    assert!(
+        body.len() as u64 <= EPOCH_SLOT,
+        "epoch checkpoint outgrew its slot"
+    );
+    body.resize(body.len().next_multiple_of(4096), 0);
+    file.write_at((u64::from(group) * 2 + seq % 2) * EPOCH_SLOT, &body)
+        .await?;
+    file.sync().await
+}
+
+async fn load_epochs(
+    file: &corelog_storage::SimFile,
+    group: GroupId,
+) -> std::io::Result<Option<(EpochCache, u64)>> {
+    let mut best: Option<(EpochCache, u64)> = None;
+    for slot in 0..2u64 {
+        let at = (u64::from(group) * 2 + slot) * EPOCH_SLOT;
+        let bytes = loop {
+            let a = file.read_at(at, EPOCH_SLOT as usize).await?;
+            if a == file.read_at(at, EPOCH_SLOT as usize).await? {
+                break a;
+            }
+        };
+        if bytes.len() < 16 {
+            continue;
+        }
+        let seq = u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes"));
+        let count = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+        let end = 12 + 12 * count;
+        if end + 4 > bytes.len() {
+            continue;
+        }
+        let crc = u32::from_le_bytes(bytes[end..end + 4].try_into().expect("4 bytes"));
+        if crc32c::crc32c(&bytes[..end]) != crc {
+            continue;
+        }
+        let runs = bytes[12..end]
+            .chunks_exact(12)
+            .map(|c| {
+                (
+                    u32::from_le_bytes(c[0..4].try_into().expect("4 bytes")),
+                    u64::from_le_bytes(c[4..12].try_into().expect("8 bytes")),
+                )
+            })
+            .collect();
+        let Some(cache) = EpochCache::from_runs(runs) else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|(_, s)| seq > *s) {
+            best = Some((cache, seq));
+        }
+    }
+    Ok(best)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -551,7 +652,7 @@ async fn drive(
     id: NodeId,
     node: &mut Node,
     groups: &mut BTreeMap<GroupId, Group>,
-    meta: &corelog_storage::SimFile,
+    (meta, epochs_file): (&corelog_storage::SimFile, &corelog_storage::SimFile),
     ep: &Endpoint,
 ) -> Result<(), String> {
     for _ in 0..64 {
@@ -599,10 +700,19 @@ async fn drive(
             let g = groups.get_mut(&gw.group).expect("known group");
             let mut reads = Vec::new();
             let mut wrote = false;
+            // The term history goes to disk before the first append that needs it (and
+            // after any truncation before that), so it always covers the log on disk.
+            let mut epochs = gw.epochs;
             for op in gw.storage {
                 let now = w.now_ms(id);
                 match op {
                     StorageOp::Append(batches) => {
+                        if let Some(e) = epochs.take() {
+                            save_epochs(epochs_file, gw.group, &e, g.epoch_seq)
+                                .await
+                                .map_err(|e| format!("save epochs: {e}"))?;
+                            g.epoch_seq += 1;
+                        }
                         for b in batches {
                             let h = BatchHeader::parse(&b).expect("core sends whole batches");
                             g.log
@@ -631,6 +741,12 @@ async fn drive(
                         max_bytes,
                     } => reads.push((peer, from, max_bytes)),
                 }
+            }
+            if let Some(e) = epochs.take() {
+                save_epochs(epochs_file, gw.group, &e, g.epoch_seq)
+                    .await
+                    .map_err(|e| format!("save epochs: {e}"))?;
+                g.epoch_seq += 1;
             }
             if wrote {
                 w.disk_latency().await;
