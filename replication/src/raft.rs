@@ -456,7 +456,7 @@ impl Raft {
     }
 
     /// Storage reports every batch below `durable_end` durable.
-    pub fn on_persisted(&mut self, now: u64, durable_end: Offset) {
+    pub fn on_persisted(&mut self, _now: u64, durable_end: Offset) {
         self.durable_end = durable_end.min(self.end);
         if let Some(ack) = self.pending_ack {
             if self.durable_end >= ack.end || self.bugs().ack_before_fsync {
@@ -478,7 +478,6 @@ impl Raft {
         if self.role == Role::Leader {
             self.maybe_commit();
         }
-        let _ = now;
     }
 
     /// Answer to a `StorageOp::Read`: whole batches starting at `from`; empty if the read
