@@ -370,6 +370,25 @@ mod tests {
         assert_ne!(d.fingerprint(), m.fingerprint());
     }
 
+    proptest::proptest! {
+        /// A metadata batch with any byte of its value changed decodes to a valid command
+        /// or is refused: rkyv validates, it never trusts.
+        #[test]
+        fn damaged_values_are_refused_or_valid(at in 0usize..400, flip in 1u8..=255) {
+            let cmd = MetadataCommand::CreateTopic {
+                name: "orders".into(),
+                partitions: vec![vec![1, 2, 3]; 4],
+                configs: vec![("retention.ms".into(), "60000".into())],
+            };
+            let value = rkyv::to_bytes::<rancor::Error>(&cmd).unwrap().to_vec();
+            let mut v = value.clone();
+            let at = at % v.len();
+            v[at] ^= flip;
+            let b = build::with_records(&[(Some(METADATA_KEY), v.as_slice())], 0, 0);
+            let _ = decode_batch(&b);
+        }
+    }
+
     #[test]
     fn replicas_spread_round_robin_and_limits_hold() {
         let a = assign_replicas(&[3, 1, 2], 4, 2, 0).unwrap();

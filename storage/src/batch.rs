@@ -396,6 +396,27 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        /// Any bytes at all: validation and record parsing answer, never panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = validate(&bytes, 1 << 20);
+            let _ = records(&bytes);
+            let _ = BatchHeader::parse(&bytes);
+        }
+
+        /// A valid batch with one byte changed anywhere the CRC covers is refused.
+        #[test]
+        fn any_flip_under_the_crc_is_refused(at in 21usize..200, flip in 1u8..=255) {
+            let b = build::batch(&[b"some value bytes", b"and more of them"], 9);
+            let mut c = b.clone();
+            let at = at % b.len();
+            proptest::prop_assume!(at >= CRC_START);
+            c[at] ^= flip;
+            proptest::prop_assert!(validate(&c, 1 << 20).is_err());
+        }
+    }
+
     #[test]
     fn a_forged_record_count_is_refused_even_with_a_valid_crc() {
         // The kafka-protocol decoder would reserve i32::MAX records for this batch.
