@@ -678,6 +678,34 @@ mod tests {
     }
 
     #[test]
+    fn a_leader_with_corrupt_storage_hands_over_and_never_campaigns_again() {
+        let mut c = Cluster::new(3, &[1], 10);
+        let bad = elect(&mut c, 1);
+        let now = c.now;
+        c.raft_mut(bad, 1).on_storage_corrupt(now);
+        assert_ne!(c.raft(bad, 1).role(), Role::Leader);
+        c.run_for(2_000);
+        let good = c.leader_of(1).expect("a sound replica leads");
+        assert_ne!(good, bad);
+        let (_, end) = c.propose(1, b"after").unwrap();
+        c.run_for(300);
+        assert!(
+            c.raft(bad, 1).commit() >= end,
+            "the damaged replica still follows"
+        );
+        // Even when the sound leader goes away, the damaged node does not take over.
+        c.isolate(good);
+        c.run_for(5_000);
+        assert_ne!(c.raft(bad, 1).role(), Role::Leader);
+        let third = (1..=3).find(|&i| i != good && i != bad).unwrap();
+        assert_eq!(
+            c.raft(third, 1).role(),
+            Role::Leader,
+            "the third node leads with the damaged node's vote"
+        );
+    }
+
+    #[test]
     fn a_single_replica_group_commits_on_its_own_fsync() {
         let mut c = Cluster::new(1, &[1], 6);
         let l = elect(&mut c, 1);

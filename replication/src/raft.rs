@@ -173,6 +173,8 @@ pub struct Raft {
     hard: HardState,
     hard_dirty: bool,
     epochs_dirty: bool,
+    /// Storage found corrupt data: never campaign again (see `on_storage_corrupt`).
+    damaged: bool,
     role: Role,
     leader: Option<NodeId>,
     start: Offset,
@@ -207,6 +209,7 @@ impl Raft {
             hard,
             hard_dirty: false,
             epochs_dirty: false,
+            damaged: false,
             role: Role::Follower,
             leader: None,
             start: log.start,
@@ -324,7 +327,12 @@ impl Raft {
             }
             _ => {
                 if now >= self.election_deadline_ms {
-                    self.start_pre_vote(now);
+                    if self.damaged {
+                        // Cannot serve what it holds: leave leadership to a sound replica.
+                        self.reset_election_timer(now);
+                    } else {
+                        self.start_pre_vote(now);
+                    }
                 }
             }
         }
@@ -478,6 +486,23 @@ impl Raft {
         if self.role == Role::Leader {
             self.maybe_commit();
         }
+    }
+
+    /// Storage found stored data that fails its checks (a batch that is not what was
+    /// written). The entries are still this replica's (they were written and synced), so
+    /// its votes stay sound; but a leader that cannot read an entry cannot replicate it.
+    /// It steps down and stops campaigning for the life of this process, so a replica
+    /// with a sound copy leads. (A group of one cannot route around this.)
+    pub fn on_storage_corrupt(&mut self, now: u64) {
+        self.damaged = true;
+        if self.role != Role::Follower {
+            self.become_follower(now, self.hard.term, None);
+        }
+    }
+
+    /// Whether storage reported corrupt data (see [`Raft::on_storage_corrupt`]).
+    pub fn damaged(&self) -> bool {
+        self.damaged
     }
 
     /// Answer to a `StorageOp::Read`: whole batches starting at `from`; empty if the read

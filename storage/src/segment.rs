@@ -295,6 +295,14 @@ impl<F: DiskFile> Segment<F> {
         }
     }
 
+    fn corrupt_at(&self, position: u64, reason: String) -> StorageError {
+        StorageError::Corrupt {
+            segment: self.base,
+            position,
+            reason,
+        }
+    }
+
     pub(crate) fn size(&self) -> u64 {
         self.log.len()
     }
@@ -314,12 +322,24 @@ impl<F: DiskFile> Segment<F> {
         let mut position = start;
         let end = self.log.len();
         while position < end {
+            // Every batch walked over is checked whole: a cut placed by a damaged length
+            // field would leave half a batch behind.
             let head = self.log.read(position, HEADER_LEN).await?;
-            let header = BatchHeader::parse(&head).map_err(|e| StorageError::Corrupt {
-                segment: self.base,
-                position,
-                reason: e.to_string(),
-            })?;
+            let size = BatchHeader::parse(&head)
+                .map_err(|e| self.corrupt_at(position, e.to_string()))?
+                .size;
+            let bytes = self.log.read(position, size).await?;
+            let header = batch::validate(&bytes, size)
+                .map_err(|e| self.corrupt_at(position, e.to_string()))?;
+            if header.base_offset != self.next_offset as i64 {
+                return Err(self.corrupt_at(
+                    position,
+                    format!(
+                        "batch at offset {} where {} was expected",
+                        header.base_offset, self.next_offset
+                    ),
+                ));
+            }
             if header.last_offset() as u64 >= offset {
                 break;
             }
