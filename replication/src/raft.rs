@@ -527,8 +527,12 @@ impl Raft {
                 Some(_) => base == next,
             };
             // The epoch field lies outside the batch CRC: never forward one that disagrees
-            // with our own term history.
+            // with our own term history. If the batch holding `from` does, our copy is
+            // rotten (the checkpoint, not the batch, is the term history).
             let epoch_ok = h.partition_leader_epoch as Term == self.epochs.term_at(base);
+            if fits && !epoch_ok && start.is_none() {
+                return self.on_storage_corrupt(now);
+            }
             if h.size > rest.len() || !fits || !epoch_ok {
                 break;
             }
