@@ -79,6 +79,8 @@ struct State {
     rng: SplitMix64,
     faults: FaultConfig,
     failing_blocks: BTreeSet<(String, u64)>,
+    /// fdatasync calls per file name, for tests that count them (group commit).
+    syncs: BTreeMap<String, u64>,
 }
 
 #[derive(Default, Clone)]
@@ -108,6 +110,7 @@ impl SimDisk {
                 rng: SplitMix64(seed),
                 faults,
                 failing_blocks: BTreeSet::new(),
+                syncs: BTreeMap::new(),
             })),
         }
     }
@@ -175,6 +178,11 @@ impl SimDisk {
     /// Changes the random fault rates of this disk from now on.
     pub fn set_faults(&self, faults: FaultConfig) {
         self.state.borrow_mut().faults = faults;
+    }
+
+    /// How many times `name` was fdatasynced.
+    pub fn sync_count(&self, name: &str) -> u64 {
+        self.state.borrow().syncs.get(name).copied().unwrap_or(0)
     }
 
     /// Clears all injected read errors.
@@ -303,6 +311,13 @@ impl DiskFile for SimFile {
 
     async fn sync(&self) -> io::Result<()> {
         self.check_alive()?;
+        *self
+            .disk
+            .state
+            .borrow_mut()
+            .syncs
+            .entry(self.name.clone())
+            .or_default() += 1;
         let mut d = self.data.borrow_mut();
         d.durable = d.current.clone();
         d.unsynced.clear();

@@ -563,3 +563,39 @@ fn bits_flipped_in_transit_neither_cut_the_log_nor_get_served() {
         eprintln!("{corrupt_reads} corrupt reads refused, {epoch_flips_served} epoch flips served");
     })
 }
+
+/// SimDisk-only: group commit. However many appends come before it, one `sync` is one
+/// fdatasync of the log file; a `sync` with nothing new is none.
+#[test]
+fn many_appends_share_one_fdatasync() {
+    block_on(async {
+        let disk = SimDisk::new(13);
+        let mut log = Log::open(disk.clone(), LogConfig::default()).await.unwrap();
+        let name = disk
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|n| n.ends_with(".log"))
+            .unwrap();
+        let before = disk.sync_count(&name);
+        let written = append_n(&mut log, 0, 50).await;
+        assert_eq!(disk.sync_count(&name), before, "appends alone never sync");
+        let durable = log.sync().await.unwrap();
+        assert_eq!(
+            disk.sync_count(&name),
+            before + 1,
+            "50 appends, one fdatasync"
+        );
+        assert_eq!(durable, log.next_offset());
+        log.sync().await.unwrap();
+        assert_eq!(
+            disk.sync_count(&name),
+            before + 1,
+            "nothing new: no fdatasync"
+        );
+        disk.crash();
+        let log = Log::open(disk, LogConfig::default()).await.unwrap();
+        assert_eq!(read_all(&log).await, written, "all 50 survive the crash");
+    })
+}
