@@ -14,7 +14,7 @@ use bytes::{Buf, Bytes};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
-use crate::message::Message;
+use crate::message::{Append, Message};
 use crate::node::Envelope;
 
 pub const VERSION: u8 = 1;
@@ -128,22 +128,15 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
                     term: *term,
                     granted: *granted,
                 },
-                Message::Append {
-                    term,
-                    prev_end,
-                    prev_term,
-                    commit,
-                    entries,
-                    sent_ms,
-                } => {
-                    batches.extend(entries.iter());
+                Message::Append(a) => {
+                    batches.extend(a.entries.iter());
                     WireMessage::Append {
-                        term: *term,
-                        prev_end: *prev_end,
-                        prev_term: *prev_term,
-                        commit: *commit,
-                        entry_lens: entries.iter().map(|e| e.len() as u32).collect(),
-                        sent_ms: *sent_ms,
+                        term: a.term,
+                        prev_end: a.prev_end,
+                        prev_term: a.prev_term,
+                        commit: a.commit,
+                        entry_lens: a.entries.iter().map(|e| e.len() as u32).collect(),
+                        sent_ms: a.sent_ms,
                     }
                 }
                 Message::AppendResponse {
@@ -259,14 +252,14 @@ pub fn decode(mut frame: Bytes) -> Result<Envelope, FrameError> {
                     }
                     entries.push(frame.split_to(len));
                 }
-                Message::Append {
+                Message::Append(Append {
                     term: term.to_native(),
                     prev_end: prev_end.to_native(),
                     prev_term: prev_term.to_native(),
                     commit: commit.to_native(),
                     entries,
                     sent_ms: sent_ms.to_native(),
-                }
+                })
             }
             ArchivedWireMessage::AppendResponse {
                 term,
@@ -312,7 +305,7 @@ mod tests {
                 ),
                 (
                     2,
-                    Message::Append {
+                    Message::Append(Append {
                         term: 5,
                         prev_end: 10,
                         prev_term: 4,
@@ -322,7 +315,7 @@ mod tests {
                             Bytes::from_static(b"second"),
                         ],
                         sent_ms: 1234,
-                    },
+                    }),
                 ),
                 (
                     2,

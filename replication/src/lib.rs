@@ -25,7 +25,7 @@ pub mod raft;
 mod cluster;
 
 pub use epochs::EpochCache;
-pub use message::Message;
+pub use message::{Append, Message};
 pub use node::{Envelope, GroupId, Node};
 pub use raft::{HardState, LogState, ProposeError, Raft, RaftConfig, Ready, Role, StorageOp};
 

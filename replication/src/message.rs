@@ -28,17 +28,7 @@ pub enum Message {
         term: Term,
         granted: bool,
     },
-    /// Entries (record batches, offsets and epoch already set) continuing the log after
-    /// `prev_end`, whose previous entry has term `prev_term`. Empty: a heartbeat.
-    Append {
-        term: Term,
-        prev_end: Offset,
-        prev_term: Term,
-        commit: Offset,
-        entries: Vec<Bytes>,
-        /// The leader's clock when sent, echoed back: the basis of its lease.
-        sent_ms: u64,
-    },
+    Append(Append),
     AppendResponse {
         term: Term,
         /// On success: the end of the prefix known to match the leader, all durable.
@@ -58,18 +48,23 @@ impl Message {
             | Message::PreVoteResponse { term, .. }
             | Message::Vote { term, .. }
             | Message::VoteResponse { term, .. }
-            | Message::Append { term, .. }
             | Message::AppendResponse { term, .. } => *term,
+            Message::Append(a) => a.term,
         }
     }
+}
 
-    /// Bytes of record data carried (for in-flight limits).
-    pub fn payload_bytes(&self) -> usize {
-        match self {
-            Message::Append { entries, .. } => entries.iter().map(|e| e.len()).sum(),
-            _ => 0,
-        }
-    }
+/// Entries (record batches, offsets and epoch already set) continuing the log after
+/// `prev_end`, whose previous entry has term `prev_term`. Empty: a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Append {
+    pub term: Term,
+    pub prev_end: Offset,
+    pub prev_term: Term,
+    pub commit: Offset,
+    pub entries: Vec<Bytes>,
+    /// The leader's clock when sent, echoed back: the basis of its lease.
+    pub sent_ms: u64,
 }
 
 /// A message addressed to a node.

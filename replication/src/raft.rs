@@ -18,7 +18,7 @@ use bytes::Bytes;
 use corelog_storage::batch::{self, BatchHeader};
 
 use crate::epochs::EpochCache;
-use crate::message::{Message, Outgoing};
+use crate::message::{Append, Message, Outgoing};
 use crate::{NodeId, Offset, Term};
 
 /// Timing and limits of a group. Every queue and buffer has a bound here.
@@ -113,15 +113,6 @@ pub struct Ready {
     pub epochs: Option<EpochCache>,
     pub storage: Vec<StorageOp>,
     pub messages: Vec<Outgoing>,
-}
-
-impl Ready {
-    pub fn is_empty(&self) -> bool {
-        self.hard_state.is_none()
-            && self.epochs.is_none()
-            && self.storage.is_empty()
-            && self.messages.is_empty()
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -382,7 +373,7 @@ impl Raft {
                 return;
             }
             _ if term > self.hard.term => {
-                let leader = matches!(msg, Message::Append { .. }).then_some(from);
+                let leader = matches!(msg, Message::Append(_)).then_some(from);
                 self.become_follower(now, term, leader);
             }
             _ => {}
@@ -437,18 +428,7 @@ impl Raft {
                     }
                 }
             }
-            Message::Append {
-                term,
-                prev_end,
-                prev_term,
-                commit,
-                entries,
-                sent_ms,
-            } => {
-                self.handle_append(
-                    now, from, term, prev_end, prev_term, commit, entries, sent_ms,
-                );
-            }
+            Message::Append(append) => self.handle_append(now, from, append),
             Message::AppendResponse {
                 term,
                 end,
@@ -498,11 +478,6 @@ impl Raft {
         if self.role != Role::Follower {
             self.become_follower(now, self.hard.term, None);
         }
-    }
-
-    /// Whether storage reported corrupt data (see [`Raft::on_storage_corrupt`]).
-    pub fn damaged(&self) -> bool {
-        self.damaged
     }
 
     /// Answer to a `StorageOp::Read`: whole batches starting at `from`; empty if the read
@@ -695,18 +670,15 @@ impl Raft {
 
     // ----- follower side ---------------------------------------------------------------
 
-    #[allow(clippy::too_many_arguments)]
-    fn handle_append(
-        &mut self,
-        now: u64,
-        from: NodeId,
-        term: Term,
-        prev_end: Offset,
-        prev_term: Term,
-        commit: Offset,
-        entries: Vec<Bytes>,
-        sent_ms: u64,
-    ) {
+    fn handle_append(&mut self, now: u64, from: NodeId, append: Append) {
+        let Append {
+            term,
+            prev_end,
+            prev_term,
+            commit,
+            entries,
+            sent_ms,
+        } = append;
         if term < self.hard.term {
             self.send(
                 from,
@@ -903,19 +875,7 @@ impl Raft {
         if heartbeat {
             // Heartbeats claim only the known-matching prefix, so they never race the
             // pipelined Appends.
-            let prev_term = if matched > self.start {
-                self.epochs.term_at(matched - 1)
-            } else {
-                0
-            };
-            let msg = Message::Append {
-                term: self.hard.term,
-                prev_end: matched,
-                prev_term,
-                commit: self.commit.min(matched),
-                entries: Vec::new(),
-                sent_ms: now,
-            };
+            let msg = self.append_after(matched, self.commit.min(matched), Vec::new(), now);
             self.send(peer, msg);
         }
     }
@@ -929,25 +889,36 @@ impl Raft {
         upto: Offset,
     ) {
         let size: usize = entries.iter().map(|e| e.len()).sum();
-        let prev_term = if from > self.start {
-            self.epochs.term_at(from - 1)
-        } else {
-            0
-        };
-        let msg = Message::Append {
-            term: self.hard.term,
-            prev_end: from,
-            prev_term,
-            commit: self.commit,
-            entries,
-            sent_ms: now,
-        };
+        let msg = self.append_after(from, self.commit, entries, now);
         if let Some(p) = self.progress.get_mut(&peer) {
             p.next = upto;
             p.inflight.push_back((upto, size));
             p.inflight_bytes += size;
         }
         self.send(peer, msg);
+    }
+
+    /// An Append of `entries` continuing our log after `prev_end`.
+    fn append_after(
+        &self,
+        prev_end: Offset,
+        commit: Offset,
+        entries: Vec<Bytes>,
+        now: u64,
+    ) -> Message {
+        let prev_term = if prev_end > self.start {
+            self.epochs.term_at(prev_end - 1)
+        } else {
+            0
+        };
+        Message::Append(Append {
+            term: self.hard.term,
+            prev_end,
+            prev_term,
+            commit,
+            entries,
+            sent_ms: now,
+        })
     }
 
     fn maybe_commit(&mut self) {

@@ -745,19 +745,14 @@ async fn drive(
             if std::env::var_os("CORELOG_SIM_DEBUG").is_some() {
                 for (g, m) in &env.items {
                     let m = match m {
-                        corelog_replication::Message::Append {
-                            term,
-                            prev_end,
-                            prev_term,
-                            commit,
-                            entries,
-                            ..
-                        } => {
-                            format!(
-                                "Append t{term} prev {prev_end}/t{prev_term} commit {commit} n={}",
-                                entries.len()
-                            )
-                        }
+                        corelog_replication::Message::Append(a) => format!(
+                            "Append t{} prev {}/t{} commit {} n={}",
+                            a.term,
+                            a.prev_end,
+                            a.prev_term,
+                            a.commit,
+                            a.entries.len()
+                        ),
                         other => format!("{other:?}"),
                     };
                     eprintln!("{:>7} {id}->{to} g{g} {m}", w.sim_ms());

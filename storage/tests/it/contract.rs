@@ -73,6 +73,25 @@ pub async fn read_all<D: Disk>(log: &Log<D>) -> Vec<(u64, Vec<u8>)> {
     out
 }
 
+/// The names of the files in `disk` ending in `suffix`, in segment order.
+async fn files<D: Disk>(disk: &D, suffix: &str) -> Vec<String> {
+    let mut names: Vec<String> = disk
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.ends_with(suffix))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The log end after the batches `written`: one past their last record.
+fn end_of(written: &[(u64, Vec<u8>)]) -> u64 {
+    let (base, bytes) = written.last().expect("something written");
+    base + BatchHeader::parse(bytes).unwrap().last_offset_delta as u64 + 1
+}
+
 /// Appends `n` test batches, returning them as stored (offsets patched).
 async fn append_n<D: Disk>(log: &mut Log<D>, first: u64, n: u64) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
@@ -164,13 +183,7 @@ async fn segments_roll_and_reads_cross_them<D: Disk + Clone>(disk: D) {
         "16 KiB segments must roll: {}",
         log.segment_count()
     );
-    let logs = disk
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|n| n.ends_with(".log"))
-        .count();
+    let logs = files(&disk, ".log").await.len();
     assert_eq!(logs, log.segment_count());
     assert_eq!(read_all(&log).await, written);
     log.sync().await.unwrap();
@@ -212,13 +225,7 @@ async fn retention_deletes_oldest_segments_and_moves_the_start<D: Disk + Clone>(
     drop(log);
     let log = Log::open(disk, config).await.unwrap();
     assert_eq!(log.log_start_offset(), start);
-    assert_eq!(
-        log.next_offset(),
-        written
-            .last()
-            .map(|(o, b)| o + BatchHeader::parse(b).unwrap().last_offset_delta as u64 + 1)
-            .unwrap()
-    );
+    assert_eq!(log.next_offset(), end_of(&written));
 }
 
 async fn offset_for_timestamp_finds_the_first_record_at_or_after<D: Disk + Clone>(disk: D) {
@@ -285,14 +292,7 @@ async fn a_missing_or_corrupt_index_is_rebuilt<D: Disk + Clone>(disk: D) {
     let mut log = Log::open(disk.clone(), small()).await.unwrap();
     let written = append_n(&mut log, 0, 80).await;
     log.close().await.unwrap();
-    let mut indexes: Vec<String> = disk
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|n| n.ends_with(".index"))
-        .collect();
-    indexes.sort();
+    let indexes = files(&disk, ".index").await;
     assert!(indexes.len() >= 3);
     disk.remove(&indexes[0]).await.unwrap();
     let f = disk.open(&indexes[1]).await.unwrap();
@@ -321,14 +321,7 @@ async fn garbage_after_the_tail_is_cut_on_open<D: Disk + Clone>(disk: D) {
     let mut log = Log::open(disk.clone(), config.clone()).await.unwrap();
     let written = append_n(&mut log, 0, 10).await;
     log.close().await.unwrap();
-    let mut logs: Vec<String> = disk
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|n| n.ends_with(".log"))
-        .collect();
-    logs.sort();
+    let logs = files(&disk, ".log").await;
     let active = logs.last().unwrap().clone();
     let f = disk.open(&active).await.unwrap();
     let size = f.size().await.unwrap();
@@ -354,13 +347,7 @@ async fn a_flipped_bit_is_never_served<D: Disk + Clone>(disk: D) {
     let mut log = Log::open(disk.clone(), small()).await.unwrap();
     let written = append_n(&mut log, 0, 6).await;
     log.close().await.unwrap();
-    let name = disk
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|n| n.ends_with(".log"))
-        .unwrap();
+    let name = files(&disk, ".log").await.remove(0);
     // Flip one bit inside the records of the third batch, through the disk itself.
     let pos: usize = written[..2].iter().map(|(_, b)| b.len()).sum::<usize>() + 70;
     let f = disk.open(&name).await.unwrap();
@@ -415,13 +402,7 @@ fn sim_disk_bit_rot_is_caught_by_crc() {
         log.sync().await.unwrap();
         assert!(written[..2].iter().map(|(_, b)| b.len()).sum::<usize>() < 4096);
         assert!(written.iter().map(|(_, b)| b.len()).sum::<usize>() > 8192);
-        let name = disk
-            .list()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|n| n.ends_with(".log"))
-            .unwrap();
+        let name = files(&disk, ".log").await.remove(0);
         disk.flip_bit(&name, written[0].1.len() as u64 + 65, 2);
         assert!(matches!(
             log.read(written[1].0, 1).await,
@@ -528,13 +509,7 @@ fn bits_flipped_in_transit_neither_cut_the_log_nor_get_served() {
         let (mut corrupt_reads, mut epoch_flips_served) = (0, 0);
         for _ in 0..20 {
             let log = Log::open(disk.clone(), small()).await.unwrap();
-            assert_eq!(
-                log.next_offset(),
-                written
-                    .last()
-                    .map(|(o, b)| o + BatchHeader::parse(b).unwrap().last_offset_delta as u64 + 1)
-                    .unwrap()
-            );
+            assert_eq!(log.next_offset(), end_of(&written));
             for (base, bytes) in &written {
                 loop {
                     match log.read(*base, 1).await {
@@ -571,13 +546,7 @@ fn many_appends_share_one_fdatasync() {
     block_on(async {
         let disk = SimDisk::new(13);
         let mut log = Log::open(disk.clone(), LogConfig::default()).await.unwrap();
-        let name = disk
-            .list()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|n| n.ends_with(".log"))
-            .unwrap();
+        let name = files(&disk, ".log").await.remove(0);
         let before = disk.sync_count(&name);
         let written = append_n(&mut log, 0, 50).await;
         assert_eq!(disk.sync_count(&name), before, "appends alone never sync");
