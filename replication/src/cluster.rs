@@ -708,10 +708,65 @@ mod tests {
     #[test]
     fn a_single_replica_group_commits_on_its_own_fsync() {
         let mut c = Cluster::new(1, &[1], 6);
-        let l = elect(&mut c, 1);
+        c.step();
+        let l = c
+            .leader_of(1)
+            .expect("a group of one leads at its first tick");
         let (_, end) = c.propose(1, b"solo0").unwrap();
         c.step();
         assert_eq!(c.raft(l, 1).commit(), end);
         assert_eq!(c.raft(l, 1).read_high_watermark(c.now), Some(end));
+    }
+
+    /// A group of one (a single broker's partition) leads at its first tick, writes no
+    /// control batch (offsets start at 0 and do not shift on restart), commits what it
+    /// made durable, and after a restart has everything it held committed at once.
+    #[test]
+    fn group_of_one_leads_at_once_and_commits_its_durable_log() {
+        use crate::raft::{HardState, LogState, Raft, RaftConfig, StorageOp};
+        let mut r = Raft::new(
+            RaftConfig::new(1, vec![1], 7),
+            HardState::default(),
+            LogState::default(),
+            1000,
+        );
+        r.on_tick(1000);
+        assert_eq!(r.role(), crate::raft::Role::Leader);
+        let ready = r.take_ready();
+        assert_eq!(ready.hard_state.map(|h| h.term), Some(1));
+        assert!(
+            ready.storage.is_empty(),
+            "no control batch for a group of one"
+        );
+        let (base, end) = r.propose(1000, build::batch(&[b"v"], 0)).unwrap();
+        assert_eq!((base, end), (0, 1));
+        let ready = r.take_ready();
+        assert!(matches!(ready.storage.as_slice(), [StorageOp::Append(b)] if b.len() == 1));
+        assert_eq!(r.commit(), 0, "nothing is committed before it is durable");
+        r.on_persisted(1000, end);
+        assert_eq!(r.commit(), 1);
+        assert_eq!(r.read_high_watermark(1000), Some(1));
+
+        // Restart over a log of 5 entries from term 1.
+        let mut epochs = EpochCache::new();
+        epochs.record(1, 0);
+        let log = LogState {
+            start: 0,
+            end: 5,
+            epochs,
+        };
+        let mut r = Raft::new(
+            RaftConfig::new(1, vec![1], 7),
+            HardState {
+                term: 1,
+                voted_for: Some(1),
+            },
+            log,
+            0,
+        );
+        r.on_tick(0);
+        assert_eq!(r.term(), 2);
+        assert_eq!(r.commit(), 5);
+        assert_eq!(r.read_high_watermark(0), Some(5));
     }
 }

@@ -227,7 +227,17 @@ impl Raft {
             cfg,
         };
         raft.reset_election_timer(now);
+        if raft.sole_voter() {
+            // Nobody else can lead or vote: campaign at the first tick instead of waiting
+            // out an election timeout (a broker's partitions of one are writable at once).
+            raft.election_deadline_ms = now;
+        }
         raft
+    }
+
+    /// A group of one: its own durable log is the majority.
+    fn sole_voter(&self) -> bool {
+        self.cfg.voters.len() == 1
     }
 
     // ----- observers -------------------------------------------------------------------
@@ -268,6 +278,9 @@ impl Raft {
     pub fn read_high_watermark(&self, now: u64) -> Option<Offset> {
         if self.role != Role::Leader || !self.lease_valid(now) {
             return None;
+        }
+        if self.sole_voter() {
+            return Some(self.commit);
         }
         (self.commit > self.start && self.epochs.term_at(self.commit - 1) == self.hard.term)
             .then_some(self.commit)
@@ -600,6 +613,13 @@ impl Raft {
                 (v, p)
             })
             .collect();
+        if self.sole_voter() {
+            // No other replica can hold or overwrite anything: every durable entry is
+            // committed already (see `maybe_commit`), and a control batch would only shift
+            // the offsets clients see at each restart.
+            self.maybe_commit();
+            return;
+        }
         // Raft commits earlier terms' entries only through one of the current term. The
         // Kafka way to have one at once: a LEADER_CHANGE control batch, which consumers
         // skip, like KRaft's.
@@ -926,6 +946,12 @@ impl Raft {
         ends.push(self.durable_end);
         ends.sort_unstable_by(|a, b| b.cmp(a));
         let quorum_end = ends[self.cfg.majority() - 1];
+        if self.sole_voter() {
+            // The rule below guards against another replica overwriting an old-term entry
+            // after a new election; with one voter there is none.
+            self.commit = self.commit.max(quorum_end);
+            return;
+        }
         // Only an entry of the current term is committed by counting replicas (Raft 5.4.2);
         // earlier ones commit with it.
         let own_term =
