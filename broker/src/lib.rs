@@ -1,4 +1,12 @@
-//! The Kafka-compatible broker: glommio shards, the Kafka wire protocol, drivers that pump
-//! the replication core.
-//!
-//! Not built yet: see issue 4. There is deliberately no `corelog` binary until it can serve.
+//! corelog's Kafka-compatible broker. See docs/ARCHITECTURE.md for the request path.
+
+pub mod admin;
+pub mod api;
+pub mod config;
+pub mod conn;
+pub mod errors;
+pub mod partition;
+pub mod server;
+pub mod shard;
+pub mod topics;
+pub mod util;

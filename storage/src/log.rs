@@ -190,6 +190,14 @@ impl<D: Disk> Log<D> {
         &self.config
     }
 
+    /// Changes the limits (retention, roll size and age, batch size) of an open log, as
+    /// a topic config change does; they apply from the next append or retention pass.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<(), StorageError> {
+        config.check()?;
+        self.config = config;
+        Ok(())
+    }
+
     fn active(&self) -> &Segment<D::File> {
         self.segments.back().expect("never empty")
     }

@@ -1,0 +1,226 @@
+//! Broker configuration: embedded defaults, a TOML file (`--config`), then flags.
+
+use std::path::{Path, PathBuf};
+
+use corelog_storage::LogConfig;
+use serde::Deserialize;
+
+/// Everything `corelog serve` can be told. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the Kafka listener binds (every shard binds it, SO_REUSEPORT).
+    pub listen: String,
+    /// `host:port` clients are told to connect to (Metadata); defaults to `listen`.
+    pub advertised_listener: Option<String>,
+    pub data_dir: PathBuf,
+    /// Executors (one per core, pinned); defaults to the number of cores.
+    pub shards: Option<usize>,
+    pub node_id: i32,
+    /// Largest record batch accepted (Kafka `message.max.bytes`).
+    pub max_message_bytes: usize,
+    /// Largest request frame read from a socket (Kafka `socket.request.max.bytes`).
+    pub max_request_bytes: usize,
+    /// Open client connections per shard; more are closed at once.
+    pub max_connections_per_shard: usize,
+    /// Requests of one connection decoded but not yet answered; reading pauses beyond.
+    pub max_inflight_requests: usize,
+    /// Create a topic when a client asks for its metadata (Kafka `auto.create.topics.enable`).
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics and of CreateTopics without a count (`num.partitions`).
+    pub default_partitions: i32,
+    /// Topic defaults (`log.segment.bytes`, `log.retention.ms`, `log.retention.bytes`).
+    pub segment_bytes: u64,
+    pub retention_ms: Option<i64>,
+    pub retention_bytes: Option<u64>,
+    /// How often each partition applies its retention limits.
+    pub retention_check_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9092".into(),
+            advertised_listener: None,
+            data_dir: PathBuf::from("./corelog-data"),
+            shards: None,
+            node_id: 1,
+            max_message_bytes: 1_048_588,
+            max_request_bytes: 100 * 1024 * 1024,
+            max_connections_per_shard: 10_000,
+            max_inflight_requests: 64,
+            auto_create_topics: true,
+            default_partitions: 1,
+            segment_bytes: 1 << 30,
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            retention_bytes: None,
+            retention_check_interval_ms: 60_000,
+        }
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+
+    /// (host, port) announced to clients.
+    pub fn advertised(&self) -> (String, i32) {
+        let addr = self.advertised_listener.as_deref().unwrap_or(&self.listen);
+        let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "9092"));
+        let host = if host == "0.0.0.0" || host.is_empty() {
+            "127.0.0.1"
+        } else {
+            host
+        };
+        (host.to_string(), port.parse().unwrap_or(9092))
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        if self.default_partitions < 1 {
+            return Err("default_partitions must be at least 1".into());
+        }
+        if self.max_message_bytes < 61 || self.max_message_bytes > self.max_request_bytes {
+            return Err("max_message_bytes must be >= 61 and <= max_request_bytes".into());
+        }
+        Ok(())
+    }
+}
+
+/// Topic-level settings a client can read and change (DescribeConfigs/AlterConfigs), with
+/// the broker defaults they fall back to.
+pub const TOPIC_CONFIG_KEYS: &[&str] = &[
+    "cleanup.policy",
+    "retention.ms",
+    "retention.bytes",
+    "segment.bytes",
+    "segment.ms",
+    "max.message.bytes",
+    "message.timestamp.type",
+    "min.insync.replicas",
+];
+
+/// The value of a topic setting when no override exists.
+pub fn topic_default(cfg: &Config, key: &str) -> Option<String> {
+    Some(match key {
+        "cleanup.policy" => "delete".into(),
+        "retention.ms" => cfg.retention_ms.unwrap_or(-1).to_string(),
+        "retention.bytes" => cfg.retention_bytes.map_or(-1, |b| b as i64).to_string(),
+        "segment.bytes" => cfg.segment_bytes.to_string(),
+        "segment.ms" => (7i64 * 24 * 3600 * 1000).to_string(),
+        "max.message.bytes" => cfg.max_message_bytes.to_string(),
+        "message.timestamp.type" => "CreateTime".into(),
+        "min.insync.replicas" => "1".into(),
+        _ => return None,
+    })
+}
+
+/// Checks one topic setting; the error text goes back to the client (INVALID_CONFIG).
+pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
+    let int = |min: i64| -> Result<(), String> {
+        match value.parse::<i64>() {
+            Ok(v) if v >= min => Ok(()),
+            _ => Err(format!("{key} must be an integer >= {min}, not {value:?}")),
+        }
+    };
+    match key {
+        "cleanup.policy" if value == "delete" => Ok(()),
+        "cleanup.policy" => Err(format!(
+            "cleanup.policy={value} is not supported (corelog has no log compaction yet; only delete)"
+        )),
+        "retention.ms" | "retention.bytes" => int(-1),
+        "segment.bytes" => match value.parse::<u64>() {
+            Ok(v) if (14 * 1024..=u64::from(u32::MAX)).contains(&v) => Ok(()),
+            _ => Err(format!(
+                "segment.bytes must be between 14336 and 4294967295, not {value:?}"
+            )),
+        },
+        "segment.ms" => int(1),
+        "max.message.bytes" => int(61),
+        "message.timestamp.type" if value == "CreateTime" => Ok(()),
+        "message.timestamp.type" => Err(format!(
+            "message.timestamp.type={value} is not supported (only CreateTime)"
+        )),
+        "min.insync.replicas" if value == "1" => Ok(()),
+        "min.insync.replicas" => Err("min.insync.replicas must be 1 on a single broker".into()),
+        _ => Err(format!("unknown topic config {key:?}")),
+    }
+}
+
+/// The effective settings of one topic.
+#[derive(Debug, Clone)]
+pub struct TopicSettings {
+    pub log: LogConfig,
+    pub max_message_bytes: usize,
+}
+
+pub fn topic_settings(
+    cfg: &Config,
+    overrides: &std::collections::BTreeMap<String, String>,
+) -> TopicSettings {
+    let get = |k: &str| {
+        overrides
+            .get(k)
+            .cloned()
+            .or_else(|| topic_default(cfg, k))
+            .unwrap_or_default()
+    };
+    let opt_i64 = |k: &str| get(k).parse::<i64>().ok().filter(|v| *v >= 0);
+    let max_message_bytes = get("max.message.bytes")
+        .parse()
+        .unwrap_or(cfg.max_message_bytes);
+    let log = LogConfig {
+        segment_bytes: get("segment.bytes").parse().unwrap_or(cfg.segment_bytes),
+        segment_ms: opt_i64("segment.ms"),
+        retention_bytes: opt_i64("retention.bytes").map(|v| v as u64),
+        retention_ms: opt_i64("retention.ms"),
+        // Storage refuses anything larger; the broker checks max.message.bytes first
+        // so the client gets MESSAGE_TOO_LARGE.
+        max_batch_bytes: max_message_bytes.max(61),
+        // Reserving a whole 1 GiB segment per partition up front would make every topic
+        // cost a gigabyte of disk; extents are allocated as the log grows instead.
+        preallocate: false,
+        ..LogConfig::default()
+    };
+    TopicSettings {
+        log,
+        max_message_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_file_overrides_defaults_and_rejects_unknown_keys() {
+        let c: Config =
+            toml::from_str("listen = \"127.0.0.1:9999\"\ndefault_partitions = 3\n").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9999");
+        assert_eq!(c.default_partitions, 3);
+        assert!(c.auto_create_topics);
+        assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
+    }
+
+    #[test]
+    fn topic_overrides_reach_the_log_config() {
+        let c = Config::default();
+        let mut o = std::collections::BTreeMap::new();
+        o.insert("retention.ms".to_string(), "1000".to_string());
+        o.insert("retention.bytes".to_string(), "-1".to_string());
+        let s = topic_settings(&c, &o);
+        assert_eq!(s.log.retention_ms, Some(1000));
+        assert_eq!(s.log.retention_bytes, None);
+        assert!(validate_topic_config("cleanup.policy", "compact").is_err());
+        assert!(validate_topic_config("retention.ms", "abc").is_err());
+        assert!(validate_topic_config("bogus", "1").is_err());
+    }
+}

@@ -1,0 +1,51 @@
+//! Kafka error codes the broker answers with (the protocol guide's table).
+#![allow(dead_code)]
+
+pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+pub const NONE: i16 = 0;
+pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+pub const CORRUPT_MESSAGE: i16 = 2;
+pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+pub const LEADER_NOT_AVAILABLE: i16 = 5;
+pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+pub const REQUEST_TIMED_OUT: i16 = 7;
+pub const MESSAGE_TOO_LARGE: i16 = 10;
+pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+pub const INVALID_REQUIRED_ACKS: i16 = 21;
+pub const UNSUPPORTED_VERSION: i16 = 35;
+pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+pub const INVALID_PARTITIONS: i16 = 37;
+pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+pub const INVALID_CONFIG: i16 = 40;
+pub const INVALID_REQUEST: i16 = 42;
+pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
+pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+pub const KAFKA_STORAGE_ERROR: i16 = 56;
+pub const INVALID_RECORD: i16 = 87;
+pub const UNKNOWN_TOPIC_ID: i16 = 100;
+
+/// The name of a code, for the admin CLI's messages.
+pub fn name(code: i16) -> &'static str {
+    match code {
+        NONE => "NONE",
+        OFFSET_OUT_OF_RANGE => "OFFSET_OUT_OF_RANGE",
+        CORRUPT_MESSAGE => "CORRUPT_MESSAGE",
+        UNKNOWN_TOPIC_OR_PARTITION => "UNKNOWN_TOPIC_OR_PARTITION",
+        LEADER_NOT_AVAILABLE => "LEADER_NOT_AVAILABLE",
+        NOT_LEADER_OR_FOLLOWER => "NOT_LEADER_OR_FOLLOWER",
+        MESSAGE_TOO_LARGE => "MESSAGE_TOO_LARGE",
+        INVALID_TOPIC_EXCEPTION => "INVALID_TOPIC_EXCEPTION",
+        UNSUPPORTED_VERSION => "UNSUPPORTED_VERSION",
+        TOPIC_ALREADY_EXISTS => "TOPIC_ALREADY_EXISTS",
+        INVALID_PARTITIONS => "INVALID_PARTITIONS",
+        INVALID_REPLICATION_FACTOR => "INVALID_REPLICATION_FACTOR",
+        INVALID_CONFIG => "INVALID_CONFIG",
+        INVALID_REQUEST => "INVALID_REQUEST",
+        KAFKA_STORAGE_ERROR => "KAFKA_STORAGE_ERROR",
+        _ => "ERROR",
+    }
+}

@@ -1,0 +1,214 @@
+//! `corelog`: the broker (`serve`) and its admin CLI (`topic ...`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use corelog_broker::admin::Client;
+use corelog_broker::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "corelog",
+    version,
+    about = "A Kafka-compatible event streaming broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a broker (defaults: 127.0.0.1:9092, data in ./corelog-data, one shard per core).
+    Serve {
+        /// TOML config file; flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// HOST:PORT to listen on.
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// HOST:PORT clients are told to connect to (defaults to --listen).
+        #[arg(long)]
+        advertised_listener: Option<String>,
+        /// Shards (pinned executors); defaults to the number of cores.
+        #[arg(long)]
+        shards: Option<usize>,
+        #[arg(long)]
+        node_id: Option<i32>,
+    },
+    /// Manage topics (like kafka-topics.sh).
+    Topic {
+        #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+        bootstrap_server: String,
+        #[command(subcommand)]
+        cmd: TopicCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicCmd {
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i16,
+        /// A topic config as key=value (repeatable), e.g. --config retention.ms=60000.
+        #[arg(long = "config", value_parser = parse_kv)]
+        configs: Vec<(String, String)>,
+    },
+    /// List topics.
+    List,
+    /// Show a topic's partitions, offsets and configs.
+    Describe { name: String },
+    /// Delete a topic and its data.
+    Delete { name: String },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Serve {
+            config,
+            listen,
+            data_dir,
+            advertised_listener,
+            shards,
+            node_id,
+        } => (|| {
+            let mut cfg = match config {
+                Some(path) => Config::from_file(&path)?,
+                None => Config::default(),
+            };
+            if let Some(v) = listen {
+                cfg.listen = v;
+            }
+            if let Some(v) = data_dir {
+                cfg.data_dir = v;
+            }
+            if let Some(v) = advertised_listener {
+                cfg.advertised_listener = Some(v);
+            }
+            if let Some(v) = shards {
+                cfg.shards = Some(v);
+            }
+            if let Some(v) = node_id {
+                cfg.node_id = v;
+            }
+            corelog_broker::server::run(cfg)
+        })(),
+        Cmd::Topic {
+            bootstrap_server,
+            cmd,
+        } => topic(&bootstrap_server, cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn topic(bootstrap: &str, cmd: TopicCmd) -> Result<(), String> {
+    let mut c = Client::connect(bootstrap)?;
+    match cmd {
+        TopicCmd::Create {
+            name,
+            partitions,
+            replication_factor,
+            configs,
+        } => {
+            c.create_topic(&name, partitions, replication_factor, &configs)?;
+            println!("Created topic {name}.");
+        }
+        TopicCmd::List => {
+            let md = c.metadata(None)?;
+            let mut names: Vec<String> = md
+                .topics
+                .iter()
+                .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+                .collect();
+            names.sort();
+            for n in names {
+                println!("{n}");
+            }
+        }
+        TopicCmd::Describe { name } => {
+            let md = c.metadata(Some(&[&name]))?;
+            let t = md
+                .topics
+                .first()
+                .ok_or_else(|| "empty metadata response".to_string())?;
+            if t.error_code != 0 {
+                return Err(format!(
+                    "{name}: {}",
+                    corelog_broker::errors::name(t.error_code)
+                ));
+            }
+            let partitions = t.partitions.len() as i32;
+            let configs = c.topic_configs(&name)?;
+            let overrides: Vec<String> = configs
+                .iter()
+                .filter(|(_, _, o)| *o)
+                .map(|(k, v, _)| format!("{k}={v}"))
+                .collect();
+            println!(
+                "Topic: {name}\tTopicId: {}\tPartitionCount: {partitions}\tReplicationFactor: 1\tConfigs: {}",
+                t.topic_id,
+                overrides.join(",")
+            );
+            let offsets = c.offsets(&name, partitions)?;
+            println!(
+                "{:<10} {:<8} {:<10} {:<10} {:>14} {:>14}",
+                "PARTITION", "LEADER", "REPLICAS", "ISR", "START-OFFSET", "END-OFFSET"
+            );
+            let mut parts = t.partitions.clone();
+            parts.sort_by_key(|p| p.partition_index);
+            for p in parts {
+                let join = |v: &[kafka_protocol::messages::BrokerId]| {
+                    v.iter()
+                        .map(|b| b.0.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                let (start, end) = offsets
+                    .get(p.partition_index as usize)
+                    .copied()
+                    .unwrap_or((-1, -1));
+                println!(
+                    "{:<10} {:<8} {:<10} {:<10} {:>14} {:>14}",
+                    p.partition_index,
+                    p.leader_id.0,
+                    join(&p.replica_nodes),
+                    join(&p.isr_nodes),
+                    start,
+                    end
+                );
+            }
+        }
+        TopicCmd::Delete { name } => {
+            c.delete_topic(&name)?;
+            println!("Deleted topic {name}.");
+        }
+    }
+    Ok(())
+}

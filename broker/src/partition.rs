@@ -1,0 +1,735 @@
+//! One partition on its owning shard: a task that owns the log and drives the partition's
+//! replication group (here a group of one), fed by a bounded queue. Everything that
+//! touches the log goes through the queue, so appends, syncs and reads never race and no
+//! lock is needed; produces that queue up while a sync runs share the next one (group
+//! commit).
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use corelog_replication::{EpochCache, HardState, LogState, Raft, RaftConfig, StorageOp};
+use corelog_storage::batch::{self, BatchError, BatchHeader};
+use corelog_storage::{GlommioDisk, Log, StorageError};
+use event_listener::Event;
+use futures::StreamExt;
+use futures::channel::{mpsc, oneshot};
+use serde::{Deserialize, Serialize};
+
+use crate::config::TopicSettings;
+use crate::errors as code;
+use crate::util::{mono_ms, wall_ms};
+
+/// What a connection needs to know without asking the task: updated by the task.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Status {
+    pub high_watermark: i64,
+    pub log_start: i64,
+    /// False once storage failed: every request gets KAFKA_STORAGE_ERROR.
+    pub online: bool,
+}
+
+#[derive(Debug)]
+pub struct ProduceOutcome {
+    pub error: i16,
+    pub base_offset: i64,
+    pub log_start: i64,
+    pub message: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct FetchOutcome {
+    pub error: i16,
+    pub high_watermark: i64,
+    pub log_start: i64,
+    pub records: Bytes,
+}
+
+pub enum Cmd {
+    Produce {
+        records: Option<Bytes>,
+        reply: oneshot::Sender<ProduceOutcome>,
+    },
+    Fetch {
+        offset: i64,
+        max_bytes: usize,
+        reply: oneshot::Sender<FetchOutcome>,
+    },
+    /// ListOffsets: Ok((offset, timestamp)).
+    ListOffset {
+        timestamp: i64,
+        reply: oneshot::Sender<Result<(i64, i64), i16>>,
+    },
+    Configure(TopicSettings),
+    /// Sync and close the log; the task ends.
+    Close(oneshot::Sender<()>),
+}
+
+/// The shard's handle on a partition task.
+#[derive(Clone)]
+pub struct PartitionHandle {
+    pub tx: mpsc::Sender<Cmd>,
+    pub status: Rc<Cell<Status>>,
+    /// Notified whenever the high watermark moves (long-poll fetches wait on it).
+    pub changed: Rc<Event>,
+}
+
+impl PartitionHandle {
+    /// Sends a command; false if the task is gone (closed or failed).
+    pub async fn send(&self, cmd: Cmd) -> bool {
+        let mut tx = self.tx.clone();
+        futures::SinkExt::send(&mut tx, cmd).await.is_ok()
+    }
+}
+
+/// Queue bound per partition: beyond it producers wait (back-pressure).
+const QUEUE: usize = 1024;
+
+/// Opens (recovering) the partition's log in `dir` and starts its task.
+pub async fn open(
+    dir: PathBuf,
+    node_id: i32,
+    settings: TopicSettings,
+    retention_check: Duration,
+) -> Result<PartitionHandle, String> {
+    let disk = GlommioDisk::open_dir(&dir)
+        .await
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let log = Log::open(disk, settings.log.clone())
+        .await
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let saved = RaftFile::load(&dir)?;
+    let id = node_id.max(0) as u32;
+    let log_state = LogState {
+        start: log.log_start_offset(),
+        end: log.next_offset(),
+        epochs: EpochCache::from_runs(saved.epochs.clone()).unwrap_or_default(),
+    };
+    let now = mono_ms();
+    let mut raft = Raft::new(
+        RaftConfig::new(
+            id,
+            vec![id],
+            u64::from(crc32c::crc32c(dir.as_os_str().as_encoded_bytes())),
+        ),
+        HardState {
+            term: saved.term,
+            voted_for: saved.voted_for,
+        },
+        log_state,
+        now,
+    );
+    raft.on_tick(now);
+    let producers = recover_producers(&log).await;
+    let status = Rc::new(Cell::new(Status {
+        high_watermark: 0,
+        log_start: log.log_start_offset() as i64,
+        online: true,
+    }));
+    let changed = Rc::new(Event::new());
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let mut task = PartitionTask {
+        dir,
+        log,
+        raft,
+        settings,
+        producers,
+        status: status.clone(),
+        changed: changed.clone(),
+        saved,
+    };
+    // The election of a group of one happened in `on_tick`: persist its term before
+    // serving anything.
+    task.apply_ready().await.map_err(|e| e.to_string())?;
+    task.publish();
+    glommio::spawn_local(task.run(rx, retention_check)).detach();
+    Ok(PartitionHandle {
+        tx,
+        status,
+        changed,
+    })
+}
+
+/// Term, vote and term history of the partition's group (Kafka keeps the last in
+/// `leader-epoch-checkpoint`). Tiny and rarely written: once per election.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct RaftFile {
+    term: u32,
+    voted_for: Option<u32>,
+    epochs: Vec<(u32, u64)>,
+}
+
+const RAFT_FILE: &str = "raft-state.json";
+
+impl RaftFile {
+    fn load(dir: &Path) -> Result<Self, String> {
+        match std::fs::read(dir.join(RAFT_FILE)) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(format!("{}: {e}", dir.display())),
+        }
+    }
+
+    fn save(&self, dir: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = dir.join(format!("{RAFT_FILE}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(RAFT_FILE))?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+/// Idempotent-producer state of one producer id on this partition (Kafka keeps the last
+/// five batches to answer retries of any in-flight one).
+#[derive(Debug, Clone, Default)]
+struct ProducerState {
+    epoch: i16,
+    /// (first sequence, last sequence, base offset) of recent batches, oldest first.
+    recent: VecDeque<(i32, i32, i64)>,
+}
+
+const PRODUCER_HISTORY: usize = 5;
+
+enum SeqCheck {
+    Append,
+    Duplicate(i64),
+    Reject(i16, String),
+}
+
+fn check_sequence(producers: &BTreeMap<i64, ProducerState>, h: &BatchHeader) -> SeqCheck {
+    let Some(state) = producers.get(&h.producer_id) else {
+        // A new producer id, or one whose batches retention deleted: accept from here.
+        return SeqCheck::Append;
+    };
+    if h.producer_epoch < state.epoch {
+        return SeqCheck::Reject(
+            code::INVALID_PRODUCER_EPOCH,
+            format!(
+                "producer epoch {} is older than {}",
+                h.producer_epoch, state.epoch
+            ),
+        );
+    }
+    if h.producer_epoch > state.epoch {
+        return if h.base_sequence == 0 {
+            SeqCheck::Append
+        } else {
+            SeqCheck::Reject(
+                code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+                format!(
+                    "a new producer epoch must start at sequence 0, not {}",
+                    h.base_sequence
+                ),
+            )
+        };
+    }
+    let last_seq = h.base_sequence.wrapping_add(h.last_offset_delta);
+    if let Some(&(_, _, base)) = state
+        .recent
+        .iter()
+        .find(|(first, last, _)| *first == h.base_sequence && *last == last_seq)
+    {
+        return SeqCheck::Duplicate(base);
+    }
+    let expected = state.recent.back().map_or(
+        0,
+        |(_, last, _)| if *last == i32::MAX { 0 } else { last + 1 },
+    );
+    if h.base_sequence == expected {
+        SeqCheck::Append
+    } else {
+        SeqCheck::Reject(
+            code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+            format!(
+                "sequence {} out of order: expected {expected}",
+                h.base_sequence
+            ),
+        )
+    }
+}
+
+fn remember(producers: &mut BTreeMap<i64, ProducerState>, h: &BatchHeader, base: i64) {
+    let state = producers.entry(h.producer_id).or_default();
+    if h.producer_epoch != state.epoch {
+        state.epoch = h.producer_epoch;
+        state.recent.clear();
+    }
+    state.recent.push_back((
+        h.base_sequence,
+        h.base_sequence.wrapping_add(h.last_offset_delta),
+        base,
+    ));
+    while state.recent.len() > PRODUCER_HISTORY {
+        state.recent.pop_front();
+    }
+}
+
+/// Rebuilds idempotent-producer state from the batch headers in the log, so a producer's
+/// retry after a broker restart is still recognised as a duplicate.
+async fn recover_producers(log: &Log<GlommioDisk>) -> BTreeMap<i64, ProducerState> {
+    let mut producers = BTreeMap::new();
+    let mut from = log.log_start_offset();
+    while from < log.next_offset() {
+        let Ok(read) = log.read(from, 4 << 20).await else {
+            break;
+        };
+        if read.bytes.is_empty() || read.next_offset <= from {
+            break;
+        }
+        let mut rest = &read.bytes[..];
+        while let Ok(h) = BatchHeader::parse(rest) {
+            if h.producer_id >= 0 && !h.is_control() {
+                remember(&mut producers, &h, h.base_offset);
+            }
+            rest = &rest[h.size..];
+        }
+        from = read.next_offset;
+    }
+    producers
+}
+
+struct PartitionTask {
+    dir: PathBuf,
+    log: Log<GlommioDisk>,
+    raft: Raft,
+    settings: TopicSettings,
+    producers: BTreeMap<i64, ProducerState>,
+    status: Rc<Cell<Status>>,
+    changed: Rc<Event>,
+    saved: RaftFile,
+}
+
+/// A produce waiting for its batch to commit.
+struct Pending {
+    end: u64,
+    base: i64,
+    reply: oneshot::Sender<ProduceOutcome>,
+}
+
+impl PartitionTask {
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, retention_check: Duration) {
+        let mut next_retention = mono_ms() + retention_check.as_millis() as u64;
+        loop {
+            let wait = next_retention.saturating_sub(mono_ms());
+            let first = futures_lite::future::or(async { Some(rx.next().await) }, async {
+                glommio::timer::sleep(Duration::from_millis(wait)).await;
+                None
+            })
+            .await;
+            let mut cmds = Vec::new();
+            match first {
+                Some(Some(cmd)) => cmds.push(cmd),
+                Some(None) => return self.close().await, // every handle dropped
+                None => {}
+            }
+            // Everything already queued shares this round (and its one sync).
+            while cmds.len() < QUEUE {
+                match rx.try_recv() {
+                    Ok(cmd) => cmds.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            if mono_ms() >= next_retention {
+                next_retention = mono_ms() + retention_check.as_millis() as u64;
+                self.retention().await;
+            }
+            if let Some(reply) = self.round(cmds).await {
+                self.close().await;
+                let _ = reply.send(());
+                return;
+            }
+        }
+    }
+
+    /// Handles one round of commands: appends first, one sync, then reads (which see the
+    /// new data). Returns the reply of a Close, after which the task ends.
+    async fn round(&mut self, cmds: Vec<Cmd>) -> Option<oneshot::Sender<()>> {
+        let mut pending = Vec::new();
+        let mut reads = Vec::new();
+        let mut close = None;
+        for cmd in cmds {
+            match cmd {
+                Cmd::Produce { records, reply } => {
+                    if let Some(p) = self.produce(records, reply).await {
+                        pending.push(p);
+                    }
+                }
+                Cmd::Configure(s) => {
+                    if let Err(e) = self.log.set_config(s.log.clone()) {
+                        tracing::warn!(dir = %self.dir.display(), error = %e, "config not applied");
+                    } else {
+                        self.settings = s;
+                    }
+                }
+                Cmd::Close(reply) => close = Some(reply),
+                other => reads.push(other),
+            }
+        }
+        if !pending.is_empty() {
+            if let Err(e) = self.sync().await {
+                self.fail(&e);
+            }
+            let status = self.status.get();
+            for p in pending {
+                let ok = status.online && self.raft.commit() >= p.end;
+                let _ = p.reply.send(ProduceOutcome {
+                    error: if ok {
+                        code::NONE
+                    } else {
+                        code::KAFKA_STORAGE_ERROR
+                    },
+                    base_offset: if ok { p.base } else { -1 },
+                    log_start: status.log_start,
+                    message: (!ok).then(|| "the partition's storage failed".to_string()),
+                });
+            }
+        }
+        for cmd in reads {
+            self.read(cmd).await;
+        }
+        close
+    }
+
+    async fn produce(
+        &mut self,
+        records: Option<Bytes>,
+        reply: oneshot::Sender<ProduceOutcome>,
+    ) -> Option<Pending> {
+        let status = self.status.get();
+        let refuse = |error: i16, message: String| ProduceOutcome {
+            error,
+            base_offset: -1,
+            log_start: status.log_start,
+            message: Some(message),
+        };
+        if !status.online {
+            let _ = reply.send(refuse(
+                code::KAFKA_STORAGE_ERROR,
+                "the partition's storage failed".into(),
+            ));
+            return None;
+        }
+        let batches = match split_batches(records.as_deref(), self.settings.max_message_bytes) {
+            Ok(b) => b,
+            Err((error, message)) => {
+                let _ = reply.send(refuse(error, message));
+                return None;
+            }
+        };
+        // Idempotence is checked for the whole request before anything is appended.
+        let mut first_base = None;
+        let mut end = 0;
+        for (range, h) in batches {
+            if h.producer_id >= 0 {
+                match check_sequence(&self.producers, &h) {
+                    SeqCheck::Append => {}
+                    SeqCheck::Duplicate(base) => {
+                        first_base.get_or_insert(base);
+                        continue;
+                    }
+                    SeqCheck::Reject(error, message) => {
+                        let _ = reply.send(refuse(error, message));
+                        return None;
+                    }
+                }
+            }
+            let bytes = records.as_ref().expect("split checked")[range].to_vec();
+            match self.raft.propose(mono_ms(), bytes) {
+                Ok((base, batch_end)) => {
+                    if h.producer_id >= 0 {
+                        remember(&mut self.producers, &h, base as i64);
+                    }
+                    first_base.get_or_insert(base as i64);
+                    end = batch_end;
+                }
+                Err(e) => {
+                    let _ = reply.send(refuse(
+                        code::NOT_LEADER_OR_FOLLOWER,
+                        format!("not accepting writes: {e:?}"),
+                    ));
+                    return None;
+                }
+            }
+            if let Err(e) = self.apply_ready().await {
+                self.fail(&e);
+                let _ = reply.send(refuse(code::KAFKA_STORAGE_ERROR, e.to_string()));
+                return None;
+            }
+        }
+        Some(Pending {
+            end,
+            base: first_base.unwrap_or(-1),
+            reply,
+        })
+    }
+
+    async fn read(&mut self, cmd: Cmd) {
+        let status = self.status.get();
+        match cmd {
+            Cmd::Fetch {
+                offset,
+                max_bytes,
+                reply,
+            } => {
+                let hw = status.high_watermark;
+                let mut out = FetchOutcome {
+                    error: code::NONE,
+                    high_watermark: hw,
+                    log_start: status.log_start,
+                    records: Bytes::new(),
+                };
+                if !status.online {
+                    out.error = code::KAFKA_STORAGE_ERROR;
+                } else if offset < status.log_start || offset > hw {
+                    out.error = code::OFFSET_OUT_OF_RANGE;
+                } else if offset < hw {
+                    match self
+                        .log
+                        .read_up_to(offset as u64, max_bytes.max(1), hw as u64)
+                        .await
+                    {
+                        Ok(r) => out.records = Bytes::from(r.bytes),
+                        Err(StorageError::OffsetOutOfRange { .. }) => {
+                            out.error = code::OFFSET_OUT_OF_RANGE;
+                        }
+                        Err(e) => {
+                            tracing::error!(dir = %self.dir.display(), error = %e, "fetch failed");
+                            out.error = code::KAFKA_STORAGE_ERROR;
+                        }
+                    }
+                }
+                let _ = reply.send(out);
+            }
+            Cmd::ListOffset { timestamp, reply } => {
+                let hw = status.high_watermark;
+                let answer = match timestamp {
+                    _ if !status.online => Err(code::KAFKA_STORAGE_ERROR),
+                    -1 => Ok((hw, -1)),
+                    -2 => Ok((status.log_start, -1)),
+                    t if t < 0 => Err(code::INVALID_REQUEST),
+                    t => match self.log.offset_for_timestamp(t).await {
+                        Ok(Some(hit)) if (hit.offset as i64) < hw => {
+                            Ok((hit.offset as i64, hit.timestamp))
+                        }
+                        Ok(_) => Ok((-1, -1)),
+                        Err(e) => {
+                            tracing::error!(dir = %self.dir.display(), error = %e, "list offsets failed");
+                            Err(code::KAFKA_STORAGE_ERROR)
+                        }
+                    },
+                };
+                let _ = reply.send(answer);
+            }
+            _ => {}
+        }
+    }
+
+    /// Carries out what the replication core asks for: term/vote and term history to
+    /// disk first, then appends.
+    async fn apply_ready(&mut self) -> Result<(), StorageError> {
+        let ready = self.raft.take_ready();
+        let mut dirty = false;
+        if let Some(h) = ready.hard_state {
+            self.saved.term = h.term;
+            self.saved.voted_for = h.voted_for;
+            dirty = true;
+        }
+        if let Some(e) = ready.epochs {
+            self.saved.epochs = e.runs().to_vec();
+            dirty = true;
+        }
+        if dirty {
+            self.saved.save(&self.dir)?;
+        }
+        for op in ready.storage {
+            match op {
+                StorageOp::Append(batches) => {
+                    for b in batches {
+                        self.log.append_at(&b, wall_ms()).await?;
+                    }
+                }
+                StorageOp::Truncate(offset) => self.log.truncate_to(offset).await?,
+                // A group of one has no follower to read for.
+                StorageOp::Read { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn sync(&mut self) -> Result<(), StorageError> {
+        let durable = self.log.sync().await?;
+        self.raft.on_persisted(mono_ms(), durable);
+        self.apply_ready().await?;
+        self.publish();
+        Ok(())
+    }
+
+    /// Makes the high watermark visible to the shard and wakes long polls.
+    fn publish(&self) {
+        let mut s = self.status.get();
+        let hw = self
+            .raft
+            .read_high_watermark(mono_ms())
+            .unwrap_or(self.raft.commit()) as i64;
+        if hw != s.high_watermark || s.log_start != self.log.log_start_offset() as i64 {
+            s.high_watermark = hw;
+            s.log_start = self.log.log_start_offset() as i64;
+            self.status.set(s);
+            self.changed.notify(usize::MAX);
+        }
+    }
+
+    fn fail(&mut self, e: &StorageError) {
+        tracing::error!(dir = %self.dir.display(), error = %e, "partition storage failed; taking it offline");
+        let mut s = self.status.get();
+        s.online = false;
+        self.status.set(s);
+        self.changed.notify(usize::MAX);
+    }
+
+    async fn retention(&mut self) {
+        match self.log.enforce_retention(wall_ms()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(dir = %self.dir.display(), segments = n, start = self.log.log_start_offset(), "retention deleted segments");
+                self.publish();
+            }
+            Err(e) => tracing::warn!(dir = %self.dir.display(), error = %e, "retention failed"),
+        }
+    }
+
+    async fn close(mut self) {
+        if let Err(e) = self.log.sync().await {
+            tracing::error!(dir = %self.dir.display(), error = %e, "final sync failed");
+        }
+        if let Err(e) = self.log.close().await {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "close failed");
+        }
+    }
+}
+
+type Batches = Vec<(std::ops::Range<usize>, BatchHeader)>;
+
+/// Splits a Produce partition's records into v2 batches and validates each (framing,
+/// magic, CRC32C, record count, size), before anything is decoded or stored.
+fn split_batches(
+    records: Option<&[u8]>,
+    max_message_bytes: usize,
+) -> Result<Batches, (i16, String)> {
+    let Some(bytes) = records else {
+        return Err((code::CORRUPT_MESSAGE, "no records".into()));
+    };
+    if bytes.is_empty() {
+        return Err((code::CORRUPT_MESSAGE, "empty record set".into()));
+    }
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        if rest.len() < 12 {
+            return Err((code::CORRUPT_MESSAGE, "truncated batch header".into()));
+        }
+        let len = i32::from_be_bytes(rest[8..12].try_into().expect("4 bytes"));
+        let size = 12usize.saturating_add(len.max(0) as usize);
+        if len < 0 || size > rest.len() {
+            return Err((
+                code::CORRUPT_MESSAGE,
+                format!("batch length {len} runs past the {} bytes sent", rest.len()),
+            ));
+        }
+        let h = batch::validate(&rest[..size], max_message_bytes).map_err(|e| {
+            let error = match e {
+                BatchError::TooLarge { .. } => code::MESSAGE_TOO_LARGE,
+                BatchError::BadMagic(_) => code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
+                _ => code::CORRUPT_MESSAGE,
+            };
+            (error, e.to_string())
+        })?;
+        if h.is_control() || h.attributes & 0x10 != 0 {
+            return Err((
+                code::INVALID_RECORD,
+                "transactional and control batches are not supported".into(),
+            ));
+        }
+        out.push((at..at + size, h));
+        at += size;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corelog_storage::batch::build;
+
+    fn header(producer_id: i64, epoch: i16, seq: i32, count: i32) -> BatchHeader {
+        let values: Vec<Vec<u8>> = (0..count).map(|i| vec![i as u8]).collect();
+        let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+        let b = build::batch(&refs, 0);
+        BatchHeader {
+            producer_id,
+            producer_epoch: epoch,
+            base_sequence: seq,
+            ..BatchHeader::parse(&b).unwrap()
+        }
+    }
+
+    #[test]
+    fn sequences_accept_in_order_and_answer_duplicates_with_the_first_offset() {
+        let mut p = BTreeMap::new();
+        let a = header(7, 0, 0, 2);
+        assert!(matches!(check_sequence(&p, &a), SeqCheck::Append));
+        remember(&mut p, &a, 100);
+        assert!(matches!(check_sequence(&p, &a), SeqCheck::Duplicate(100)));
+        let gap = header(7, 0, 5, 1);
+        assert!(matches!(
+            check_sequence(&p, &gap),
+            SeqCheck::Reject(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)
+        ));
+        let next = header(7, 0, 2, 1);
+        assert!(matches!(check_sequence(&p, &next), SeqCheck::Append));
+        remember(&mut p, &next, 102);
+        let bumped = header(7, 1, 0, 1);
+        assert!(matches!(check_sequence(&p, &bumped), SeqCheck::Append));
+        remember(&mut p, &bumped, 103);
+        assert!(matches!(
+            check_sequence(&p, &header(7, 0, 3, 1)),
+            SeqCheck::Reject(code::INVALID_PRODUCER_EPOCH, _)
+        ));
+    }
+
+    #[test]
+    fn split_refuses_bad_framing_with_kafka_codes() {
+        let good = build::batch(&[b"x"], 0);
+        assert_eq!(split_batches(Some(&good), 1 << 20).unwrap().len(), 1);
+        let mut two = good.clone();
+        two.extend_from_slice(&good);
+        assert_eq!(split_batches(Some(&two), 1 << 20).unwrap().len(), 2);
+        assert_eq!(
+            split_batches(Some(&good), 10).unwrap_err().0,
+            code::MESSAGE_TOO_LARGE
+        );
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(
+            split_batches(Some(&bad), 1 << 20).unwrap_err().0,
+            code::CORRUPT_MESSAGE
+        );
+        assert_eq!(
+            split_batches(Some(&good[..good.len() - 3]), 1 << 20)
+                .unwrap_err()
+                .0,
+            code::CORRUPT_MESSAGE
+        );
+        assert_eq!(
+            split_batches(None, 1 << 20).unwrap_err().0,
+            code::CORRUPT_MESSAGE
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! `corelog serve`: one pinned glommio executor per shard, each accepting on the shared
+//! port (SO_REUSEPORT), joined by a channel mesh.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+
+use crate::config::Config;
+use crate::conn;
+use crate::shard::{Shard, ShardMsg};
+
+/// Capacity of each shard-to-shard channel; senders wait when it is full.
+const MESH_CAPACITY: usize = 1024;
+
+pub fn run(cfg: Config) -> Result<(), String> {
+    cfg.check()?;
+    let shards = cfg.shard_count();
+    // Every shard binds with SO_REUSEPORT, which would also let a second broker share the
+    // port silently: bind once without it first so a busy port is a clear error.
+    std::net::TcpListener::bind(&cfg.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+    // Created here, once, before the shards start: they all read it concurrently.
+    crate::topics::MetaFile::load_or_create(&cfg.data_dir)
+        .map_err(|e| format!("metadata in {}: {e}", cfg.data_dir.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| e.to_string())?;
+    }
+    let mesh = MeshBuilder::<ShardMsg, _>::full(shards, MESH_CAPACITY);
+    let cfg = Arc::new(cfg);
+    let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
+        .name("corelog-shard")
+        .on_all_shards(move || {
+            let (cfg, mesh, stop) = (cfg.clone(), mesh.clone(), stop.clone());
+            async move {
+                let r = shard_main(Rc::new((*cfg).clone()), mesh, stop.clone()).await;
+                if let Err(e) = &r {
+                    // One shard down means partitions nobody serves: stop them all.
+                    tracing::error!(error = %e, "shard failed; stopping the broker");
+                    stop.store(true, Ordering::Relaxed);
+                }
+                r
+            }
+        })
+        .map_err(|e| format!("cannot start shards: {e}"))?;
+    let mut first_err = None;
+    for r in handles.join_all() {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => first_err = first_err.or(Some(e)),
+            Err(e) => first_err = first_err.or(Some(format!("shard failed: {e}"))),
+        }
+    }
+    match first_err {
+        None => {
+            tracing::info!("corelog stopped");
+            Ok(())
+        }
+        Some(e) => Err(e),
+    }
+}
+
+async fn shard_main(
+    cfg: Rc<Config>,
+    mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let (senders, mut receivers) = mesh
+        .join()
+        .await
+        .map_err(|e| format!("shard mesh join failed: {e}"))?;
+    let shard = Shard::start(cfg.clone(), senders).await?;
+    for (_, rx) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = rx.recv().await {
+                glommio::spawn_local(shard.clone().on_message(msg)).detach();
+            }
+        })
+        .detach();
+    }
+    let listener = TcpListener::bind(&cfg.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    if shard.id == 0 {
+        tracing::info!(
+            listen = %cfg.listen,
+            advertised = ?cfg.advertised(),
+            shards = shard.count,
+            data_dir = %cfg.data_dir.display(),
+            cluster_id = %shard.cluster_id,
+            "corelog serving"
+        );
+    }
+    {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while !stop.load(Ordering::Relaxed) {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            if shard.id == 0 {
+                tracing::info!("shutting down: no new connections; finishing requests in flight");
+            }
+            shard.stopping.set(true);
+            shard.shutdown.notify(usize::MAX);
+        })
+        .detach();
+    }
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.stopped().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+        if shard.connections.get() >= cfg.max_connections_per_shard {
+            tracing::warn!(%peer, limit = cfg.max_connections_per_shard, "refusing connection: too many connections");
+            drop(stream);
+            continue;
+        }
+        shard.connections.set(shard.connections.get() + 1);
+        let s = shard.clone();
+        glommio::spawn_local(async move {
+            conn::serve(s.clone(), stream, peer).await;
+            s.connections.set(s.connections.get() - 1);
+        })
+        .detach();
+    }
+    drop(listener);
+    // Requests in flight finish (long polls end at their max wait); then every partition
+    // syncs and closes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while shard.connections.get() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    shard.close_all().await;
+    Ok(())
+}

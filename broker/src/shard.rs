@@ -1,0 +1,704 @@
+//! One shard: an executor pinned to a core, owning some partitions, holding a copy of the
+//! topic metadata, and talking to the other shards over glommio's channel mesh. A request
+//! for a partition another shard owns is forwarded there and answered through a oneshot;
+//! nothing is shared between shards but these messages, so nothing takes a lock.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use glommio::channels::channel_mesh::Senders;
+
+use crate::config::{Config, topic_settings, validate_topic_config};
+use crate::errors as code;
+use crate::partition::{self, Cmd, FetchOutcome, PartitionHandle, ProduceOutcome};
+use crate::topics::{
+    MetaFile, TopicMeta, owner_shard, partition_dir, random_topic_id, validate_topic_name,
+};
+
+/// Messages between shards. Everything in them is `Send`; replies come back on oneshots.
+pub enum ShardMsg {
+    Produce {
+        topic: String,
+        partition: i32,
+        records: Option<Bytes>,
+        reply: oneshot::Sender<ProduceOutcome>,
+    },
+    Fetch {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+        reply: oneshot::Sender<FetchOutcome>,
+    },
+    /// Answer once the partition's high watermark passes `offset`, or after `wait_ms`.
+    Wait {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        wait_ms: u64,
+        reply: oneshot::Sender<()>,
+    },
+    ListOffset {
+        topic: String,
+        partition: i32,
+        timestamp: i64,
+        reply: oneshot::Sender<Result<(i64, i64), i16>>,
+    },
+    /// From shard 0: a topic was created or its config changed.
+    TopicUpsert {
+        meta: TopicMeta,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// From shard 0: a topic was deleted; close and remove its partitions.
+    TopicRemove {
+        meta: TopicMeta,
+        reply: oneshot::Sender<()>,
+    },
+    /// To shard 0, the only writer of cluster metadata.
+    Admin {
+        op: AdminOp,
+        reply: oneshot::Sender<AdminResult>,
+    },
+}
+
+pub enum AdminOp {
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// Replace a topic's overrides with `configs`.
+    SetConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    },
+    AllocProducerId,
+}
+
+#[derive(Debug, Clone)]
+pub enum AdminResult {
+    Ok(Option<TopicMeta>),
+    ProducerId(i64),
+    Err(i16, String),
+}
+
+/// Shard 0's writable metadata and producer-id allocator.
+struct Controller {
+    meta: MetaFile,
+    next_producer_id: i64,
+}
+
+pub struct Shard {
+    /// Mesh peer id, 0-based (glommio executor ids start at 1: never mixed).
+    pub id: usize,
+    pub count: usize,
+    pub cfg: Rc<Config>,
+    pub cluster_id: String,
+    pub topics: RefCell<BTreeMap<String, TopicMeta>>,
+    partitions: RefCell<HashMap<(String, i32), PartitionHandle>>,
+    senders: Senders<ShardMsg>,
+    controller: RefCell<Option<Controller>>,
+    pub connections: Cell<usize>,
+    /// Set when SIGTERM/SIGINT arrived; `shutdown` wakes whoever waits for it.
+    pub stopping: Cell<bool>,
+    pub shutdown: event_listener::Event,
+}
+
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+impl Shard {
+    /// Loads the metadata and opens the partitions this shard owns.
+    pub async fn start(cfg: Rc<Config>, senders: Senders<ShardMsg>) -> Result<Rc<Self>, String> {
+        let id = senders.peer_id();
+        let count = senders.nr_consumers();
+        let meta = MetaFile::load_or_create(&cfg.data_dir)
+            .map_err(|e| format!("metadata in {}: {e}", cfg.data_dir.display()))?;
+        let controller = (id == 0).then(|| Controller {
+            next_producer_id: meta.producer_id_reserved,
+            meta: meta.clone(),
+        });
+        let shard = Rc::new(Self {
+            id,
+            count,
+            cluster_id: meta.cluster_id.clone(),
+            topics: RefCell::new(BTreeMap::new()),
+            partitions: RefCell::new(HashMap::new()),
+            senders,
+            controller: RefCell::new(controller),
+            connections: Cell::new(0),
+            stopping: Cell::new(false),
+            shutdown: event_listener::Event::new(),
+            cfg,
+        });
+        for t in meta.topics.values() {
+            shard.apply_upsert(t.clone()).await?;
+        }
+        Ok(shard)
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn stopped(&self) {
+        loop {
+            let l = self.shutdown.listen();
+            if self.stopping.get() {
+                return;
+            }
+            l.await;
+        }
+    }
+
+    fn data_dir(&self, topic: &str, partition: i32) -> PathBuf {
+        partition_dir(&self.cfg.data_dir, topic, partition)
+    }
+
+    pub fn topic(&self, name: &str) -> Option<TopicMeta> {
+        self.topics.borrow().get(name).cloned()
+    }
+
+    fn handle(&self, topic: &str, partition: i32) -> Option<PartitionHandle> {
+        self.partitions
+            .borrow()
+            .get(&(topic.to_string(), partition))
+            .cloned()
+    }
+
+    async fn forward(&self, to: usize, msg: ShardMsg) {
+        if self.senders.send_to(to, msg).await.is_err() {
+            tracing::error!(to, "shard mesh closed");
+        }
+    }
+
+    // ----- partition operations (local or forwarded) ----------------------------------
+
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: Option<Bytes>,
+    ) -> ProduceOutcome {
+        let (tx, rx) = oneshot::channel();
+        let owner = owner_shard(topic, partition, self.count);
+        if owner == self.id {
+            self.local_produce(topic, partition, records, tx).await;
+        } else {
+            let msg = ShardMsg::Produce {
+                topic: topic.to_string(),
+                partition,
+                records,
+                reply: tx,
+            };
+            self.forward(owner, msg).await;
+        }
+        rx.await.unwrap_or(ProduceOutcome {
+            error: code::NOT_LEADER_OR_FOLLOWER,
+            base_offset: -1,
+            log_start: -1,
+            message: Some("the partition closed".into()),
+        })
+    }
+
+    async fn local_produce(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: Option<Bytes>,
+        reply: oneshot::Sender<ProduceOutcome>,
+    ) {
+        match self.handle(topic, partition) {
+            Some(h) => {
+                h.send(Cmd::Produce { records, reply }).await;
+            }
+            None => {
+                let _ = reply.send(ProduceOutcome {
+                    error: code::UNKNOWN_TOPIC_OR_PARTITION,
+                    base_offset: -1,
+                    log_start: -1,
+                    message: None,
+                });
+            }
+        }
+    }
+
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> FetchOutcome {
+        let (tx, rx) = oneshot::channel();
+        let owner = owner_shard(topic, partition, self.count);
+        if owner == self.id {
+            self.local_fetch(topic, partition, offset, max_bytes, tx)
+                .await;
+        } else {
+            let msg = ShardMsg::Fetch {
+                topic: topic.to_string(),
+                partition,
+                offset,
+                max_bytes,
+                reply: tx,
+            };
+            self.forward(owner, msg).await;
+        }
+        rx.await.unwrap_or(FetchOutcome {
+            error: code::NOT_LEADER_OR_FOLLOWER,
+            high_watermark: -1,
+            log_start: -1,
+            records: Bytes::new(),
+        })
+    }
+
+    async fn local_fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+        reply: oneshot::Sender<FetchOutcome>,
+    ) {
+        match self.handle(topic, partition) {
+            Some(h) => {
+                // Nothing to read past the high watermark: answer without queueing behind
+                // appends.
+                let s = h.status.get();
+                if s.online && offset == s.high_watermark {
+                    let _ = reply.send(FetchOutcome {
+                        error: code::NONE,
+                        high_watermark: s.high_watermark,
+                        log_start: s.log_start,
+                        records: Bytes::new(),
+                    });
+                    return;
+                }
+                h.send(Cmd::Fetch {
+                    offset,
+                    max_bytes,
+                    reply,
+                })
+                .await;
+            }
+            None => {
+                let _ = reply.send(FetchOutcome {
+                    error: code::UNKNOWN_TOPIC_OR_PARTITION,
+                    high_watermark: -1,
+                    log_start: -1,
+                    records: Bytes::new(),
+                });
+            }
+        }
+    }
+
+    /// Resolves when the partition has data past `offset` or after `wait_ms`.
+    pub async fn wait(&self, topic: &str, partition: i32, offset: i64, wait_ms: u64) {
+        let (tx, rx) = oneshot::channel();
+        let owner = owner_shard(topic, partition, self.count);
+        if owner == self.id {
+            self.local_wait(topic, partition, offset, wait_ms, tx).await;
+        } else {
+            let msg = ShardMsg::Wait {
+                topic: topic.to_string(),
+                partition,
+                offset,
+                wait_ms,
+                reply: tx,
+            };
+            self.forward(owner, msg).await;
+        }
+        let _ = rx.await;
+    }
+
+    async fn local_wait(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        wait_ms: u64,
+        reply: oneshot::Sender<()>,
+    ) {
+        if let Some(h) = self.handle(topic, partition) {
+            let ready = |h: &PartitionHandle| {
+                let s = h.status.get();
+                !s.online || s.high_watermark > offset
+            };
+            if !ready(&h) {
+                let deadline = std::time::Instant::now() + Duration::from_millis(wait_ms);
+                loop {
+                    let listener = h.changed.listen();
+                    if ready(&h) {
+                        break;
+                    }
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    futures_lite::future::or(listener, glommio::timer::sleep(left)).await;
+                }
+            }
+        }
+        let _ = reply.send(());
+    }
+
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<(i64, i64), i16> {
+        let (tx, rx) = oneshot::channel();
+        let owner = owner_shard(topic, partition, self.count);
+        if owner == self.id {
+            self.local_list_offset(topic, partition, timestamp, tx)
+                .await;
+        } else {
+            let msg = ShardMsg::ListOffset {
+                topic: topic.to_string(),
+                partition,
+                timestamp,
+                reply: tx,
+            };
+            self.forward(owner, msg).await;
+        }
+        rx.await.unwrap_or(Err(code::NOT_LEADER_OR_FOLLOWER))
+    }
+
+    async fn local_list_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+        reply: oneshot::Sender<Result<(i64, i64), i16>>,
+    ) {
+        match self.handle(topic, partition) {
+            Some(h) => {
+                h.send(Cmd::ListOffset { timestamp, reply }).await;
+            }
+            None => {
+                let _ = reply.send(Err(code::UNKNOWN_TOPIC_OR_PARTITION));
+            }
+        }
+    }
+
+    // ----- metadata ----------------------------------------------------------------------
+
+    /// Runs an admin operation on shard 0 (here or forwarded).
+    pub async fn admin(self: &Rc<Self>, op: AdminOp) -> AdminResult {
+        if self.id == 0 {
+            return self.controller_op(op).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.forward(0, ShardMsg::Admin { op, reply: tx }).await;
+        rx.await.unwrap_or(AdminResult::Err(
+            code::UNKNOWN_SERVER_ERROR,
+            "controller shard gone".into(),
+        ))
+    }
+
+    async fn controller_op(self: &Rc<Self>, op: AdminOp) -> AdminResult {
+        match op {
+            AdminOp::AllocProducerId => {
+                let mut guard = self.controller.borrow_mut();
+                let c = guard.as_mut().expect("shard 0 holds the controller");
+                if c.next_producer_id >= c.meta.producer_id_reserved {
+                    // Reserve a block durably before handing any of it out, so a restart
+                    // never reuses an id.
+                    c.meta.producer_id_reserved = c.next_producer_id + PRODUCER_ID_BLOCK;
+                    if let Err(e) = c.meta.save(&self.cfg.data_dir) {
+                        return AdminResult::Err(code::KAFKA_STORAGE_ERROR, e.to_string());
+                    }
+                }
+                let id = c.next_producer_id;
+                c.next_producer_id += 1;
+                AdminResult::ProducerId(id)
+            }
+            AdminOp::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                configs,
+                validate_only,
+            } => {
+                if let Err(e) = validate_topic_name(&name) {
+                    return AdminResult::Err(code::INVALID_TOPIC_EXCEPTION, e);
+                }
+                if partitions < 1 || partitions > 100_000 {
+                    return AdminResult::Err(
+                        code::INVALID_PARTITIONS,
+                        format!(
+                            "number of partitions must be between 1 and 100000, not {partitions}"
+                        ),
+                    );
+                }
+                if replication_factor != 1 && replication_factor != -1 {
+                    return AdminResult::Err(
+                        code::INVALID_REPLICATION_FACTOR,
+                        format!(
+                            "replication factor {replication_factor} is larger than the 1 available broker"
+                        ),
+                    );
+                }
+                for (k, v) in &configs {
+                    if let Err(e) = validate_topic_config(k, v) {
+                        return AdminResult::Err(code::INVALID_CONFIG, e);
+                    }
+                }
+                let meta = TopicMeta {
+                    name: name.clone(),
+                    id: random_topic_id(),
+                    partitions,
+                    configs,
+                };
+                {
+                    let mut guard = self.controller.borrow_mut();
+                    let c = guard.as_mut().expect("shard 0 holds the controller");
+                    if c.meta.topics.contains_key(&name) {
+                        return AdminResult::Err(
+                            code::TOPIC_ALREADY_EXISTS,
+                            format!("topic '{name}' already exists"),
+                        );
+                    }
+                    if validate_only {
+                        return AdminResult::Ok(Some(meta));
+                    }
+                    c.meta.topics.insert(name.clone(), meta.clone());
+                    if let Err(e) = c.meta.save(&self.cfg.data_dir) {
+                        c.meta.topics.remove(&name);
+                        return AdminResult::Err(code::KAFKA_STORAGE_ERROR, e.to_string());
+                    }
+                }
+                match self.broadcast_upsert(&meta).await {
+                    Ok(()) => AdminResult::Ok(Some(meta)),
+                    Err(e) => AdminResult::Err(code::KAFKA_STORAGE_ERROR, e),
+                }
+            }
+            AdminOp::SetConfigs {
+                name,
+                configs,
+                validate_only,
+            } => {
+                for (k, v) in &configs {
+                    if let Err(e) = validate_topic_config(k, v) {
+                        return AdminResult::Err(code::INVALID_CONFIG, e);
+                    }
+                }
+                let meta = {
+                    let mut guard = self.controller.borrow_mut();
+                    let c = guard.as_mut().expect("shard 0 holds the controller");
+                    let Some(t) = c.meta.topics.get_mut(&name) else {
+                        return AdminResult::Err(
+                            code::UNKNOWN_TOPIC_OR_PARTITION,
+                            format!("topic '{name}' does not exist"),
+                        );
+                    };
+                    if validate_only {
+                        return AdminResult::Ok(Some(t.clone()));
+                    }
+                    t.configs = configs;
+                    let meta = t.clone();
+                    if let Err(e) = c.meta.save(&self.cfg.data_dir) {
+                        return AdminResult::Err(code::KAFKA_STORAGE_ERROR, e.to_string());
+                    }
+                    meta
+                };
+                match self.broadcast_upsert(&meta).await {
+                    Ok(()) => AdminResult::Ok(Some(meta)),
+                    Err(e) => AdminResult::Err(code::KAFKA_STORAGE_ERROR, e),
+                }
+            }
+            AdminOp::DeleteTopic { name } => {
+                let meta = {
+                    let mut guard = self.controller.borrow_mut();
+                    let c = guard.as_mut().expect("shard 0 holds the controller");
+                    let Some(meta) = c.meta.topics.remove(&name) else {
+                        return AdminResult::Err(
+                            code::UNKNOWN_TOPIC_OR_PARTITION,
+                            format!("topic '{name}' does not exist"),
+                        );
+                    };
+                    if let Err(e) = c.meta.save(&self.cfg.data_dir) {
+                        c.meta.topics.insert(name, meta);
+                        return AdminResult::Err(code::KAFKA_STORAGE_ERROR, e.to_string());
+                    }
+                    meta
+                };
+                let mut waits = Vec::new();
+                for to in 0..self.count {
+                    if to == self.id {
+                        continue;
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    self.forward(
+                        to,
+                        ShardMsg::TopicRemove {
+                            meta: meta.clone(),
+                            reply: tx,
+                        },
+                    )
+                    .await;
+                    waits.push(rx);
+                }
+                self.apply_remove(&meta).await;
+                for w in waits {
+                    let _ = w.await;
+                }
+                AdminResult::Ok(Some(meta))
+            }
+        }
+    }
+
+    async fn broadcast_upsert(self: &Rc<Self>, meta: &TopicMeta) -> Result<(), String> {
+        let mut waits = Vec::new();
+        for to in 0..self.count {
+            if to == self.id {
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            self.forward(
+                to,
+                ShardMsg::TopicUpsert {
+                    meta: meta.clone(),
+                    reply: tx,
+                },
+            )
+            .await;
+            waits.push(rx);
+        }
+        let mut result = self.apply_upsert(meta.clone()).await;
+        for w in waits {
+            match w.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err("a shard did not answer".into()),
+            }
+        }
+        result
+    }
+
+    /// Takes a topic (new or changed) into this shard: opens the partitions it owns, or
+    /// hands them the new settings.
+    pub async fn apply_upsert(&self, meta: TopicMeta) -> Result<(), String> {
+        let settings = topic_settings(&self.cfg, &meta.configs);
+        self.topics
+            .borrow_mut()
+            .insert(meta.name.clone(), meta.clone());
+        for p in 0..meta.partitions {
+            if owner_shard(&meta.name, p, self.count) != self.id {
+                continue;
+            }
+            if let Some(h) = self.handle(&meta.name, p) {
+                h.send(Cmd::Configure(settings.clone())).await;
+                continue;
+            }
+            let h = partition::open(
+                self.data_dir(&meta.name, p),
+                self.cfg.node_id,
+                settings.clone(),
+                Duration::from_millis(self.cfg.retention_check_interval_ms.max(100)),
+            )
+            .await
+            .map_err(|e| {
+                tracing::error!(topic = %meta.name, partition = p, error = %e, "cannot open partition");
+                e
+            })?;
+            self.partitions
+                .borrow_mut()
+                .insert((meta.name.clone(), p), h);
+        }
+        Ok(())
+    }
+
+    async fn apply_remove(&self, meta: &TopicMeta) {
+        self.topics.borrow_mut().remove(&meta.name);
+        for p in 0..meta.partitions {
+            let h = self.partitions.borrow_mut().remove(&(meta.name.clone(), p));
+            if let Some(h) = h {
+                let (tx, rx) = oneshot::channel();
+                if h.send(Cmd::Close(tx)).await {
+                    let _ = rx.await;
+                }
+                let dir = self.data_dir(&meta.name, p);
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove deleted partition");
+                }
+            }
+        }
+    }
+
+    /// Serves a message from another shard.
+    pub async fn on_message(self: Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Produce {
+                topic,
+                partition,
+                records,
+                reply,
+            } => self.local_produce(&topic, partition, records, reply).await,
+            ShardMsg::Fetch {
+                topic,
+                partition,
+                offset,
+                max_bytes,
+                reply,
+            } => {
+                self.local_fetch(&topic, partition, offset, max_bytes, reply)
+                    .await
+            }
+            ShardMsg::Wait {
+                topic,
+                partition,
+                offset,
+                wait_ms,
+                reply,
+            } => {
+                self.local_wait(&topic, partition, offset, wait_ms, reply)
+                    .await
+            }
+            ShardMsg::ListOffset {
+                topic,
+                partition,
+                timestamp,
+                reply,
+            } => {
+                self.local_list_offset(&topic, partition, timestamp, reply)
+                    .await
+            }
+            ShardMsg::TopicUpsert { meta, reply } => {
+                let _ = reply.send(self.apply_upsert(meta).await);
+            }
+            ShardMsg::TopicRemove { meta, reply } => {
+                self.apply_remove(&meta).await;
+                let _ = reply.send(());
+            }
+            ShardMsg::Admin { op, reply } => {
+                let _ = reply.send(self.controller_op(op).await);
+            }
+        }
+    }
+
+    /// Syncs and closes every partition this shard owns (graceful shutdown).
+    pub async fn close_all(&self) {
+        let handles: Vec<PartitionHandle> = self
+            .partitions
+            .borrow_mut()
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for h in handles {
+            let (tx, rx) = oneshot::channel();
+            if h.send(Cmd::Close(tx)).await {
+                let _ = rx.await;
+            }
+        }
+    }
+}
