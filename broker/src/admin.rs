@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -110,9 +109,6 @@ impl Client {
     pub fn delete_topic(&mut self, name: &str) -> Result<(), String> {
         let req = DeleteTopicsRequest::default()
             .with_topic_names(vec![TopicName(s(name))])
-            .with_topics(vec![
-                DeleteTopicState::default().with_name(Some(TopicName(s(name)))),
-            ])
             .with_timeout_ms(30_000);
         let resp = self.call(&req, 4)?;
         for t in resp.responses {
@@ -136,14 +132,15 @@ impl Client {
                     .collect()
             }))
             .with_allow_auto_topic_creation(false);
-        self.call(&req, 9)
+        self.call(&req, 12)
     }
 
     pub fn topic_configs(&mut self, name: &str) -> Result<Vec<(String, String, bool)>, String> {
         let req = DescribeConfigsRequest::default().with_resources(vec![
             DescribeConfigsResource::default()
                 .with_resource_type(2)
-                .with_resource_name(s(name)),
+                .with_resource_name(s(name))
+                .with_configuration_keys(None),
         ]);
         let resp = self.call(&req, 3)?;
         let mut out = Vec::new();

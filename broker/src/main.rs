@@ -84,6 +84,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+
     let result = match cli.cmd {
         Cmd::Serve {
             config,
@@ -128,6 +129,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// println! that ends the process quietly when stdout is closed (`corelog topic list |
+/// head`), as command-line tools do, instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 fn topic(bootstrap: &str, cmd: TopicCmd) -> Result<(), String> {
     let mut c = Client::connect(bootstrap)?;
     match cmd {
@@ -138,7 +150,7 @@ fn topic(bootstrap: &str, cmd: TopicCmd) -> Result<(), String> {
             configs,
         } => {
             c.create_topic(&name, partitions, replication_factor, &configs)?;
-            println!("Created topic {name}.");
+            out!("Created topic {name}.");
         }
         TopicCmd::List => {
             let md = c.metadata(None)?;
@@ -149,7 +161,7 @@ fn topic(bootstrap: &str, cmd: TopicCmd) -> Result<(), String> {
                 .collect();
             names.sort();
             for n in names {
-                println!("{n}");
+                out!("{n}");
             }
         }
         TopicCmd::Describe { name } => {
@@ -171,13 +183,13 @@ fn topic(bootstrap: &str, cmd: TopicCmd) -> Result<(), String> {
                 .filter(|(_, _, o)| *o)
                 .map(|(k, v, _)| format!("{k}={v}"))
                 .collect();
-            println!(
+            out!(
                 "Topic: {name}\tTopicId: {}\tPartitionCount: {partitions}\tReplicationFactor: 1\tConfigs: {}",
                 t.topic_id,
                 overrides.join(",")
             );
             let offsets = c.offsets(&name, partitions)?;
-            println!(
+            out!(
                 "{:<10} {:<8} {:<10} {:<10} {:>14} {:>14}",
                 "PARTITION", "LEADER", "REPLICAS", "ISR", "START-OFFSET", "END-OFFSET"
             );
@@ -194,7 +206,7 @@ fn topic(bootstrap: &str, cmd: TopicCmd) -> Result<(), String> {
                     .get(p.partition_index as usize)
                     .copied()
                     .unwrap_or((-1, -1));
-                println!(
+                out!(
                     "{:<10} {:<8} {:<10} {:<10} {:>14} {:>14}",
                     p.partition_index,
                     p.leader_id.0,
@@ -207,7 +219,7 @@ fn topic(bootstrap: &str, cmd: TopicCmd) -> Result<(), String> {
         }
         TopicCmd::Delete { name } => {
             c.delete_topic(&name)?;
-            println!("Deleted topic {name}.");
+            out!("Deleted topic {name}.");
         }
     }
     Ok(())
