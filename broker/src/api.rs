@@ -656,7 +656,7 @@ fn describe_configs(shard: &Rc<Shard>, c: i32, version: i16, req: DescribeConfig
         let wanted = |k: &str| {
             r.configuration_keys
                 .as_ref()
-                .is_none_or(|keys| keys.is_empty() || keys.iter().any(|w| w.as_str() == k))
+                .is_none_or(|keys| keys.iter().any(|w| w.as_str() == k))
         };
         match r.resource_type {
             TOPIC => match shard.topic(r.resource_name.as_str()) {
