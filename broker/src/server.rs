@@ -20,10 +20,31 @@ const MESH_CAPACITY: usize = 1024;
 pub fn run(cfg: Config) -> Result<(), String> {
     cfg.check()?;
     let shards = cfg.shard_count();
-    // Every shard binds with SO_REUSEPORT, which would also let a second broker share the
-    // port silently: bind once without it first so a busy port is a clear error.
-    std::net::TcpListener::bind(&cfg.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    // Every shard binds with SO_REUSEPORT, which would also let a second broker (same
+    // user) share the port silently and take half the connections: refuse to start when
+    // something already answers there. (A plain bind test would also trip over the
+    // TIME_WAIT sockets a restart leaves behind.)
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<std::net::SocketAddr> = cfg
+        .listen
+        .to_socket_addrs()
+        .map_err(|e| format!("bad listen address {}: {e}", cfg.listen))?
+        .collect();
+    // A broker that just died can hold its listening socket for a moment longer (io_uring
+    // tears down its pending accepts asynchronously), so a restart waits for it to go.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while addrs
+        .iter()
+        .any(|a| std::net::TcpStream::connect_timeout(a, Duration::from_millis(300)).is_ok())
+    {
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "cannot listen on {}: another process is already listening there",
+                cfg.listen
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
     // Created here, once, before the shards start: they all read it concurrently.

@@ -47,6 +47,9 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout=30):
+        # Ready means this process logged that it serves: a connect alone could reach the
+        # listening socket of a killed predecessor that the kernel has not torn down yet.
+        served_before = self.log().count("corelog serving")
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [corelog_bin(), "serve", "--listen", self.bootstrap, "--data-dir", self.data_dir]
@@ -57,13 +60,15 @@ class Broker:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"corelog exited with {self.proc.returncode}: {self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("corelog did not start listening: " + self.log())
+                raise RuntimeError(f"corelog exited with {self.proc.returncode}: {self.log()[-4000:]}")
+            if self.log().count("corelog serving") > served_before:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                        return self
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise RuntimeError("corelog did not start listening: " + self.log()[-4000:])
 
     def stop(self, sig=signal.SIGTERM, timeout=60):
         """Stops the broker; returns its exit code."""
@@ -87,7 +92,7 @@ class Broker:
 
     def log(self):
         try:
-            return self.log_path.read_text(errors="replace")[-4000:]
+            return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
 
