@@ -53,6 +53,7 @@ impl AsyncWrite for Half {
 type Pending = glommio::task::JoinHandle<api::Reply>;
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+    tracing::debug!(%peer, shard = shard.id, "connection opened");
     let _ = stream.set_nodelay(true);
     let stream = Rc::new(RefCell::new(stream));
     let (tx, rx) = local_channel::new_bounded::<Pending>(shard.cfg.max_inflight_requests.max(1));
@@ -148,11 +149,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             })
             .detach()
         };
+        tracing::trace!(%peer, api = ?api_key, version, correlation_id, "request");
         if tx.send(task).await.is_err() {
             break;
         }
     }
     drop(tx);
+    tracing::debug!(%peer, "connection reader done");
     // The writer answers what was already read, then ends.
     writer.await;
+    tracing::debug!(%peer, "connection closed");
 }

@@ -191,7 +191,12 @@ fn topic(bootstrap: &str, cmd: TopicCmd) -> Result<(), String> {
             let offsets = c.offsets(&name, partitions)?;
             out!(
                 "{:<10} {:<8} {:<10} {:<10} {:>14} {:>14}",
-                "PARTITION", "LEADER", "REPLICAS", "ISR", "START-OFFSET", "END-OFFSET"
+                "PARTITION",
+                "LEADER",
+                "REPLICAS",
+                "ISR",
+                "START-OFFSET",
+                "END-OFFSET"
             );
             let mut parts = t.partitions.clone();
             parts.sort_by_key(|p| p.partition_index);

@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -55,14 +55,19 @@ pub fn run(cfg: Config) -> Result<(), String> {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| e.to_string())?;
     }
     let mesh = MeshBuilder::<ShardMsg, _>::full(shards, MESH_CAPACITY);
+    let drained = Arc::new(AtomicUsize::new(0));
     let cfg = Arc::new(cfg);
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
         .name("corelog-shard")
         .on_all_shards(move || {
-            let (cfg, mesh, stop) = (cfg.clone(), mesh.clone(), stop.clone());
+            let (cfg, mesh, stop, drained) =
+                (cfg.clone(), mesh.clone(), stop.clone(), drained.clone());
             async move {
-                let r = shard_main(Rc::new((*cfg).clone()), mesh, stop.clone()).await;
+                let r =
+                    shard_main(Rc::new((*cfg).clone()), mesh, stop.clone(), drained.clone()).await;
                 if let Err(e) = &r {
+                    // It never reaches the drain point: count it so the others can finish.
+                    drained.fetch_add(1, Ordering::SeqCst);
                     // One shard down means partitions nobody serves: stop them all.
                     tracing::error!(error = %e, "shard failed; stopping the broker");
                     stop.store(true, Ordering::Relaxed);
@@ -92,6 +97,7 @@ async fn shard_main(
     cfg: Rc<Config>,
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     stop: Arc<AtomicBool>,
+    drained: Arc<AtomicUsize>,
 ) -> Result<(), String> {
     let (senders, mut receivers) = mesh
         .join()
@@ -168,8 +174,23 @@ async fn shard_main(
     // Requests in flight finish (long polls end at their max wait); then every partition
     // syncs and closes.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut reported = false;
     while shard.connections.get() > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
+        if !reported && std::time::Instant::now() + Duration::from_secs(29) > deadline {
+            reported = true;
+            tracing::info!(
+                shard = shard.id,
+                open = shard.connections.get(),
+                "waiting for connections to finish their requests"
+            );
+        }
+    }
+    // Other shards' connections may still forward requests for partitions this shard
+    // owns: serve them until every shard has drained, then close the partitions.
+    drained.fetch_add(1, Ordering::SeqCst);
+    while drained.load(Ordering::SeqCst) < shard.count {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     shard.close_all().await;
     Ok(())

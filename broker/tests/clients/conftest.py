@@ -102,8 +102,11 @@ def broker():
     with tempfile.TemporaryDirectory(prefix="corelog-test-") as d:
         b = Broker(Path(d) / "data").start()
         yield b
+        t = time.time()
         rc = b.stop()
         assert rc == 0, "corelog did not shut down cleanly:\n" + b.log()
+        if time.time() - t > 5:
+            print("slow shutdown:\n" + b.log())
 
 
 @pytest.fixture
