@@ -37,7 +37,7 @@ impl Client {
         })
     }
 
-    fn call<R: Request>(&mut self, req: &R, version: i16) -> Result<R::Response, String> {
+    pub fn call<R: Request>(&mut self, req: &R, version: i16) -> Result<R::Response, String> {
         self.correlation += 1;
         let header = RequestHeader::default()
             .with_request_api_key(R::KEY)

@@ -432,7 +432,7 @@ impl Shard {
                 if let Err(e) = validate_topic_name(&name) {
                     return AdminResult::Err(code::INVALID_TOPIC_EXCEPTION, e);
                 }
-                if partitions < 1 || partitions > 100_000 {
+                if !(1..=100_000).contains(&partitions) {
                     return AdminResult::Err(
                         code::INVALID_PARTITIONS,
                         format!(
