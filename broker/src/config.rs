@@ -211,6 +211,16 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_config_example_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("README has a toml example") + 8;
+        let end = start + readme[start..].find("```").unwrap();
+        let c: Config = toml::from_str(&readme[start..end]).unwrap();
+        c.check().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9092");
+    }
+
+    #[test]
     fn topic_overrides_reach_the_log_config() {
         let c = Config::default();
         let mut o = std::collections::BTreeMap::new();
