@@ -192,4 +192,49 @@ impl Client {
         let end = ask(-1)?;
         Ok(start.into_iter().zip(end).collect())
     }
+
+    /// (group id, state) of every group.
+    pub fn list_groups(&mut self) -> Result<Vec<(String, String)>, String> {
+        let resp = self.call(&ListGroupsRequest::default(), 4)?;
+        if resp.error_code != 0 {
+            return Err(errors::name(resp.error_code).to_string());
+        }
+        let mut out: Vec<(String, String)> = resp
+            .groups
+            .into_iter()
+            .map(|g| (g.group_id.0.to_string(), g.group_state.to_string()))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn describe_group(
+        &mut self,
+        group: &str,
+    ) -> Result<kafka_protocol::messages::describe_groups_response::DescribedGroup, String> {
+        let req = DescribeGroupsRequest::default().with_groups(vec![GroupId(s(group))]);
+        let mut resp = self.call(&req, 5)?;
+        resp.groups
+            .pop()
+            .ok_or_else(|| "empty DescribeGroups response".to_string())
+    }
+
+    /// Committed offsets of a group: (topic, partition) -> offset.
+    pub fn committed(&mut self, group: &str) -> Result<Vec<(String, i32, i64)>, String> {
+        let req = OffsetFetchRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_topics(None);
+        let resp = self.call(&req, 7)?;
+        if resp.error_code != 0 {
+            return Err(errors::name(resp.error_code).to_string());
+        }
+        let mut out = Vec::new();
+        for t in resp.topics {
+            for p in t.partitions {
+                out.push((t.name.0.to_string(), p.partition_index, p.committed_offset));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
 }

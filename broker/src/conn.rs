@@ -137,15 +137,23 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             tracing::warn!(%peer, api = ?api_key, version, "closing connection: unsupported API version (not advertised in ApiVersions)");
             break;
         } else {
-            if let Err(e) =
-                RequestHeader::decode(&mut body, api_key.request_header_version(version))
-            {
-                tracing::warn!(%peer, api = ?api_key, "closing connection: malformed request header: {e:#}");
-                break;
-            }
+            let header = match RequestHeader::decode(
+                &mut body,
+                api_key.request_header_version(version),
+            ) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(%peer, api = ?api_key, "closing connection: malformed request header: {e:#}");
+                    break;
+                }
+            };
+            let client = crate::coordinator::Client {
+                client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
+                host: format!("/{}", peer.ip()),
+            };
             let shard = shard.clone();
             glommio::spawn_local(async move {
-                api::dispatch(&shard, api_key, version, correlation_id, body).await
+                api::dispatch(&shard, api_key, version, correlation_id, body, client).await
             })
             .detach()
         };

@@ -39,6 +39,13 @@ enum Cmd {
         #[arg(long)]
         node_id: Option<i32>,
     },
+    /// Inspect consumer groups: members, assignments, committed offsets, lag.
+    Group {
+        #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+        bootstrap_server: String,
+        #[command(subcommand)]
+        cmd: GroupCmd,
+    },
     /// Manage topics (like kafka-topics.sh).
     Topic {
         #[arg(long, global = true, default_value = "127.0.0.1:9092")]
@@ -67,6 +74,14 @@ enum TopicCmd {
     Describe { name: String },
     /// Delete a topic and its data.
     Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum GroupCmd {
+    /// List consumer groups and their states.
+    List,
+    /// Members, assignments, committed offsets, log end offsets and lag per partition.
+    Describe { name: String },
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -119,6 +134,10 @@ fn main() -> ExitCode {
             bootstrap_server,
             cmd,
         } => topic(&bootstrap_server, cmd),
+        Cmd::Group {
+            bootstrap_server,
+            cmd,
+        } => group(&bootstrap_server, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -225,6 +244,97 @@ fn topic(bootstrap: &str, cmd: TopicCmd) -> Result<(), String> {
         TopicCmd::Delete { name } => {
             c.delete_topic(&name)?;
             out!("Deleted topic {name}.");
+        }
+    }
+    Ok(())
+}
+
+fn group(bootstrap: &str, cmd: GroupCmd) -> Result<(), String> {
+    use corelog_broker::group::consumer_assignment;
+    let mut c = Client::connect(bootstrap)?;
+    match cmd {
+        GroupCmd::List => {
+            out!("{:<40} {}", "GROUP", "STATE");
+            for (g, state) in c.list_groups()? {
+                out!("{g:<40} {state}");
+            }
+        }
+        GroupCmd::Describe { name } => {
+            let d = c.describe_group(&name)?;
+            if d.error_code != 0 {
+                return Err(format!(
+                    "{name}: {}",
+                    corelog_broker::errors::name(d.error_code)
+                ));
+            }
+            out!(
+                "Group: {name}\tState: {}\tProtocol: {}\tMembers: {}",
+                d.group_state.as_str(),
+                d.protocol_data.as_str(),
+                d.members.len()
+            );
+            // Who holds each partition, from the members' assignments.
+            let mut owner = std::collections::BTreeMap::new();
+            for m in &d.members {
+                for (topic, parts) in consumer_assignment(&m.member_assignment) {
+                    for p in parts {
+                        owner.insert(
+                            (topic.clone(), p),
+                            (
+                                m.member_id.to_string(),
+                                m.client_host.to_string(),
+                                m.client_id.to_string(),
+                            ),
+                        );
+                    }
+                }
+            }
+            let committed = c.committed(&name)?;
+            let mut rows: std::collections::BTreeMap<(String, i32), i64> =
+                committed.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+            for key in owner.keys() {
+                rows.entry(key.clone()).or_insert(-1);
+            }
+            let mut ends = std::collections::BTreeMap::new();
+            let topics: std::collections::BTreeSet<String> =
+                rows.keys().map(|(t, _)| t.clone()).collect();
+            for t in topics {
+                let md = c.metadata(Some(&[&t]))?;
+                let n = md.topics.first().map_or(0, |x| x.partitions.len() as i32);
+                for (p, (_, end)) in c.offsets(&t, n)?.into_iter().enumerate() {
+                    ends.insert((t.clone(), p as i32), end);
+                }
+            }
+            out!(
+                "{:<24} {:>9} {:>14} {:>14} {:>8}  {:<40} {:<16} CLIENT-ID",
+                "TOPIC",
+                "PARTITION",
+                "CURRENT-OFFSET",
+                "LOG-END-OFFSET",
+                "LAG",
+                "CONSUMER-ID",
+                "HOST"
+            );
+            for ((t, p), committed) in rows {
+                let end = ends.get(&(t.clone(), p)).copied().unwrap_or(-1);
+                let lag = if committed >= 0 && end >= 0 {
+                    (end - committed).max(0).to_string()
+                } else {
+                    "-".into()
+                };
+                let current = if committed >= 0 {
+                    committed.to_string()
+                } else {
+                    "-".into()
+                };
+                let (member, host, client) = owner
+                    .get(&(t.clone(), p))
+                    .cloned()
+                    .unwrap_or_else(|| ("-".into(), "-".into(), "-".into()));
+                out!(
+                    "{t:<24} {p:>9} {current:>14} {end:>14} {lag:>8}  {member:<40} {host:<16} {client}"
+                );
+            }
         }
     }
     Ok(())

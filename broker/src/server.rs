@@ -113,6 +113,17 @@ async fn shard_main(
         })
         .detach();
     }
+    {
+        // Group sessions and rebalance deadlines advance on this clock.
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while !shard.stopping.get() {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                shard.tick_groups();
+            }
+        })
+        .detach();
+    }
     let listener = TcpListener::bind(&cfg.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     if shard.id == 0 {

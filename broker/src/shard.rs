@@ -59,6 +59,11 @@ pub enum ShardMsg {
         meta: TopicMeta,
         reply: oneshot::Sender<()>,
     },
+    /// To the shard that owns a consumer group.
+    Group {
+        op: crate::coordinator::GroupOp,
+        reply: oneshot::Sender<crate::coordinator::GroupReply>,
+    },
     /// To shard 0, the only writer of cluster metadata.
     Admin {
         op: AdminOp,
@@ -113,6 +118,8 @@ pub struct Shard {
     /// Set when SIGTERM/SIGINT arrived; `shutdown` wakes whoever waits for it.
     pub stopping: Cell<bool>,
     pub shutdown: event_listener::Event,
+    /// Consumer groups this shard coordinates (see `coordinator.rs`).
+    pub groups: RefCell<BTreeMap<String, crate::group::Group>>,
 }
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -139,11 +146,13 @@ impl Shard {
             connections: Cell::new(0),
             stopping: Cell::new(false),
             shutdown: event_listener::Event::new(),
+            groups: RefCell::new(BTreeMap::new()),
             cfg,
         });
         for t in meta.topics.values() {
             shard.apply_upsert(t.clone()).await?;
         }
+        shard.load_offsets().await?;
         Ok(shard)
     }
 
@@ -173,7 +182,30 @@ impl Shard {
             .cloned()
     }
 
-    async fn forward(&self, to: usize, msg: ShardMsg) {
+    /// Opens a partition of an internal topic (not in the topic metadata, so clients can
+    /// neither see nor write it) on this shard.
+    pub async fn open_internal_partition(
+        &self,
+        topic: &str,
+        p: i32,
+    ) -> Result<PartitionHandle, String> {
+        let mut overrides = BTreeMap::new();
+        // Offsets must outlive any retention: the latest commit of a group may be old.
+        overrides.insert("retention.ms".to_string(), "-1".to_string());
+        let h = partition::open(
+            self.data_dir(topic, p),
+            self.cfg.node_id,
+            topic_settings(&self.cfg, &overrides),
+            Duration::from_millis(self.cfg.retention_check_interval_ms.max(100)),
+        )
+        .await?;
+        self.partitions
+            .borrow_mut()
+            .insert((topic.to_string(), p), h.clone());
+        Ok(h)
+    }
+
+    pub(crate) async fn forward(&self, to: usize, msg: ShardMsg) {
         if self.senders.send_to(to, msg).await.is_err() {
             tracing::error!(to, "shard mesh closed");
         }
@@ -432,6 +464,12 @@ impl Shard {
                 if let Err(e) = validate_topic_name(&name) {
                     return AdminResult::Err(code::INVALID_TOPIC_EXCEPTION, e);
                 }
+                if name == crate::group::OFFSETS_TOPIC {
+                    return AdminResult::Err(
+                        code::INVALID_TOPIC_EXCEPTION,
+                        format!("'{name}' is reserved for committed offsets"),
+                    );
+                }
                 if !(1..=100_000).contains(&partitions) {
                     return AdminResult::Err(
                         code::INVALID_PARTITIONS,
@@ -679,6 +717,9 @@ impl Shard {
             ShardMsg::TopicRemove { meta, reply } => {
                 self.apply_remove(&meta).await;
                 let _ = reply.send(());
+            }
+            ShardMsg::Group { op, reply } => {
+                let _ = reply.send(self.local_group_op(op).await);
             }
             ShardMsg::Admin { op, reply } => {
                 let _ = reply.send(self.controller_op(op).await);
