@@ -35,6 +35,9 @@ pub struct Config {
     pub retention_bytes: Option<u64>,
     /// How often each partition applies its retention limits.
     pub retention_check_interval_ms: u64,
+    /// A consumer-offsets partition is compacted (a snapshot of its latest offsets
+    /// written, older segments dropped) once it holds this many bytes.
+    pub offsets_compact_bytes: u64,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
             retention_ms: Some(7 * 24 * 3600 * 1000),
             retention_bytes: None,
             retention_check_interval_ms: 60_000,
+            offsets_compact_bytes: 32 << 20,
         }
     }
 }

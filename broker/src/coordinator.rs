@@ -542,20 +542,10 @@ impl Shard {
             }
         }
         if !to_write.is_empty() {
-            let error = self.persist_offsets(&group, &to_write).await;
+            let error = self.write_offsets(&group, to_write).await;
             if error != code::NONE {
                 for r in results.iter_mut().filter(|r| r.2 == code::NONE) {
                     r.2 = error;
-                }
-            } else {
-                let mut groups = self.groups.borrow_mut();
-                let g = groups
-                    .entry(group.clone())
-                    .or_insert_with(|| Group::new(&group));
-                for (k, v) in to_write {
-                    if let Some(v) = v {
-                        g.offsets.insert(k, v);
-                    }
                 }
             }
         }
@@ -574,6 +564,98 @@ impl Shard {
             }
         }
         respond(c, version, &resp)
+    }
+
+    /// Writes offset records (None = deletion) durably, then applies them to the group
+    /// in memory, then compacts the offsets partition if it has grown enough.
+    async fn write_offsets(
+        &self,
+        group: &str,
+        entries: Vec<((String, i32), Option<Committed>)>,
+    ) -> i16 {
+        self.commits_in_flight.set(self.commits_in_flight.get() + 1);
+        let error = self.persist_offsets(group, &entries).await;
+        if error == code::NONE {
+            let mut groups = self.groups.borrow_mut();
+            let g = groups
+                .entry(group.to_string())
+                .or_insert_with(|| Group::new(group));
+            for (k, v) in entries {
+                match v {
+                    Some(v) => g.offsets.insert(k, v),
+                    None => g.offsets.remove(&k),
+                };
+            }
+        }
+        self.commits_in_flight.set(self.commits_in_flight.get() - 1);
+        if error == code::NONE {
+            self.maybe_compact(offsets_partition(group)).await;
+        }
+        error
+    }
+
+    /// Compaction of an offsets partition: once it holds `offsets_compact_bytes`, the
+    /// latest offset of every group in it is written again as a snapshot and every whole
+    /// segment before the snapshot is dropped. Only when no commit is between its write
+    /// and its application, so the snapshot holds everything the dropped records said.
+    async fn maybe_compact(&self, p: i32) {
+        let Some(h) = self.handle(OFFSETS_TOPIC, p) else {
+            return;
+        };
+        let status = h.status.get();
+        let threshold = self
+            .compact_at
+            .borrow()
+            .get(&p)
+            .copied()
+            .unwrap_or(self.cfg.offsets_compact_bytes);
+        if status.size_bytes < threshold || self.commits_in_flight.get() > 0 {
+            return;
+        }
+        // Raise the bar first so commits meanwhile do not start a second pass.
+        self.compact_at.borrow_mut().insert(p, u64::MAX);
+        let snapshot_start = status.high_watermark as u64;
+        #[allow(clippy::type_complexity)]
+        let live: Vec<(String, Vec<((String, i32), Option<Committed>)>)> = self
+            .groups
+            .borrow()
+            .values()
+            .filter(|g| offsets_partition(&g.id) == p && !g.offsets.is_empty())
+            .map(|g| {
+                let entries = g
+                    .offsets
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Some(v.clone())))
+                    .collect();
+                (g.id.clone(), entries)
+            })
+            .collect();
+        let mut ok = true;
+        for (group, entries) in &live {
+            ok &= self.persist_offsets(group, entries).await == code::NONE;
+        }
+        if ok {
+            let (tx, rx) = oneshot::channel();
+            h.send(Cmd::DeleteBefore {
+                offset: snapshot_start,
+                reply: tx,
+            })
+            .await;
+            match rx.await {
+                Ok(Ok(n)) => {
+                    tracing::info!(partition = p, segments = n, "compacted consumer offsets")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(partition = p, error = %e, "offsets compaction failed")
+                }
+                Err(_) => {}
+            }
+        }
+        let size = h.status.get().size_bytes;
+        self.compact_at.borrow_mut().insert(
+            p,
+            self.cfg.offsets_compact_bytes.max(size.saturating_mul(2)),
+        );
     }
 
     /// Writes offset records (None = deletion) to the group's offsets partition and waits
@@ -694,13 +776,9 @@ impl Shard {
             );
         }
         if !to_delete.is_empty() {
-            let error = self.persist_offsets(&group, &to_delete).await;
+            let error = self.write_offsets(&group, to_delete).await;
             if error != code::NONE {
                 resp.error_code = error;
-            } else if let Some(g) = self.groups.borrow_mut().get_mut(&group) {
-                for (k, _) in &to_delete {
-                    g.offsets.remove(k);
-                }
             }
         }
         respond(c, version, &resp)
@@ -766,7 +844,7 @@ impl Shard {
         let tombstones: Vec<((String, i32), Option<Committed>)> =
             offsets.into_iter().map(|k| (k, None)).collect();
         if !tombstones.is_empty() {
-            let error = self.persist_offsets(id, &tombstones).await;
+            let error = self.write_offsets(id, tombstones).await;
             if error != code::NONE {
                 return error;
             }
@@ -786,7 +864,8 @@ impl Shard {
                 continue;
             }
             let h = self.open_internal_partition(OFFSETS_TOPIC, p).await?;
-            let mut from = 0i64;
+            // Compaction may have dropped the oldest segments.
+            let mut from = h.status.get().log_start;
             loop {
                 let hw = h.status.get().high_watermark;
                 if from >= hw {

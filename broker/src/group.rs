@@ -250,6 +250,7 @@ impl Group {
         m.session_timeout = Duration::from_millis(session as u64);
         m.rebalance_timeout = Duration::from_millis(req.rebalance_timeout_ms.max(session) as u64);
         let unchanged = m.protocols == req.protocols;
+        tracing::debug!(group = %self.id, member = %member_id, state = self.state.name(), unchanged, leader = self.leader.as_deref() == Some(&member_id), "join");
         m.protocols = req.protocols;
         m.last_seen = now;
         if let Some(old) = m.join_reply.replace(tx) {
@@ -337,6 +338,7 @@ impl Group {
                 }
             }
         }
+        tracing::debug!(group = %self.id, from = self.state.name(), members = self.members.len(), "rebalance");
         let timeout = self
             .members
             .values()
@@ -385,6 +387,7 @@ impl Group {
                 .map(|m| m.id.clone());
         }
         self.state = State::CompletingRebalance;
+        tracing::debug!(group = %self.id, generation = self.generation, members = self.members.len(), leader = ?self.leader, protocol = ?self.protocol, "join phase complete");
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
             let is_leader = self.leader.as_deref() == Some(id.as_str());
@@ -491,6 +494,7 @@ impl Group {
                         m.assignment = given.remove(&m.id).unwrap_or_default();
                     }
                     self.state = State::Stable;
+                    tracing::debug!(group = %self.id, generation = self.generation, "stable");
                     let ids: Vec<String> = self.members.keys().cloned().collect();
                     for id in ids {
                         let outcome = self.sync_outcome(&id);

@@ -30,6 +30,8 @@ pub struct Status {
     pub log_start: i64,
     /// False once storage failed: every request gets KAFKA_STORAGE_ERROR.
     pub online: bool,
+    /// Bytes the log holds on disk.
+    pub size_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -64,6 +66,11 @@ pub enum Cmd {
         reply: oneshot::Sender<Result<(i64, i64), i16>>,
     },
     Configure(TopicSettings),
+    /// Drop whole segments below this offset (a newer snapshot supersedes them).
+    DeleteBefore {
+        offset: u64,
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
     /// Sync and close the log; the task ends.
     Close(oneshot::Sender<()>),
 }
@@ -128,6 +135,7 @@ pub async fn open(
         high_watermark: 0,
         log_start: log.log_start_offset() as i64,
         online: true,
+        size_bytes: log.size_bytes(),
     }));
     let changed = Rc::new(Event::new());
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -367,6 +375,15 @@ impl PartitionTask {
                     }
                 }
                 Cmd::Close(reply) => close = Some(reply),
+                Cmd::DeleteBefore { offset, reply } => {
+                    let r = self
+                        .log
+                        .delete_before(offset)
+                        .await
+                        .map_err(|e| e.to_string());
+                    self.publish();
+                    let _ = reply.send(r);
+                }
                 other => reads.push(other),
             }
         }
@@ -576,11 +593,14 @@ impl PartitionTask {
             .raft
             .read_high_watermark(mono_ms())
             .unwrap_or(self.raft.commit()) as i64;
+        s.size_bytes = self.log.size_bytes();
         if hw != s.high_watermark || s.log_start != self.log.log_start_offset() as i64 {
             s.high_watermark = hw;
             s.log_start = self.log.log_start_offset() as i64;
             self.status.set(s);
             self.changed.notify(usize::MAX);
+        } else {
+            self.status.set(s);
         }
     }
 

@@ -120,6 +120,10 @@ pub struct Shard {
     pub shutdown: event_listener::Event,
     /// Consumer groups this shard coordinates (see `coordinator.rs`).
     pub groups: RefCell<BTreeMap<String, crate::group::Group>>,
+    /// Offset commits written but not yet applied to `groups`; compaction waits for none.
+    pub commits_in_flight: Cell<usize>,
+    /// Per offsets partition: size at which it is compacted next.
+    pub compact_at: RefCell<BTreeMap<i32, u64>>,
 }
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -147,6 +151,8 @@ impl Shard {
             stopping: Cell::new(false),
             shutdown: event_listener::Event::new(),
             groups: RefCell::new(BTreeMap::new()),
+            commits_in_flight: Cell::new(0),
+            compact_at: RefCell::new(BTreeMap::new()),
             cfg,
         });
         for t in meta.topics.values() {
@@ -175,7 +181,7 @@ impl Shard {
         self.topics.borrow().get(name).cloned()
     }
 
-    fn handle(&self, topic: &str, partition: i32) -> Option<PartitionHandle> {
+    pub(crate) fn handle(&self, topic: &str, partition: i32) -> Option<PartitionHandle> {
         self.partitions
             .borrow()
             .get(&(topic.to_string(), partition))
@@ -191,7 +197,11 @@ impl Shard {
     ) -> Result<PartitionHandle, String> {
         let mut overrides = BTreeMap::new();
         // Offsets must outlive any retention: the latest commit of a group may be old.
+        // Compaction (coordinator.rs) drops whole segments, so keep them a fraction of
+        // its threshold.
         overrides.insert("retention.ms".to_string(), "-1".to_string());
+        let segment = (self.cfg.offsets_compact_bytes / 4).clamp(16 * 1024, 1 << 30);
+        overrides.insert("segment.bytes".to_string(), segment.to_string());
         let h = partition::open(
             self.data_dir(topic, p),
             self.cfg.node_id,

@@ -551,6 +551,23 @@ impl<D: Disk> Log<D> {
         Ok(deleted)
     }
 
+    /// Deletes whole segments that end at or below `offset`, oldest first (never the
+    /// active one), and moves the log start: a prefix the caller no longer needs, as when
+    /// a newer snapshot supersedes it (compaction of the consumer-offsets log). Returns
+    /// how many were deleted.
+    pub async fn delete_before(&mut self, offset: u64) -> Result<usize, StorageError> {
+        let mut deleted = 0;
+        while self.segments.len() > 1 && self.segments[1].base <= offset {
+            let seg = self.segments.pop_front().expect("len > 1");
+            self.remove_segment_files(seg).await?;
+            deleted += 1;
+        }
+        if deleted > 0 {
+            self.disk.sync_dir().await?;
+        }
+        Ok(deleted)
+    }
+
     async fn remove_segment_files(&self, seg: Segment<D::File>) -> Result<(), StorageError> {
         use crate::io::DiskFile;
         let base = seg.base;

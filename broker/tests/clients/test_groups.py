@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaConsumer
 
@@ -183,28 +183,40 @@ def test_two_groups_each_get_every_message_kafka_python(broker, topic):
     values = [f"m{i}" for i in range(90)]
     produce(broker, topic, values, 3)
     for group in ("fan-a-" + topic, "fan-b-" + topic):
-        members = [
-            KafkaConsumer(
+        got = []
+        parts = []
+        lock = threading.Lock()
+
+        def run():
+            # One thread per member, as applications run them (kafka-python drops a
+            # join that completes while its poll() is not running).
+            c = KafkaConsumer(
                 topic,
                 bootstrap_servers=broker.bootstrap,
                 group_id=group,
                 auto_offset_reset="earliest",
                 enable_auto_commit=False,
             )
-            for _ in range(2)
-        ]
-        got = []
-        deadline = time.time() + 40
-        while len(got) < 90 and time.time() < deadline:
-            for c in members:
+            deadline = time.time() + 40
+            while time.time() < deadline:
+                with lock:
+                    if len(got) >= 90:
+                        break
                 for records in c.poll(timeout_ms=200).values():
-                    got.extend(r.value.decode() for r in records)
+                    with lock:
+                        got.extend(r.value.decode() for r in records)
                     c.commit()
-        assert sorted(got) == sorted(values), f"group {group} got {len(got)}"
-        parts = [sorted(tp.partition for tp in c.assignment()) for c in members]
-        assert sorted(p for a in parts for p in a) == [0, 1, 2]
-        for c in members:
+            with lock:
+                parts.append(sorted(tp.partition for tp in c.assignment()))
             c.close()
+
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for t in threads:
+            t.start()
+            time.sleep(0.5)
+        for t in threads:
+            t.join()
+        assert sorted(got) == sorted(values), f"group {group} got {len(got)}"
 
 
 def test_static_member_returns_to_its_partitions(broker, topic):
@@ -295,3 +307,72 @@ def test_group_cli_shows_members_offsets_and_lag(broker, topic):
     ).stdout
     assert group in listed
     c.close()
+
+
+def test_offsets_log_is_compacted_and_keeps_the_latest_commit(topic, tmp_path):
+    cfg = tmp_path / "corelog.toml"
+    cfg.write_text("offsets_compact_bytes = 65536\n")
+    b = Broker(tmp_path / "data", extra_args=["--config", str(cfg)]).start()
+    try:
+        group = "compact-" + topic
+        create(b, topic, 1)
+        c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": group, "enable.auto.commit": False})
+        for i in range(3000):
+            c.commit(offsets=[TopicPartition(topic, 0, i + 1)], asynchronous=False)
+        c.close()
+        logs = list((tmp_path / "data" / "topics").glob("__consumer_offsets-*/*.log"))
+        total = sum(p.stat().st_size for p in logs)
+        # 3000 commits are ~400 KB of records; compaction keeps a few segments of 16 KiB.
+        assert total < 200_000, f"offsets log not compacted: {total} bytes in {len(logs)} segments"
+        assert b.restart(signal.SIGTERM) == 0
+        c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": group, "enable.auto.commit": False})
+        committed = c.committed([TopicPartition(topic, 0)], timeout=30)
+        c.close()
+        assert committed[0].offset == 3000
+    finally:
+        b.stop(signal.SIGKILL)
+
+
+def test_kafka_python_members_get_disjoint_assignments(broker, topic):
+    group = "kp-" + topic
+    create(broker, topic, 6)
+    values = [f"p{i}" for i in range(600)]
+    produce(broker, topic, values, 6)
+    lock = threading.Lock()
+    got = []
+    assignments = {}
+    done = threading.Event()
+
+    def settled():
+        a = list(assignments.values())
+        return len(a) == 3 and all(a) and disjoint_and_complete(a, 6) and len(got) >= 600
+
+    def run(i):
+        c = KafkaConsumer(
+            topic,
+            bootstrap_servers=broker.bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=500,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline and not done.is_set():
+            for records in c.poll(timeout_ms=200).values():
+                with lock:
+                    got.extend(r.value.decode() for r in records)
+                c.commit()
+            with lock:
+                assignments[i] = sorted(tp.partition for tp in c.assignment())
+                if settled():
+                    done.set()
+        c.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert done.is_set(), f"assignments {assignments}, {len(got)} consumed"
+    assert sorted(set(got)) == sorted(values)

@@ -21,6 +21,7 @@ contract!(
     bad_batches_are_refused_and_never_stored,
     segments_roll_and_reads_cross_them,
     retention_deletes_oldest_segments_and_moves_the_start,
+    delete_before_drops_only_whole_segments_below_the_offset,
     offset_for_timestamp_finds_the_first_record_at_or_after,
     truncate_to_drops_the_suffix_durably,
     a_missing_or_corrupt_index_is_rebuilt,
@@ -567,4 +568,32 @@ fn many_appends_share_one_fdatasync() {
         let log = Log::open(disk, LogConfig::default()).await.unwrap();
         assert_eq!(read_all(&log).await, written, "all 50 survive the crash");
     })
+}
+
+async fn delete_before_drops_only_whole_segments_below_the_offset<D: Disk + Clone>(disk: D) {
+    let mut log = Log::open(disk.clone(), small()).await.unwrap();
+    let written = append_n(&mut log, 0, 150).await;
+    log.sync().await.unwrap();
+    let segments = log.segment_count();
+    assert!(segments > 3);
+    let cut = written[written.len() / 2].0;
+    let deleted = log.delete_before(cut).await.unwrap();
+    assert!(deleted > 0 && deleted < segments);
+    let start = log.log_start_offset();
+    // Nothing at or after the cut is gone, and the start is a segment boundary below it.
+    assert!(start <= cut && start > 0);
+    let kept: Vec<_> = written
+        .iter()
+        .filter(|(o, _)| *o >= start)
+        .cloned()
+        .collect();
+    assert_eq!(read_all(&log).await, kept);
+    // Past the end: everything but the active segment goes, never the active one.
+    log.delete_before(u64::MAX).await.unwrap();
+    assert_eq!(log.segment_count(), 1);
+    let start = log.log_start_offset();
+    drop(log);
+    let log = Log::open(disk, small()).await.unwrap();
+    assert_eq!(log.log_start_offset(), start);
+    assert_eq!(log.next_offset(), end_of(&written));
 }
