@@ -3,6 +3,10 @@
 //! Every result is a ratio against something measured in the same run (here: plain aligned
 //! O_DIRECT writes of the same bytes), never an absolute number judged in a test.
 
+mod compare;
+mod kafka;
+mod plot;
+mod run;
 mod storage;
 
 use clap::{Parser, Subcommand};
@@ -18,12 +22,21 @@ struct Cli {
 enum Command {
     /// Storage engine append+sync vs raw O_DIRECT writes of the same bytes.
     Storage(storage::Args),
+    /// Run a workload against a Kafka-compatible broker (or a fresh corelog with --spawn).
+    Run(run::Args),
+    /// corelog and a peer on one workload in one run, with ratios.
+    Compare(compare::Args),
+    /// Latency-percentile and throughput charts (SVG and PNG) from result files.
+    Plot(plot::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Storage(args) => storage::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::Plot(args) => plot::run(args),
     };
     if let Err(e) = result {
         eprintln!("corelog-bench: {e}");

@@ -262,6 +262,28 @@ async fn raw_writes(
     Ok((secs, hist))
 }
 
+/// The raw-disk peer of `compare`: `total_bytes` written in `batch_bytes` batches with
+/// plain aligned O_DIRECT writes and one fdatasync per batch, in a scratch file under
+/// `dir`. Returns (seconds, per-batch write+sync latency in microseconds).
+pub fn raw_disk(
+    dir: &Path,
+    batch_bytes: u64,
+    total_bytes: u64,
+) -> Result<(f64, Histogram<u64>), String> {
+    let path = dir.join(format!("corelog-bench-raw-{}.tmp", std::process::id()));
+    let batch = make_batch(batch_bytes.max(BLOCK));
+    let batches = (total_bytes / batch.len() as u64).max(1);
+    let p = path.clone();
+    let out = LocalExecutorBuilder::new(Placement::Fixed(0))
+        .name("raw-disk")
+        .spawn(move || async move { raw_writes(&p, &batch, batches, 1 << 30).await })
+        .map_err(|e| format!("executor: {e}"))?
+        .join()
+        .map_err(|e| format!("executor: {e}"))?;
+    let _ = std::fs::remove_file(&path);
+    out
+}
+
 /// "2GiB" -> 2147483648. Accepts B, KiB, MiB, GiB, KB, MB, GB, or a plain number.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -293,7 +315,7 @@ fn human(bytes: u64) -> String {
 }
 
 /// Cores, kernel and the filesystem under `dir`, in one line.
-fn machine_description(dir: &Path) -> String {
+pub fn machine_description(dir: &Path) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());

@@ -1,0 +1,732 @@
+//! `corelog-bench run WORKLOAD`: open-loop producers and consumers over the Kafka protocol,
+//! publish and end-to-end latency with coordinated omission corrected.
+//!
+//! Every message has an intended send time from the rate schedule, written into its first
+//! 8 bytes; publish latency is ack time minus intended time, end-to-end latency is consume
+//! time minus intended time. A broker that stalls delays the intended times behind it, so
+//! the stall shows in the percentiles instead of silently slowing the load.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Args as ClapArgs;
+use corelog_storage::batch::{self, BatchHeader, build};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::kafka::{self, Client, Pipeline};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    pub name: String,
+    pub partitions: i32,
+    pub message_bytes: usize,
+    pub producers: usize,
+    pub consumer_groups: usize,
+    /// Messages per second over all producers; 0 = as fast as acknowledged.
+    pub rate: u64,
+    pub batch_bytes: usize,
+    pub linger_ms: u64,
+    /// "all", "1" or "0".
+    pub acks: String,
+    pub duration_s: u64,
+    pub warmup_s: u64,
+    /// Produce this much first, then measure consumers reading it from the start.
+    #[serde(default)]
+    pub backlog_bytes: u64,
+}
+
+const SHIPPED: &[(&str, &str)] = &[
+    ("1k-max", include_str!("../workloads/1k-max.toml")),
+    ("100b-max", include_str!("../workloads/100b-max.toml")),
+    ("1k-50mbs", include_str!("../workloads/1k-50mbs.toml")),
+    ("fanout-4", include_str!("../workloads/fanout-4.toml")),
+    ("catchup-2g", include_str!("../workloads/catchup-2g.toml")),
+    ("smoke", include_str!("../workloads/smoke.toml")),
+];
+
+impl Workload {
+    /// A shipped workload by name, or a TOML file by path.
+    pub fn load(name_or_path: &str) -> Result<Self, String> {
+        let text = match SHIPPED.iter().find(|(n, _)| *n == name_or_path) {
+            Some((_, t)) => (*t).to_string(),
+            None => std::fs::read_to_string(name_or_path).map_err(|e| {
+                let names: Vec<&str> = SHIPPED.iter().map(|(n, _)| *n).collect();
+                format!(
+                    "{name_or_path}: {e} (shipped workloads: {})",
+                    names.join(", ")
+                )
+            })?,
+        };
+        let w: Workload = toml::from_str(&text).map_err(|e| format!("{name_or_path}: {e}"))?;
+        if w.message_bytes < 8
+            || w.partitions < 1
+            || w.producers < 1
+            || w.batch_bytes < w.message_bytes
+        {
+            return Err(format!(
+                "{name_or_path}: message_bytes >= 8, partitions >= 1, producers >= 1, batch_bytes >= message_bytes"
+            ));
+        }
+        Ok(w)
+    }
+
+    fn acks(&self) -> Result<i16, String> {
+        match self.acks.as_str() {
+            "all" | "-1" => Ok(-1),
+            "1" => Ok(1),
+            "0" => Ok(0),
+            other => Err(format!("acks must be all, 1 or 0, not {other}")),
+        }
+    }
+}
+
+#[derive(ClapArgs, Clone)]
+pub struct Args {
+    /// A shipped workload (1k-max, 100b-max, 1k-50mbs, fanout-4, catchup-2g, smoke) or a
+    /// TOML file.
+    pub workload: String,
+    /// A running Kafka-compatible broker.
+    #[arg(long, conflicts_with = "spawn")]
+    pub broker: Option<String>,
+    /// Start a fresh `corelog serve` on a temporary data dir and stop it afterwards.
+    #[arg(long)]
+    pub spawn: bool,
+    /// Where --spawn puts its data dir (a real disk, not tmpfs).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Override the workload's duration (seconds).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Write the full result, histograms included, to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub p9999_ms: f64,
+    pub max_ms: f64,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    pub system: String,
+    pub workload: Workload,
+    pub machine: String,
+    pub broker: String,
+    pub measured_s: f64,
+    pub messages_acked: u64,
+    pub messages_consumed: u64,
+    pub errors: u64,
+    pub msgs_per_s: f64,
+    pub mb_per_s: f64,
+    pub publish: Percentiles,
+    pub e2e: Percentiles,
+    /// (percentile, milliseconds) for plots.
+    pub publish_spectrum: Vec<(f64, f64)>,
+    pub e2e_spectrum: Vec<(f64, f64)>,
+    /// (second, acknowledged messages per second).
+    pub throughput_series: Vec<(f64, f64)>,
+    pub catchup_mb_per_s: Option<f64>,
+    pub client_cpu_pct: f64,
+    pub client_saturated: bool,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Percentiles {
+        p50_ms: ms(0.5),
+        p90_ms: ms(0.9),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        p9999_ms: ms(0.9999),
+        max_ms: h.max() as f64 / 1000.0,
+        count: h.len(),
+    }
+}
+
+fn spectrum(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    [
+        0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999, 1.0,
+    ]
+    .iter()
+    .map(|&q| (q * 100.0, h.value_at_quantile(q) as f64 / 1000.0))
+    .collect()
+}
+
+/// User+system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of /proc/pid/stat (utime, stime), 100 ticks per second.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+pub struct Spawned {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub addr: String,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `corelog serve` (the binary beside this one) on a free port.
+pub fn spawn_corelog(dir: &Path) -> Result<Spawned, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = exe.with_file_name("corelog");
+    if !bin.exists() {
+        return Err(format!(
+            "{} not found: build it with `cargo build --release -p corelog-broker`",
+            bin.display()
+        ));
+    }
+    let data = tempfile::Builder::new()
+        .prefix("corelog-bench-")
+        .tempdir_in(dir)
+        .map_err(|e| format!("temp dir in {}: {e}", dir.display()))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(&bin)
+        .args(["serve", "--listen", &addr, "--data-dir"])
+        .arg(data.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", bin.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("corelog exited at start: {status}"));
+        }
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("corelog did not start listening".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Spawned {
+        child,
+        _dir: data,
+        addr,
+    })
+}
+
+pub fn run(args: Args) -> Result<(), String> {
+    let mut w = Workload::load(&args.workload)?;
+    if let Some(d) = args.duration {
+        w.duration_s = d;
+    }
+    let spawned = if args.spawn {
+        Some(spawn_corelog(&args.dir)?)
+    } else {
+        None
+    };
+    let addr = match (&spawned, &args.broker) {
+        (Some(s), _) => s.addr.clone(),
+        (None, Some(b)) => b.clone(),
+        (None, None) => "127.0.0.1:9092".to_string(),
+    };
+    let system = if spawned.is_some() {
+        "corelog"
+    } else {
+        "kafka-api broker"
+    };
+    let result = run_workload(&w, &addr, system, &args.dir)?;
+    drop(spawned);
+    print_result(&result);
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?;
+        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if result.messages_acked == 0 && w.acks()? != 0 {
+        return Err("no message was acknowledged".into());
+    }
+    Ok(())
+}
+
+pub fn print_result(r: &RunResult) {
+    println!("{} on {} — {}", r.workload.name, r.system, r.machine);
+    println!(
+        "  throughput: {:.0} msg/s, {:.1} MB/s over {:.1} s ({} acknowledged, {} consumed, {} errors)",
+        r.msgs_per_s, r.mb_per_s, r.measured_s, r.messages_acked, r.messages_consumed, r.errors
+    );
+    for (name, p) in [("publish", &r.publish), ("end-to-end", &r.e2e)] {
+        if p.count > 0 {
+            println!(
+                "  {name:<10} ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  p99.99 {:.3}  max {:.3}",
+                p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.p9999_ms, p.max_ms
+            );
+        }
+    }
+    if let Some(c) = r.catchup_mb_per_s {
+        println!("  catch-up read: {c:.1} MB/s");
+    }
+    println!(
+        "  client CPU: {:.0}% of the machine{}",
+        r.client_cpu_pct,
+        if r.client_saturated {
+            " — SATURATED: the client may be the bottleneck"
+        } else {
+            ""
+        }
+    );
+}
+
+struct Shared {
+    start: Instant,
+    stop: AtomicBool,
+    acked: AtomicU64,
+    consumed: AtomicU64,
+    errors: AtomicU64,
+    publish: Mutex<Histogram<u64>>,
+    e2e: Mutex<Histogram<u64>>,
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+pub fn run_workload(
+    w: &Workload,
+    addr: &str,
+    system: &str,
+    dir: &Path,
+) -> Result<RunResult, String> {
+    let acks = w.acks()?;
+    let topic = format!("bench-{}-{:08x}", w.name, fastrand::u32(..));
+    Client::connect(addr)?.create_topic(&topic, w.partitions)?;
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        stop: AtomicBool::new(false),
+        acked: AtomicU64::new(0),
+        consumed: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        publish: Mutex::new(histogram()),
+        e2e: Mutex::new(histogram()),
+    });
+    let cpu0 = cpu_seconds();
+    let mut catchup = None;
+    let warmup_ns = w.warmup_s * 1_000_000_000;
+
+    if w.backlog_bytes > 0 {
+        // Produce the backlog as fast as possible, then time reading it back.
+        let messages = w.backlog_bytes / w.message_bytes as u64;
+        produce_phase(w, addr, &topic, acks, &shared, Some(messages), u64::MAX, 0)?;
+        let t = Instant::now();
+        let consumed_before = shared.consumed.load(Ordering::Relaxed);
+        let starts = vec![0i64; w.partitions as usize];
+        let handles = start_consumers(w, addr, &topic, &starts, &shared, 0, Some(messages));
+        for h in handles {
+            h.join().map_err(|_| "consumer panicked".to_string())??;
+        }
+        let bytes =
+            (shared.consumed.load(Ordering::Relaxed) - consumed_before) * w.message_bytes as u64;
+        catchup =
+            Some(bytes as f64 / 1e6 / t.elapsed().as_secs_f64() / w.consumer_groups.max(1) as f64);
+    }
+
+    let measure_start_ns = shared.now_ns();
+    let starts = Client::connect(addr)?.end_offsets(&topic, w.partitions)?;
+    let consumers = if w.backlog_bytes > 0 {
+        Vec::new()
+    } else {
+        start_consumers(
+            w,
+            addr,
+            &topic,
+            &starts,
+            &shared,
+            measure_start_ns + warmup_ns,
+            None,
+        )
+    };
+    // Progress line and throughput series, once a second.
+    let series = Arc::new(Mutex::new(Vec::new()));
+    let progress = {
+        let shared = shared.clone();
+        let series = series.clone();
+        let msg_bytes = w.message_bytes as f64;
+        std::thread::spawn(move || {
+            let mut last = shared.acked.load(Ordering::Relaxed);
+            let mut t = 0u64;
+            while !shared.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                t += 1;
+                let now = shared.acked.load(Ordering::Relaxed);
+                let rate = (now - last) as f64;
+                last = now;
+                series.lock().expect("not poisoned").push((t as f64, rate));
+                let p99 = shared
+                    .publish
+                    .lock()
+                    .expect("not poisoned")
+                    .value_at_quantile(0.99) as f64
+                    / 1000.0;
+                eprintln!(
+                    "[{t:>4}s] {rate:>9.0} msg/s {:>8.1} MB/s  publish p99 {p99:.3} ms  consumed {}",
+                    rate * msg_bytes / 1e6,
+                    shared.consumed.load(Ordering::Relaxed)
+                );
+            }
+        })
+    };
+    let end_ns = measure_start_ns + (w.warmup_s + w.duration_s) * 1_000_000_000;
+    let acked_before = shared.acked.load(Ordering::Relaxed);
+    if w.duration_s > 0 {
+        produce_phase(
+            w,
+            addr,
+            &topic,
+            acks,
+            &shared,
+            None,
+            end_ns,
+            measure_start_ns + warmup_ns,
+        )?;
+    }
+    let measured_s = (shared.now_ns().saturating_sub(measure_start_ns + warmup_ns)) as f64 / 1e9;
+    // Let consumers drain what was acknowledged (bounded).
+    let total = shared.acked.load(Ordering::Relaxed) - acked_before;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !consumers.is_empty()
+        && shared.consumed.load(Ordering::Relaxed) < total * w.consumer_groups as u64
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    for h in consumers {
+        h.join().map_err(|_| "consumer panicked".to_string())??;
+    }
+    let _ = progress.join();
+    let cpu = cpu_seconds() - cpu0;
+    let wall = shared.start.elapsed().as_secs_f64();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let client_cpu_pct = 100.0 * cpu / (wall * cores);
+    let publish = shared.publish.lock().expect("not poisoned").clone();
+    let e2e = shared.e2e.lock().expect("not poisoned").clone();
+    let measured_msgs = publish.len();
+    let msgs_per_s = if measured_s > 0.0 {
+        measured_msgs as f64 / measured_s
+    } else {
+        0.0
+    };
+    let series = series.lock().expect("not poisoned").clone();
+    Ok(RunResult {
+        system: system.to_string(),
+        workload: w.clone(),
+        machine: crate::storage::machine_description(dir),
+        broker: addr.to_string(),
+        measured_s,
+        messages_acked: shared.acked.load(Ordering::Relaxed),
+        messages_consumed: shared.consumed.load(Ordering::Relaxed),
+        errors: shared.errors.load(Ordering::Relaxed),
+        msgs_per_s,
+        mb_per_s: msgs_per_s * w.message_bytes as f64 / 1e6,
+        publish: percentiles(&publish),
+        e2e: percentiles(&e2e),
+        publish_spectrum: spectrum(&publish),
+        e2e_spectrum: spectrum(&e2e),
+        throughput_series: series,
+        catchup_mb_per_s: catchup,
+        // One busy client thread per producer is expected; flag it when the client takes
+        // most of the machine, where it may be what limits the numbers.
+        client_saturated: client_cpu_pct > 80.0,
+        client_cpu_pct,
+    })
+}
+
+/// Runs the producers until `end_ns` (or `count` messages in total), recording publish
+/// latency of messages intended at or after `record_from_ns`.
+#[allow(clippy::too_many_arguments)]
+fn produce_phase(
+    w: &Workload,
+    addr: &str,
+    topic: &str,
+    acks: i16,
+    shared: &Arc<Shared>,
+    count: Option<u64>,
+    end_ns: u64,
+    record_from_ns: u64,
+) -> Result<(), String> {
+    let per_producer = count.map(|c| c.div_ceil(w.producers as u64));
+    let mut handles = Vec::new();
+    for id in 0..w.producers {
+        let (w, addr, topic, shared) = (
+            w.clone(),
+            addr.to_string(),
+            topic.to_string(),
+            shared.clone(),
+        );
+        handles.push(std::thread::spawn(move || {
+            producer(
+                &w,
+                id,
+                &addr,
+                &topic,
+                acks,
+                &shared,
+                per_producer,
+                end_ns,
+                record_from_ns,
+            )
+        }));
+    }
+    for h in handles {
+        h.join().map_err(|_| "producer panicked".to_string())??;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn producer(
+    w: &Workload,
+    id: usize,
+    addr: &str,
+    topic: &str,
+    acks: i16,
+    shared: &Arc<Shared>,
+    count: Option<u64>,
+    end_ns: u64,
+    record_from_ns: u64,
+) -> Result<(), String> {
+    const MAX_IN_FLIGHT: usize = 5;
+    let (mut pipe, mut reader) = Pipeline::connect(addr)?;
+    let (tx, rx) = sync_channel::<Vec<u64>>(MAX_IN_FLIGHT);
+    let acker = {
+        let shared = shared.clone();
+        std::thread::spawn(move || -> Result<(), String> {
+            for intended in rx {
+                let error = kafka::read_produce_ack(&mut reader)?;
+                let now = shared.now_ns();
+                if error != 0 {
+                    shared
+                        .errors
+                        .fetch_add(intended.len() as u64, Ordering::Relaxed);
+                    continue;
+                }
+                shared
+                    .acked
+                    .fetch_add(intended.len() as u64, Ordering::Relaxed);
+                let mut h = shared.publish.lock().expect("not poisoned");
+                for t in intended.iter().filter(|&&t| t >= record_from_ns) {
+                    h.saturating_record((now.saturating_sub(*t) / 1000).max(1));
+                }
+            }
+            Ok(())
+        })
+    };
+    let per_batch = (w.batch_bytes / w.message_bytes).max(1);
+    let interval_ns = (1_000_000_000 * w.producers as u64)
+        .checked_div(w.rate)
+        .unwrap_or(0);
+    let linger_ns = w.linger_ms * 1_000_000;
+    let padding = vec![b'x'; w.message_bytes - 8];
+    let mut next_intended = shared.now_ns();
+    let mut sent = 0u64;
+    let mut partition = id as i32 % w.partitions;
+    let mut pending: Vec<u64> = Vec::with_capacity(per_batch);
+    loop {
+        let now = shared.now_ns();
+        let done = count.is_some_and(|c| sent >= c) || (count.is_none() && now >= end_ns);
+        if done && pending.is_empty() {
+            break;
+        }
+        if !done {
+            if interval_ns == 0 {
+                while pending.len() < per_batch
+                    && count.is_none_or(|c| sent + (pending.len() as u64) < c)
+                {
+                    pending.push(now);
+                }
+            } else {
+                while next_intended <= now && pending.len() < per_batch && next_intended < end_ns {
+                    pending.push(next_intended);
+                    next_intended += interval_ns;
+                }
+            }
+        }
+        let full = pending.len() >= per_batch;
+        let lingered = pending.first().is_some_and(|&t| now >= t + linger_ns);
+        if pending.is_empty() || !(full || lingered || done) {
+            // Wait for the next intended send or the linger deadline, whichever first.
+            let wake = pending
+                .first()
+                .map_or(next_intended, |&t| (t + linger_ns).min(next_intended));
+            let wait = wake.saturating_sub(now);
+            if wait > 50_000 {
+                std::thread::sleep(Duration::from_nanos(wait - 50_000));
+            } else {
+                std::hint::spin_loop();
+            }
+            if done && pending.is_empty() {
+                break;
+            }
+            continue;
+        }
+        let values: Vec<Vec<u8>> = pending
+            .iter()
+            .map(|t| {
+                let mut v = Vec::with_capacity(w.message_bytes);
+                v.extend_from_slice(&t.to_le_bytes());
+                v.extend_from_slice(&padding);
+                v
+            })
+            .collect();
+        let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+        let b = build::batch(&refs, 0);
+        sent += pending.len() as u64;
+        let intended = std::mem::take(&mut pending);
+        if acks != 0 {
+            tx.send(intended)
+                .map_err(|_| "ack reader stopped".to_string())?;
+        } else {
+            shared
+                .acked
+                .fetch_add(intended.len() as u64, Ordering::Relaxed);
+        }
+        pipe.produce(topic, partition, acks, Bytes::from(b))?;
+        partition = (partition + 1) % w.partitions;
+    }
+    drop(tx);
+    acker
+        .join()
+        .map_err(|_| "ack reader panicked".to_string())?
+}
+
+fn start_consumers(
+    w: &Workload,
+    addr: &str,
+    topic: &str,
+    starts: &[i64],
+    shared: &Arc<Shared>,
+    record_from_ns: u64,
+    count: Option<u64>,
+) -> Vec<std::thread::JoinHandle<Result<(), String>>> {
+    (0..w.consumer_groups.max(1))
+        .map(|_| {
+            let (addr, topic, shared) = (addr.to_string(), topic.to_string(), shared.clone());
+            let mut offsets: Vec<(i32, i64)> = starts
+                .iter()
+                .enumerate()
+                .map(|(p, &o)| (p as i32, o))
+                .collect();
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut c = Client::connect(&addr)?;
+                let mut got = 0u64;
+                while !shared.stop.load(Ordering::Relaxed) && count.is_none_or(|n| got < n) {
+                    for (p, error, records) in c.fetch(&topic, &offsets, 100)? {
+                        if error != 0 {
+                            return Err(format!("fetch error {error} on partition {p}"));
+                        }
+                        let now = shared.now_ns();
+                        let mut rest = &records[..];
+                        let mut n = 0u64;
+                        let mut lat = Vec::new();
+                        while let Ok(h) = BatchHeader::parse(rest) {
+                            if h.size > rest.len() {
+                                break;
+                            }
+                            let slot = offsets
+                                .iter_mut()
+                                .find(|(q, _)| *q == p)
+                                .expect("asked for it");
+                            for (i, r) in batch::records(&rest[..h.size])
+                                .unwrap_or_default()
+                                .iter()
+                                .enumerate()
+                            {
+                                if h.base_offset + (i as i64) < slot.1 {
+                                    continue;
+                                }
+                                n += 1;
+                                if let Some(v) = r.value.filter(|v| v.len() >= 8) {
+                                    let t = u64::from_le_bytes(v[..8].try_into().expect("8 bytes"));
+                                    if t >= record_from_ns {
+                                        lat.push((now.saturating_sub(t) / 1000).max(1));
+                                    }
+                                }
+                            }
+                            slot.1 = slot.1.max(h.last_offset() + 1);
+                            rest = &rest[h.size..];
+                        }
+                        got += n;
+                        shared.consumed.fetch_add(n, Ordering::Relaxed);
+                        if !lat.is_empty() {
+                            let mut hist = shared.e2e.lock().expect("not poisoned");
+                            for l in lat {
+                                hist.saturating_record(l);
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_workload_loads() {
+        for (name, _) in SHIPPED {
+            let w = Workload::load(name).unwrap();
+            assert_eq!(&w.name, name);
+            w.acks().unwrap();
+        }
+        assert!(Workload::load("no-such-workload").is_err());
+    }
+
+    #[test]
+    fn the_fixed_rate_workload_is_50_mb_per_second() {
+        let w = Workload::load("1k-50mbs").unwrap();
+        let mb_s = w.rate as f64 * w.message_bytes as f64 / 1e6;
+        assert!((mb_s - 50.0).abs() < 0.5, "{mb_s}");
+    }
+}
