@@ -47,6 +47,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+    // Relative paths (the default ./corelog-data) are resolved once, here: glommio's
+    // io_uring opens refuse them.
+    let mut cfg = cfg;
+    cfg.data_dir = std::fs::canonicalize(&cfg.data_dir)
+        .map_err(|e| format!("data dir {}: {e}", cfg.data_dir.display()))?;
     // Created here, once, before the shards start: they all read it concurrently.
     crate::topics::MetaFile::load_or_create(&cfg.data_dir)
         .map_err(|e| format!("metadata in {}: {e}", cfg.data_dir.display()))?;

@@ -29,10 +29,16 @@ fn free_port() -> u16 {
 
 impl Broker {
     fn start(dir: &std::path::Path, port: u16) -> Self {
+        Self::start_in(dir, port, &["--data-dir", dir.to_str().unwrap()])
+    }
+
+    /// Starts in `cwd` with the given extra flags.
+    fn start_in(cwd: &std::path::Path, port: u16, extra: &[&str]) -> Self {
         let addr = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
-            .args(["serve", "--listen", &addr, "--shards", "2", "--data-dir"])
-            .arg(dir)
+            .args(["serve", "--listen", &addr, "--shards", "2"])
+            .args(extra)
+            .current_dir(cwd)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
@@ -177,5 +183,21 @@ fn serve_admin_produce_fetch_restart() {
     assert!(configs.contains(&("retention.ms".into(), "60000".into(), true)));
     c.delete_topic("events").unwrap();
     assert!(c.metadata(Some(&["events"])).unwrap().topics[0].error_code != 0);
+    assert_eq!(broker.terminate(), 0);
+}
+
+/// The defaults as a new user runs them: data in `./corelog-data`, a relative path
+/// (glommio's io_uring opens refuse relative paths; the broker must resolve it).
+#[test]
+fn default_relative_data_dir_works() {
+    let cwd = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let broker = Broker::start_in(cwd.path(), port, &[]);
+    let mut c = Client::connect(&broker.addr).unwrap();
+    c.create_topic("rel", 2, 1, &[]).unwrap();
+    let batch = build::batch(&[b"x"], 0);
+    assert_eq!(produce(&mut c, "rel", batch), (0, 0));
+    assert!(cwd.path().join("corelog-data/topics/rel-0").is_dir());
+    drop(c);
     assert_eq!(broker.terminate(), 0);
 }

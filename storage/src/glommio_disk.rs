@@ -27,7 +27,9 @@ pub struct GlommioDisk {
 impl GlommioDisk {
     /// Creates `dir` if needed and primes glommio's device probe with a non-empty file.
     pub async fn open_dir(dir: impl AsRef<Path>) -> io::Result<Self> {
-        let dir = dir.as_ref().to_path_buf();
+        // glommio opens files through io_uring, where a relative path fails with EBADF
+        // (os error 9): always hand it an absolute one.
+        let dir = std::path::absolute(dir.as_ref())?;
         std::fs::create_dir_all(&dir)?;
         let probe = dir.join(PROBE_FILE);
         // Written with plain buffered I/O so the probe file is non-empty before glommio
