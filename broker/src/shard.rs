@@ -20,6 +20,25 @@ use crate::topics::{
     MetaFile, TopicMeta, owner_shard, partition_dir, random_topic_id, validate_topic_name,
 };
 
+/// Awaits an answer that another shard's thread sends. A oneshot completed on a foreign
+/// thread wakes the waiting task, but glommio does not unpark an executor sleeping in
+/// io_uring for such a wake: it would only notice at its next timer (up to 100 ms later,
+/// measured). So while a cross-shard answer is pending the wait also re-checks on a short
+/// timer. (The cleaner fix, answers sent back over the channel mesh, is noted in
+/// docs/ARCHITECTURE.md.)
+pub(crate) async fn remote_answer<T>(mut rx: oneshot::Receiver<T>) -> Result<T, oneshot::Canceled> {
+    loop {
+        let got = futures_lite::future::or(async { Some((&mut rx).await) }, async {
+            glommio::timer::sleep(Duration::from_micros(200)).await;
+            None
+        })
+        .await;
+        if let Some(r) = got {
+            return r;
+        }
+    }
+}
+
 /// Messages between shards. Everything in them is `Send`; replies come back on oneshots.
 pub enum ShardMsg {
     Produce {
@@ -242,7 +261,12 @@ impl Shard {
             };
             self.forward(owner, msg).await;
         }
-        rx.await.unwrap_or(ProduceOutcome {
+        if owner == self.id {
+            rx.await
+        } else {
+            remote_answer(rx).await
+        }
+        .unwrap_or(ProduceOutcome {
             error: code::NOT_LEADER_OR_FOLLOWER,
             base_offset: -1,
             log_start: -1,
@@ -294,7 +318,12 @@ impl Shard {
             };
             self.forward(owner, msg).await;
         }
-        rx.await.unwrap_or(FetchOutcome {
+        if owner == self.id {
+            rx.await
+        } else {
+            remote_answer(rx).await
+        }
+        .unwrap_or(FetchOutcome {
             error: code::NOT_LEADER_OR_FOLLOWER,
             high_watermark: -1,
             log_start: -1,
@@ -358,7 +387,11 @@ impl Shard {
             };
             self.forward(owner, msg).await;
         }
-        let _ = rx.await;
+        let _ = if owner == self.id {
+            rx.await
+        } else {
+            remote_answer(rx).await
+        };
     }
 
     async fn local_wait(
@@ -412,7 +445,12 @@ impl Shard {
             };
             self.forward(owner, msg).await;
         }
-        rx.await.unwrap_or(Err(code::NOT_LEADER_OR_FOLLOWER))
+        if owner == self.id {
+            rx.await
+        } else {
+            remote_answer(rx).await
+        }
+        .unwrap_or(Err(code::NOT_LEADER_OR_FOLLOWER))
     }
 
     async fn local_list_offset(
@@ -441,7 +479,7 @@ impl Shard {
         }
         let (tx, rx) = oneshot::channel();
         self.forward(0, ShardMsg::Admin { op, reply: tx }).await;
-        rx.await.unwrap_or(AdminResult::Err(
+        remote_answer(rx).await.unwrap_or(AdminResult::Err(
             code::UNKNOWN_SERVER_ERROR,
             "controller shard gone".into(),
         ))
