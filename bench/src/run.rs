@@ -432,9 +432,8 @@ pub fn run_workload(
         )?;
     }
     // A backlog workload's throughput is that of producing the backlog.
-    let measured_s = backlog_s.unwrap_or(
-        (shared.now_ns().saturating_sub(measure_start_ns + warmup_ns)) as f64 / 1e9,
-    );
+    let measured_s = backlog_s
+        .unwrap_or((shared.now_ns().saturating_sub(measure_start_ns + warmup_ns)) as f64 / 1e9);
     // Let consumers drain what was acknowledged (bounded).
     let total = shared.acked.load(Ordering::Relaxed) - acked_before;
     let deadline = Instant::now() + Duration::from_secs(30);
