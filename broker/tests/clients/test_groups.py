@@ -376,3 +376,28 @@ def test_kafka_python_members_get_disjoint_assignments(broker, topic):
         t.join()
     assert done.is_set(), f"assignments {assignments}, {len(got)} consumed"
     assert sorted(set(got)) == sorted(values)
+
+
+def test_every_client_side_assignor_works(broker, topic):
+    # The broker only relays assignments: range, roundrobin and cooperative-sticky (an
+    # incremental rebalance) all run in the client.
+    create(broker, topic, 6)
+    for strategy in ("range", "roundrobin", "cooperative-sticky"):
+        group = f"{strategy}-{topic}"
+        t = Tracker()
+        t.members = [member(broker, group, **{"partition.assignment.strategy": strategy}) for _ in range(2)]
+        for c in t.members:
+            c.subscribe([topic])
+        assert t.poll_all(30, lambda: disjoint_and_complete(t.assignments(), 6) and all(t.assignments())), (
+            strategy,
+            t.assignments(),
+        )
+        third = member(broker, group, **{"partition.assignment.strategy": strategy})
+        third.subscribe([topic])
+        t.members.append(third)
+        assert t.poll_all(30, lambda: disjoint_and_complete(t.assignments(), 6) and all(t.assignments())), (
+            strategy,
+            t.assignments(),
+        )
+        for c in t.members:
+            c.close()
