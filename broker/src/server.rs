@@ -53,6 +53,27 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let mut cfg = cfg;
     cfg.data_dir = std::fs::canonicalize(&cfg.data_dir)
         .map_err(|e| format!("data dir {}: {e}", cfg.data_dir.display()))?;
+    // One broker per data dir: a second one would interleave writes to the same logs. The
+    // lock is released by the kernel when this process ends, however it ends.
+    let lock_path = cfg.data_dir.join(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    use std::os::fd::AsRawFd;
+    if nix::fcntl::flock(
+        lock.as_raw_fd(),
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    )
+    .is_err()
+    {
+        return Err(format!(
+            "data dir {} is in use by another corelog process",
+            cfg.data_dir.display()
+        ));
+    }
     // Created here, once, before the shards start: they all read it concurrently.
     crate::topics::MetaFile::load_or_create(&cfg.data_dir)
         .map_err(|e| format!("metadata in {}: {e}", cfg.data_dir.display()))?;
@@ -93,6 +114,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             Err(e) => first_err = first_err.or(Some(format!("shard failed: {e}"))),
         }
     }
+    drop(lock);
     match first_err {
         None => {
             tracing::info!("corelog stopped");

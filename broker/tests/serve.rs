@@ -198,6 +198,14 @@ fn default_relative_data_dir_works() {
     let batch = build::batch(&[b"x"], 0);
     assert_eq!(produce(&mut c, "rel", batch), (0, 0));
     assert!(cwd.path().join("corelog-data/topics/rel-0").is_dir());
+    // A second broker on the same data dir (another port) is refused.
+    let second = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another corelog"));
     drop(c);
     assert_eq!(broker.terminate(), 0);
 }
