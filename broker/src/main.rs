@@ -267,6 +267,10 @@ fn group(bootstrap: &str, cmd: GroupCmd) -> Result<(), String> {
                     corelog_broker::errors::name(d.error_code)
                 ));
             }
+            // A group the coordinator does not know, with no committed offsets either.
+            if d.group_state.as_str() == "Dead" && c.committed(&name)?.is_empty() {
+                return Err(format!("consumer group '{name}' does not exist"));
+            }
             out!(
                 "Group: {name}\tState: {}\tProtocol: {}\tMembers: {}",
                 d.group_state.as_str(),

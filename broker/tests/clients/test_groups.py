@@ -306,6 +306,11 @@ def test_group_cli_shows_members_offsets_and_lag(broker, topic):
         capture_output=True, text=True, timeout=60,
     ).stdout
     assert group in listed
+    missing = subprocess.run(
+        [corelog_bin(), "group", "describe", "no-such-group", "--bootstrap-server", broker.bootstrap],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
     c.close()
 
 
