@@ -94,16 +94,11 @@ impl Client {
             .with_topics(vec![topic])
             .with_timeout_ms(30_000);
         let resp = self.call(&req, 5)?;
-        for t in resp.topics {
-            if t.error_code != 0 {
-                return Err(format!(
-                    "{}: {}",
-                    errors::name(t.error_code),
-                    t.error_message.map(|m| m.to_string()).unwrap_or_default()
-                ));
-            }
-        }
-        Ok(())
+        first_error(
+            resp.topics
+                .iter()
+                .map(|t| (t.error_code, t.error_message.as_ref())),
+        )
     }
 
     pub fn delete_topic(&mut self, name: &str) -> Result<(), String> {
@@ -111,16 +106,11 @@ impl Client {
             .with_topic_names(vec![TopicName(s(name))])
             .with_timeout_ms(30_000);
         let resp = self.call(&req, 4)?;
-        for t in resp.responses {
-            if t.error_code != 0 {
-                return Err(format!(
-                    "{}: {}",
-                    errors::name(t.error_code),
-                    t.error_message.map(|m| m.to_string()).unwrap_or_default()
-                ));
-            }
-        }
-        Ok(())
+        first_error(
+            resp.responses
+                .iter()
+                .map(|t| (t.error_code, t.error_message.as_ref())),
+        )
     }
 
     /// (name, partitions, leader per partition) of the topics asked for, or all.
@@ -237,4 +227,17 @@ impl Client {
         out.sort();
         Ok(out)
     }
+}
+
+/// The first per-topic error of an admin response, as "NAME: message".
+fn first_error<'a>(
+    results: impl Iterator<Item = (i16, Option<&'a StrBytes>)>,
+) -> Result<(), String> {
+    for (code, message) in results {
+        if code != 0 {
+            let message = message.map(|m| m.to_string()).unwrap_or_default();
+            return Err(format!("{}: {message}", errors::name(code)));
+        }
+    }
+    Ok(())
 }

@@ -253,9 +253,9 @@ impl Group {
         tracing::debug!(group = %self.id, member = %member_id, state = self.state.name(), unchanged, leader = self.leader.as_deref() == Some(&member_id), "join");
         m.protocols = req.protocols;
         m.last_seen = now;
-        if let Some(old) = m.join_reply.replace(tx) {
-            drop(old); // an earlier join of the same member is superseded
-        }
+        // An earlier join of the same member still waiting is superseded: dropping its
+        // sender answers it (REBALANCE_IN_PROGRESS, in coordinator.rs).
+        m.join_reply = Some(tx);
         self.protocol_type = Some(req.protocol_type);
         // A follower rejoining a stable group with what it had: answer with the current
         // generation instead of disturbing everyone.

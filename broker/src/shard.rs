@@ -234,6 +234,20 @@ impl Shard {
         Ok(h)
     }
 
+    /// Awaits the answer to a partition operation: a plain await when this shard owns
+    /// the partition, `remote_answer` when the owner is another shard.
+    async fn answer<T>(
+        &self,
+        owner: usize,
+        rx: oneshot::Receiver<T>,
+    ) -> Result<T, oneshot::Canceled> {
+        if owner == self.id {
+            rx.await
+        } else {
+            remote_answer(rx).await
+        }
+    }
+
     pub(crate) async fn forward(&self, to: usize, msg: ShardMsg) {
         if self.senders.send_to(to, msg).await.is_err() {
             tracing::error!(to, "shard mesh closed");
@@ -261,12 +275,7 @@ impl Shard {
             };
             self.forward(owner, msg).await;
         }
-        if owner == self.id {
-            rx.await
-        } else {
-            remote_answer(rx).await
-        }
-        .unwrap_or(ProduceOutcome {
+        self.answer(owner, rx).await.unwrap_or(ProduceOutcome {
             error: code::NOT_LEADER_OR_FOLLOWER,
             base_offset: -1,
             log_start: -1,
@@ -318,12 +327,7 @@ impl Shard {
             };
             self.forward(owner, msg).await;
         }
-        if owner == self.id {
-            rx.await
-        } else {
-            remote_answer(rx).await
-        }
-        .unwrap_or(FetchOutcome {
+        self.answer(owner, rx).await.unwrap_or(FetchOutcome {
             error: code::NOT_LEADER_OR_FOLLOWER,
             high_watermark: -1,
             log_start: -1,
@@ -387,11 +391,7 @@ impl Shard {
             };
             self.forward(owner, msg).await;
         }
-        let _ = if owner == self.id {
-            rx.await
-        } else {
-            remote_answer(rx).await
-        };
+        let _ = self.answer(owner, rx).await;
     }
 
     async fn local_wait(
@@ -445,12 +445,9 @@ impl Shard {
             };
             self.forward(owner, msg).await;
         }
-        if owner == self.id {
-            rx.await
-        } else {
-            remote_answer(rx).await
-        }
-        .unwrap_or(Err(code::NOT_LEADER_OR_FOLLOWER))
+        self.answer(owner, rx)
+            .await
+            .unwrap_or(Err(code::NOT_LEADER_OR_FOLLOWER))
     }
 
     async fn local_list_offset(
