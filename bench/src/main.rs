@@ -4,8 +4,12 @@
 //! O_DIRECT writes of the same bytes), never an absolute number judged in a test.
 
 mod compare;
+mod driver;
 mod kafka;
+mod nats;
+mod peers;
 mod plot;
+mod redis_streams;
 mod run;
 mod storage;
 

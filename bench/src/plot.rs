@@ -68,7 +68,11 @@ pub fn run(args: Args) -> Result<(), String> {
 }
 
 fn label(r: &RunResult) -> String {
-    format!("{} · {}", r.system, r.workload.name)
+    if r.round > 0 {
+        format!("{} · {} · round {}", r.system, r.workload.name, r.round)
+    } else {
+        format!("{} · {}", r.system, r.workload.name)
+    }
 }
 
 fn escape(s: &str) -> String {

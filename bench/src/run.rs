@@ -7,19 +7,17 @@
 //! the stall shows in the percentiles instead of silently slowing the load.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::Args as ClapArgs;
-use corelog_storage::batch::{self, BatchHeader, build};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::kafka::{self, Client, Pipeline};
+use crate::driver::{Driver, From};
+use crate::peers::System;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,7 +75,7 @@ impl Workload {
         Ok(w)
     }
 
-    fn acks(&self) -> Result<i16, String> {
+    pub fn acks(&self) -> Result<i16, String> {
         match self.acks.as_str() {
             "all" | "-1" => Ok(-1),
             "1" => Ok(1),
@@ -92,12 +90,16 @@ pub struct Args {
     /// A shipped workload (1k-max, 100b-max, 1k-50mbs, fanout-4, catchup-2g, smoke) or a
     /// TOML file.
     pub workload: String,
-    /// A running Kafka-compatible broker.
+    /// A running server of `--system` (default 127.0.0.1:9092, a Kafka-compatible broker).
     #[arg(long, conflicts_with = "spawn")]
     pub broker: Option<String>,
-    /// Start a fresh `corelog serve` on a temporary data dir and stop it afterwards.
+    /// Start a fresh server of `--system` on a temporary data dir and stop it afterwards.
     #[arg(long)]
     pub spawn: bool,
+    /// corelog, tansu, kafka (any Kafka-compatible broker, with --broker), nats (JetStream)
+    /// or redis (Streams). Default: corelog with --spawn, kafka with --broker.
+    #[arg(long)]
+    pub system: Option<String>,
     /// Where --spawn puts its data dir (a real disk, not tmpfs).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
@@ -123,6 +125,12 @@ pub struct Percentiles {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResult {
     pub system: String,
+    /// What an acknowledgement promised in this run.
+    #[serde(default)]
+    pub durability: String,
+    /// Which round of a `compare` this was (0 for `run`).
+    #[serde(default)]
+    pub round: u32,
     pub workload: Workload,
     pub machine: String,
     pub broker: String,
@@ -183,97 +191,28 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-pub struct Spawned {
-    child: Child,
-    _dir: tempfile::TempDir,
-    pub addr: String,
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `corelog serve` (the binary beside this one) on a free port.
-pub fn spawn_corelog(dir: &Path) -> Result<Spawned, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let bin = exe.with_file_name("corelog");
-    if !bin.exists() {
-        return Err(format!(
-            "{} not found: build it with `cargo build --release -p corelog-broker`",
-            bin.display()
-        ));
-    }
-    let data = tempfile::Builder::new()
-        .prefix("corelog-bench-")
-        .tempdir_in(dir)
-        .map_err(|e| format!("temp dir in {}: {e}", dir.display()))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = Command::new(&bin)
-        .args(["serve", "--listen", &addr, "--data-dir"])
-        .arg(data.path().join("data"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("start {}: {e}", bin.display()))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("corelog exited at start: {status}"));
-        }
-        if std::net::TcpStream::connect(&addr).is_ok() {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err("corelog did not start listening".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(Spawned {
-        child,
-        _dir: data,
-        addr,
-    })
-}
-
 pub fn run(args: Args) -> Result<(), String> {
     let mut w = Workload::load(&args.workload)?;
     if let Some(d) = args.duration {
         w.duration_s = d;
     }
-    let spawned = if args.spawn {
-        Some(spawn_corelog(&args.dir)?)
+    let system = match (&args.system, args.spawn) {
+        (Some(s), _) => System::parse(s)?,
+        (None, true) => System::Corelog,
+        (None, false) => System::Kafka,
+    };
+    let server = if args.spawn {
+        Some(system.start(&args.dir)?)
     } else {
         None
     };
-    let addr = match (&spawned, &args.broker) {
+    let addr = match (&server, &args.broker) {
         (Some(s), _) => s.addr.clone(),
         (None, Some(b)) => b.clone(),
         (None, None) => "127.0.0.1:9092".to_string(),
     };
-    let system = if spawned.is_some() {
-        "corelog"
-    } else {
-        "kafka-api broker"
-    };
-    let result = run_workload(&w, &addr, system, &args.dir)?;
-    drop(spawned);
+    let result = run_workload(&w, system, &addr, &args.dir)?;
+    drop(server);
     print_result(&result);
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?;
@@ -287,6 +226,9 @@ pub fn run(args: Args) -> Result<(), String> {
 
 pub fn print_result(r: &RunResult) {
     println!("{} on {} — {}", r.workload.name, r.system, r.machine);
+    if !r.durability.is_empty() {
+        println!("  durability: {}", r.durability);
+    }
     println!(
         "  throughput: {:.0} msg/s, {:.1} MB/s over {:.1} s ({} acknowledged, {} consumed, {} errors)",
         r.msgs_per_s, r.mb_per_s, r.measured_s, r.messages_acked, r.messages_consumed, r.errors
@@ -331,13 +273,14 @@ impl Shared {
 
 pub fn run_workload(
     w: &Workload,
+    system: System,
     addr: &str,
-    system: &str,
     dir: &Path,
 ) -> Result<RunResult, String> {
     let acks = w.acks()?;
+    let driver: Arc<dyn Driver> = Arc::from(system.driver(addr, acks)?);
     let topic = format!("bench-{}-{:08x}", w.name, fastrand::u32(..));
-    Client::connect(addr)?.create_topic(&topic, w.partitions)?;
+    driver.create_topic(&topic, w.partitions)?;
     let shared = Arc::new(Shared {
         start: Instant::now(),
         stop: AtomicBool::new(false),
@@ -356,13 +299,29 @@ pub fn run_workload(
         // Produce the backlog as fast as possible, then time reading it back.
         let messages = w.backlog_bytes / w.message_bytes as u64;
         let t = Instant::now();
-        produce_phase(w, addr, &topic, acks, &shared, Some(messages), u64::MAX, 0)?;
+        produce_phase(
+            w,
+            &driver,
+            &topic,
+            acks,
+            &shared,
+            Some(messages),
+            u64::MAX,
+            0,
+        )?;
         backlog_s = Some(t.elapsed().as_secs_f64());
         let t = Instant::now();
         let consumed_before = shared.consumed.load(Ordering::Relaxed);
-        let starts = vec![0i64; w.partitions as usize];
         // Reading old data: end-to-end latency would only measure the backlog's age.
-        let handles = start_consumers(w, addr, &topic, &starts, &shared, u64::MAX, Some(messages));
+        let handles = start_consumers(
+            w,
+            &driver,
+            &topic,
+            From::Beginning,
+            &shared,
+            u64::MAX,
+            Some(messages),
+        )?;
         for h in handles {
             h.join().map_err(|_| "consumer panicked".to_string())??;
         }
@@ -373,19 +332,18 @@ pub fn run_workload(
     }
 
     let measure_start_ns = shared.now_ns();
-    let starts = Client::connect(addr)?.end_offsets(&topic, w.partitions)?;
     let consumers = if w.backlog_bytes > 0 {
         Vec::new()
     } else {
         start_consumers(
             w,
-            addr,
+            &driver,
             &topic,
-            &starts,
+            From::End,
             &shared,
             measure_start_ns + warmup_ns,
             None,
-        )
+        )?
     };
     // Progress line and throughput series, once a second.
     let series = Arc::new(Mutex::new(Vec::new()));
@@ -422,7 +380,7 @@ pub fn run_workload(
     if w.duration_s > 0 {
         produce_phase(
             w,
-            addr,
+            &driver,
             &topic,
             acks,
             &shared,
@@ -462,7 +420,9 @@ pub fn run_workload(
     };
     let series = series.lock().expect("not poisoned").clone();
     Ok(RunResult {
-        system: system.to_string(),
+        system: system.name().to_string(),
+        durability: system.durability(&w.acks),
+        round: 0,
         workload: w.clone(),
         machine: crate::storage::machine_description(dir),
         broker: addr.to_string(),
@@ -490,7 +450,7 @@ pub fn run_workload(
 #[allow(clippy::too_many_arguments)]
 fn produce_phase(
     w: &Workload,
-    addr: &str,
+    driver: &Arc<dyn Driver>,
     topic: &str,
     acks: i16,
     shared: &Arc<Shared>,
@@ -501,17 +461,13 @@ fn produce_phase(
     let per_producer = count.map(|c| c.div_ceil(w.producers as u64));
     let mut handles = Vec::new();
     for id in 0..w.producers {
-        let (w, addr, topic, shared) = (
-            w.clone(),
-            addr.to_string(),
-            topic.to_string(),
-            shared.clone(),
-        );
+        let (w, driver, topic, shared) =
+            (w.clone(), driver.clone(), topic.to_string(), shared.clone());
         handles.push(std::thread::spawn(move || {
             producer(
                 &w,
                 id,
-                &addr,
+                driver.as_ref(),
                 &topic,
                 acks,
                 &shared,
@@ -531,7 +487,7 @@ fn produce_phase(
 fn producer(
     w: &Workload,
     id: usize,
-    addr: &str,
+    driver: &dyn Driver,
     topic: &str,
     acks: i16,
     shared: &Arc<Shared>,
@@ -540,15 +496,33 @@ fn producer(
     record_from_ns: u64,
 ) -> Result<(), String> {
     const MAX_IN_FLIGHT: usize = 5;
-    let (mut pipe, mut reader) = Pipeline::connect(addr)?;
-    let (tx, rx) = sync_channel::<Vec<u64>>(MAX_IN_FLIGHT);
+    let (mut publisher, mut acks_reader) = driver.producer(topic)?;
+    let (tx, rx) = sync_channel::<(u64, Vec<u64>)>(MAX_IN_FLIGHT);
     let acker = {
         let shared = shared.clone();
         std::thread::spawn(move || -> Result<(), String> {
-            for intended in rx {
-                let error = kafka::read_produce_ack(&mut reader)?;
+            // Batches sent and not yet acknowledged, by tag: a peer may acknowledge them
+            // out of order (NATS, across streams).
+            let mut waiting = std::collections::HashMap::new();
+            loop {
+                if waiting.is_empty() {
+                    match rx.recv() {
+                        Ok((tag, intended)) => waiting.insert(tag, intended),
+                        Err(_) => return Ok(()),
+                    };
+                }
+                let (tag, failed) = acks_reader.next()?;
                 let now = shared.now_ns();
-                if error != 0 {
+                let intended = loop {
+                    if let Some(v) = waiting.remove(&tag) {
+                        break v;
+                    }
+                    let (t, v) = rx
+                        .recv()
+                        .map_err(|_| format!("acknowledgement of batch {tag}, never sent"))?;
+                    waiting.insert(t, v);
+                };
+                if failed {
                     shared
                         .errors
                         .fetch_add(intended.len() as u64, Ordering::Relaxed);
@@ -562,7 +536,6 @@ fn producer(
                     h.saturating_record((now.saturating_sub(*t) / 1000).max(1));
                 }
             }
-            Ok(())
         })
     };
     let per_batch = (w.batch_bytes / w.message_bytes).max(1);
@@ -573,6 +546,7 @@ fn producer(
     let padding = vec![b'x'; w.message_bytes - 8];
     let mut next_intended = shared.now_ns();
     let mut sent = 0u64;
+    let mut sent_batches = 0u64;
     let mut partition = id as i32 % w.partitions;
     let mut pending: Vec<u64> = Vec::with_capacity(per_batch);
     loop {
@@ -616,6 +590,8 @@ fn producer(
             }
             continue;
         }
+        let tag = sent_batches;
+        sent_batches += 1;
         let values: Vec<Vec<u8>> = pending
             .iter()
             .map(|t| {
@@ -625,19 +601,24 @@ fn producer(
                 v
             })
             .collect();
-        let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
-        let b = build::batch(&refs, 0);
         sent += pending.len() as u64;
         let intended = std::mem::take(&mut pending);
         if acks != 0 {
-            tx.send(intended)
-                .map_err(|_| "ack reader stopped".to_string())?;
+            // Before the publish, so the ack reader knows the batch when its ack comes.
+            if tx.send((tag, intended)).is_err() {
+                // The ack reader stopped: its error says why.
+                drop(tx);
+                return acker
+                    .join()
+                    .map_err(|_| "ack reader panicked".to_string())?
+                    .and(Err("ack reader stopped".into()));
+            }
         } else {
             shared
                 .acked
                 .fetch_add(intended.len() as u64, Ordering::Relaxed);
         }
-        pipe.produce(topic, partition, acks, Bytes::from(b))?;
+        publisher.publish(tag, partition, &values)?;
         partition = (partition + 1) % w.partitions;
     }
     drop(tx);
@@ -648,74 +629,43 @@ fn producer(
 
 fn start_consumers(
     w: &Workload,
-    addr: &str,
+    driver: &Arc<dyn Driver>,
     topic: &str,
-    starts: &[i64],
+    from: From,
     shared: &Arc<Shared>,
     record_from_ns: u64,
     count: Option<u64>,
-) -> Vec<std::thread::JoinHandle<Result<(), String>>> {
-    (0..w.consumer_groups.max(1))
-        .map(|_| {
-            let (addr, topic, shared) = (addr.to_string(), topic.to_string(), shared.clone());
-            let mut offsets: Vec<(i32, i64)> = starts
-                .iter()
-                .enumerate()
-                .map(|(p, &o)| (p as i32, o))
-                .collect();
-            std::thread::spawn(move || -> Result<(), String> {
-                let mut c = Client::connect(&addr)?;
-                let mut got = 0u64;
-                while !shared.stop.load(Ordering::Relaxed) && count.is_none_or(|n| got < n) {
-                    for (p, error, records) in c.fetch(&topic, &offsets, 100)? {
-                        if error != 0 {
-                            return Err(format!("fetch error {error} on partition {p}"));
-                        }
-                        let now = shared.now_ns();
-                        let mut rest = &records[..];
-                        let mut n = 0u64;
-                        let mut lat = Vec::new();
-                        while let Ok(h) = BatchHeader::parse(rest) {
-                            if h.size > rest.len() {
-                                break;
-                            }
-                            let slot = offsets
-                                .iter_mut()
-                                .find(|(q, _)| *q == p)
-                                .expect("asked for it");
-                            for (i, r) in batch::records(&rest[..h.size])
-                                .unwrap_or_default()
-                                .iter()
-                                .enumerate()
-                            {
-                                if h.base_offset + (i as i64) < slot.1 {
-                                    continue;
-                                }
-                                n += 1;
-                                if let Some(v) = r.value.filter(|v| v.len() >= 8) {
-                                    let t = u64::from_le_bytes(v[..8].try_into().expect("8 bytes"));
-                                    if t >= record_from_ns {
-                                        lat.push((now.saturating_sub(t) / 1000).max(1));
-                                    }
-                                }
-                            }
-                            slot.1 = slot.1.max(h.last_offset() + 1);
-                            rest = &rest[h.size..];
-                        }
-                        got += n;
-                        shared.consumed.fetch_add(n, Ordering::Relaxed);
-                        if !lat.is_empty() {
-                            let mut hist = shared.e2e.lock().expect("not poisoned");
-                            for l in lat {
-                                hist.saturating_record(l);
-                            }
+) -> Result<Vec<std::thread::JoinHandle<Result<(), String>>>, String> {
+    let mut handles = Vec::new();
+    for _ in 0..w.consumer_groups.max(1) {
+        // Created here, before any message is published, so `From::End` misses nothing.
+        let mut consumer = driver.consumer(topic, w.partitions, from)?;
+        let shared = shared.clone();
+        handles.push(std::thread::spawn(move || -> Result<(), String> {
+            let mut got = 0u64;
+            let mut lat = Vec::new();
+            while !shared.stop.load(Ordering::Relaxed) && count.is_none_or(|n| got < n) {
+                let n = consumer.poll(&mut |v: &[u8]| {
+                    if let Some(t) = v.get(..8) {
+                        let t = u64::from_le_bytes(t.try_into().expect("8 bytes"));
+                        if t >= record_from_ns {
+                            lat.push((shared.now_ns().saturating_sub(t) / 1000).max(1));
                         }
                     }
+                })?;
+                got += n;
+                shared.consumed.fetch_add(n, Ordering::Relaxed);
+                if !lat.is_empty() {
+                    let mut hist = shared.e2e.lock().expect("not poisoned");
+                    for l in lat.drain(..) {
+                        hist.saturating_record(l);
+                    }
                 }
-                Ok(())
-            })
-        })
-        .collect()
+            }
+            Ok(())
+        }));
+    }
+    Ok(handles)
 }
 
 #[cfg(test)]

