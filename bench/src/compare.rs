@@ -30,6 +30,10 @@ pub struct Args {
     pub duration: Option<u64>,
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Fail unless every system delivered every acknowledged message to every consumer
+    /// group and refused nothing (checks the drivers; for smoke runs).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -208,6 +212,9 @@ pub fn run(args: Args) -> Result<(), String> {
             drop(server);
             r.round = round;
             run::print_result(&r);
+            if args.strict {
+                run::check_complete(&r)?;
+            }
             machine = r.machine.clone();
             runs.push(row(&r));
             if system == System::Corelog && peers.contains(&Peer::RawDisk) {

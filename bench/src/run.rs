@@ -109,6 +109,10 @@ pub struct Args {
     /// Write the full result, histograms included, to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Fail unless every acknowledged message was read by every consumer group and
+    /// nothing was refused (a driver check, for smoke runs).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -220,6 +224,21 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     if result.messages_acked == 0 && w.acks()? != 0 {
         return Err("no message was acknowledged".into());
+    }
+    if args.strict {
+        check_complete(&result)?;
+    }
+    Ok(())
+}
+
+/// Every acknowledged message read by every group, none refused.
+pub fn check_complete(r: &RunResult) -> Result<(), String> {
+    let groups = r.workload.consumer_groups.max(1) as u64;
+    if r.messages_acked == 0 || r.errors > 0 || r.messages_consumed < r.messages_acked * groups {
+        return Err(format!(
+            "{}: {} acknowledged, {} refused, {} read by {groups} group(s): messages missing",
+            r.system, r.messages_acked, r.errors, r.messages_consumed
+        ));
     }
     Ok(())
 }
