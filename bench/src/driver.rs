@@ -20,12 +20,15 @@ pub enum From {
     End,
 }
 
+/// A publishing half and the acknowledgements' half of one connection.
+pub type ProducerPair = (Box<dyn Publisher>, Box<dyn Acks>);
+
 pub trait Driver: Send + Sync {
     /// Creates the topic (or the peer's equivalent: streams, keys) with `partitions` parts.
     fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), String>;
     /// A publishing connection: the caller sends batches on the first half while a thread
     /// of its own takes acknowledgements from the second.
-    fn producer(&self, topic: &str) -> Result<(Box<dyn Publisher>, Box<dyn Acks>), String>;
+    fn producer(&self, topic: &str) -> Result<ProducerPair, String>;
     /// A consumer of every partition of `topic` (one per consumer group).
     fn consumer(
         &self,
@@ -64,7 +67,7 @@ impl Driver for Kafka {
         Client::connect(&self.addr)?.create_topic(topic, partitions)
     }
 
-    fn producer(&self, topic: &str) -> Result<(Box<dyn Publisher>, Box<dyn Acks>), String> {
+    fn producer(&self, topic: &str) -> Result<ProducerPair, String> {
         let (pipe, reader) = Pipeline::connect(&self.addr)?;
         Ok((
             Box::new(KafkaPublisher {

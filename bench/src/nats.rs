@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-use crate::driver::{Acks, Consumer, Driver, From, Publisher};
+use crate::driver::{Acks, Consumer, Driver, From, ProducerPair, Publisher};
 
 pub struct Nats {
     pub addr: String,
@@ -191,7 +191,7 @@ impl Driver for Nats {
         Ok(())
     }
 
-    fn producer(&self, topic: &str) -> Result<(Box<dyn Publisher>, Box<dyn Acks>), String> {
+    fn producer(&self, topic: &str) -> Result<ProducerPair, String> {
         let (w, r) = connect(&self.addr)?;
         let inbox = format!("_INBOX.{}", token());
         write(&w, format!("SUB {inbox}.> 1\r\n").as_bytes())?;

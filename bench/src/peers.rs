@@ -53,7 +53,7 @@ impl System {
     pub fn durability(self, acks: &str) -> String {
         match self {
             Self::Corelog => format!("acks={acks}; fdatasync before every acknowledgement (group commit per round of requests)"),
-            Self::Tansu => format!("acks={acks}; SQLite storage engine (libsql, its default synchronous mode)"),
+            Self::Tansu => format!("acks={acks}; SQLite storage engine: WAL, synchronous=NORMAL (tansu's fixed setting: commits are not fsynced, so weaker than the others)"),
             Self::Nats => "JetStream file store, sync_interval: always (fsync after every message write; JetStream has no per-batch sync)".into(),
             Self::Redis => "appendonly yes, appendfsync always (AOF fsync before the replies of each event-loop round)".into(),
             Self::Kafka => format!("acks={acks}; the broker's own flush settings"),
@@ -138,8 +138,10 @@ impl System {
                     .arg(format!("tcp://{addr}"))
                     .arg("--advertised-listener-url")
                     .arg(format!("tcp://{addr}"))
+                    // tansu resolves a sqlite:// URL against its working directory.
                     .arg("--storage-engine")
-                    .arg(format!("sqlite://{}", root.join("tansu.db").display()))
+                    .arg("sqlite://tansu.db")
+                    .current_dir(&root)
                     .env("RUST_LOG", "warn");
                 c
             }

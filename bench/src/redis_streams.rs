@@ -9,7 +9,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 
 use redis::{Parser, Value};
 
-use crate::driver::{Acks, Consumer, Driver, From, Publisher};
+use crate::driver::{Acks, Consumer, Driver, From, ProducerPair, Publisher};
 
 pub struct Redis {
     pub addr: String,
@@ -48,7 +48,7 @@ impl Driver for Redis {
         call(&mut w, &mut r, &mut Parser::new(), &redis::cmd("PING")).map(|_| ())
     }
 
-    fn producer(&self, topic: &str) -> Result<(Box<dyn Publisher>, Box<dyn Acks>), String> {
+    fn producer(&self, topic: &str) -> Result<ProducerPair, String> {
         let (w, r) = connect(&self.addr)?;
         let (sizes_tx, sizes) = channel();
         Ok((
