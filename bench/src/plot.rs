@@ -67,6 +67,27 @@ pub fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// One colour per system and workload; later rounds of `compare` dashed in the same colour.
+fn stroke(runs: &[RunResult], i: usize) -> String {
+    let key = |r: &RunResult| (r.system.clone(), r.workload.name.clone());
+    let mut seen = Vec::new();
+    for r in &runs[..=i] {
+        if !seen.contains(&key(r)) {
+            seen.push(key(r));
+        }
+    }
+    let colour = seen
+        .iter()
+        .position(|k| *k == key(&runs[i]))
+        .map_or(COLORS[0], |n| COLORS[n % COLORS.len()]);
+    let dash = match runs[i].round {
+        0 | 1 => "",
+        2 => r#" stroke-dasharray="8,4""#,
+        _ => r#" stroke-dasharray="2,3""#,
+    };
+    format!(r#"stroke="{colour}"{dash}"#)
+}
+
 fn label(r: &RunResult) -> String {
     if r.round > 0 {
         format!("{} · {} · round {}", r.system, r.workload.name, r.round)
@@ -106,10 +127,10 @@ fn chart(title: &str, x_label: &str, y_label: &str, runs: &[RunResult]) -> Strin
     );
     for (i, r) in runs.iter().enumerate() {
         let y = TOP + 10.0 + 20.0 * i as f64;
-        let c = COLORS[i % COLORS.len()];
+        let c = stroke(runs, i);
         let _ = writeln!(
             s,
-            r#"<line x1="{}" y1="{y}" x2="{}" y2="{y}" stroke="{c}" stroke-width="2.5"/><text x="{}" y="{}">{}</text>"#,
+            r#"<line x1="{}" y1="{y}" x2="{}" y2="{y}" {c} stroke-width="2.5"/><text x="{}" y="{}">{}</text>"#,
             W - RIGHT + 12.0,
             W - RIGHT + 36.0,
             W - RIGHT + 42.0,
@@ -154,8 +175,10 @@ fn fmt_num(v: f64) -> String {
         format!("{:.0}", v)
     } else if v >= 10.0 {
         format!("{v:.1}")
-    } else {
+    } else if v >= 0.01 {
         format!("{v:.2}")
+    } else {
+        format!("{v}")
     }
 }
 
@@ -172,13 +195,38 @@ pub fn latency_svg(runs: &[RunResult]) -> String {
         "latency (ms)",
         runs,
     );
-    let max = runs
-        .iter()
-        .flat_map(|r| r.publish_spectrum.iter().map(|(_, ms)| *ms))
-        .fold(0.0, f64::max);
-    let max = nice_max(max * 1.05);
-    y_ticks(&mut s, max);
+    let values = || {
+        runs.iter()
+            .flat_map(|r| r.publish_spectrum.iter().map(|(_, ms)| *ms))
+    };
+    let max = values().fold(0.0, f64::max);
+    let min = values().filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
+    // Systems that differ a hundredfold (a peer compared with corelog) on a linear axis
+    // would flatten the fast one onto zero: then the latency axis is logarithmic.
+    let y_of: Box<dyn Fn(f64) -> f64> = if max / min > 100.0 {
+        let lo = min.log10().floor();
+        let hi = max.log10().ceil();
+        for d in lo as i32..=hi as i32 {
+            let y = H - BOTTOM - ph * (d as f64 - lo) / (hi - lo);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{LEFT}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+                W - RIGHT,
+                LEFT - 6.0,
+                y + 4.0,
+                fmt_num(10f64.powi(d))
+            );
+        }
+        Box::new(move |ms: f64| {
+            let t = (ms.max(10f64.powf(lo)).log10() - lo) / (hi - lo);
+            H - BOTTOM - ph * t.min(1.0)
+        })
+    } else {
+        let max = nice_max(max * 1.05);
+        y_ticks(&mut s, max);
+        Box::new(move |ms: f64| H - BOTTOM - ph * (ms / max).min(1.0))
+    };
     for (i, name) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
         .iter()
         .enumerate()
@@ -197,14 +245,14 @@ pub fn latency_svg(runs: &[RunResult]) -> String {
             .iter()
             .map(|&(p, ms)| {
                 let x = LEFT + pw * percentile_x(p) / 5.0;
-                let y = H - BOTTOM - ph * (ms / max).min(1.0);
+                let y = y_of(ms);
                 format!("{x:.1},{y:.1}")
             })
             .collect();
         let _ = writeln!(
             s,
-            r#"<polyline fill="none" stroke="{}" stroke-width="2.5" points="{}"/>"#,
-            COLORS[i % COLORS.len()],
+            r#"<polyline fill="none" {} stroke-width="2.5" points="{}"/>"#,
+            stroke(runs, i),
             pts.join(" ")
         );
     }
@@ -254,8 +302,8 @@ pub fn throughput_svg(runs: &[RunResult]) -> String {
             .collect();
         let _ = writeln!(
             s,
-            r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>"#,
-            COLORS[i % COLORS.len()],
+            r#"<polyline fill="none" {} stroke-width="2" points="{}"/>"#,
+            stroke(runs, i),
             pts.join(" ")
         );
     }
