@@ -151,7 +151,9 @@ impl<D: Disk> Log<D> {
         } else {
             // What recovery kept may sit only in the device cache: make it durable before
             // calling it so.
-            segments.back_mut().expect("non-empty").log.sync().await?;
+            let active = segments.back_mut().expect("non-empty");
+            active.log.sync().await?;
+            active.log.set_keep(segment::ACTIVE_READ_CACHE);
         }
         let durable_offset = segments.back().expect("non-empty").next_offset;
         Ok(Self {
@@ -286,6 +288,8 @@ impl<D: Disk> Log<D> {
     async fn roll(&mut self) -> Result<(), StorageError> {
         let active = self.segments.back_mut().expect("never empty");
         active.log.sync().await?;
+        // Sealed: its reads go to the file, its memory back to the new segment.
+        active.log.set_keep(0);
         active.stage_index(active.entries.len());
         active.index.sync().await?;
         let base = active.next_offset;

@@ -14,6 +14,11 @@ use crate::io::{Disk, DiskFile};
 /// Recovery reads the log in chunks of this size.
 const SCAN_CHUNK: usize = 1 << 20;
 
+/// Written bytes of the active segment kept in memory for consumers at the head (up to
+/// twice this per partition): tens of milliseconds of a busy partition, so a consumer
+/// that keeps up never waits for a device read.
+pub(crate) const ACTIVE_READ_CACHE: u64 = 512 << 10;
+
 pub(crate) fn log_name(base: u64) -> String {
     format!("{base:020}.log")
 }
@@ -72,9 +77,12 @@ impl<F: DiskFile> Segment<F> {
             log_file.preallocate(bytes).await?;
         }
         disk.sync_dir().await?;
+        let mut log = AppendFile::open(log_file, 0).await?;
+        // A new segment is the active one: its freshest bytes are what consumers read.
+        log.set_keep(ACTIVE_READ_CACHE);
         Ok(Self {
             base,
-            log: AppendFile::open(log_file, 0).await?,
+            log,
             index: AppendFile::open(index_file, 0).await?,
             entries: Vec::new(),
             next_offset: base,
