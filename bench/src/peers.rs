@@ -54,7 +54,8 @@ impl System {
         match self {
             Self::Corelog => format!("acks={acks}; fdatasync before every acknowledgement (group commit per round of requests)"),
             Self::Tansu => format!("acks={acks}; SQLite storage engine: WAL, synchronous=NORMAL (tansu's fixed setting: commits are not fsynced, so weaker than the others)"),
-            Self::Nats => "JetStream file store, sync_interval: always (fsync after every message write; JetStream has no per-batch sync)".into(),
+            Self::Nats if nats_can_sync_always() => "JetStream file store, sync_interval: always (fsync after every message write; JetStream has no per-batch sync)".into(),
+            Self::Nats => "JetStream file store with its default fsync every 2 minutes: this nats-server (before 2.10) has no sync_interval: always, so its acks promise less".into(),
             Self::Redis => "appendonly yes, appendfsync always (AOF fsync before the replies of each event-loop round)".into(),
             Self::Kafka => format!("acks={acks}; the broker's own flush settings"),
         }
@@ -147,12 +148,18 @@ impl System {
             }
             Self::Nats => {
                 let conf = root.join("nats.conf");
+                // Per-message fsync where the server has it (2.10+); Debian's 2.9 does not.
+                let sync = if nats_can_sync_always() {
+                    "  sync_interval: always\n"
+                } else {
+                    ""
+                };
                 // The server's PINGs are answered by whichever thread reads a connection;
                 // an hour between them keeps them out of the measured window.
                 std::fs::write(
                     &conf,
                     format!(
-                        "listen: \"{addr}\"\nping_interval: \"1h\"\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+                        "listen: \"{addr}\"\nping_interval: \"1h\"\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n{sync}}}\n",
                         root.join("js").display()
                     ),
                 )
@@ -231,6 +238,29 @@ impl System {
             _ => true,
         }
     }
+}
+
+/// Whether the nats-server found has `sync_interval: always` (2.10 and later).
+fn nats_can_sync_always() -> bool {
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| {
+        let Ok(bin) = System::Nats.binary() else {
+            return false;
+        };
+        let out = Command::new(bin).arg("--version").output();
+        // "nats-server: v2.15.1"
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let version = text.unwrap_or_default();
+        let mut parts = version
+            .trim()
+            .rsplit('v')
+            .next()
+            .unwrap_or("")
+            .split('.')
+            .map(|n| n.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        (major, minor) >= (2, 10)
+    })
 }
 
 fn free_port() -> Result<u16, String> {
