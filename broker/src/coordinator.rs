@@ -124,7 +124,7 @@ impl Shard {
         let (tx, rx) = oneshot::channel();
         self.forward(owner, crate::shard::ShardMsg::Group { op, reply: tx })
             .await;
-        crate::shard::remote_answer(rx).await.ok()
+        rx.await.ok()
     }
 
     pub async fn local_group_op(self: Rc<Self>, op: GroupOp) -> GroupReply {

@@ -135,11 +135,11 @@ async fn shard_main(
         .await
         .map_err(|e| format!("shard mesh join failed: {e}"))?;
     let shard = Shard::start(cfg.clone(), senders).await?;
-    for (_, rx) in receivers.streams() {
+    for (from, rx) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
-                glommio::spawn_local(shard.clone().on_message(msg)).detach();
+                glommio::spawn_local(shard.clone().on_message(from, msg)).detach();
             }
         })
         .detach();

@@ -20,27 +20,15 @@ use crate::topics::{
     MetaFile, TopicMeta, owner_shard, partition_dir, random_topic_id, validate_topic_name,
 };
 
-/// Awaits an answer that another shard's thread sends. A oneshot completed on a foreign
-/// thread wakes the waiting task, but glommio does not unpark an executor sleeping in
-/// io_uring for such a wake: it would only notice at its next timer (up to 100 ms later,
-/// measured). So while a cross-shard answer is pending the wait also re-checks on a short
-/// timer. (The cleaner fix, answers sent back over the channel mesh, is noted in
-/// docs/ARCHITECTURE.md.)
-pub(crate) async fn remote_answer<T>(mut rx: oneshot::Receiver<T>) -> Result<T, oneshot::Canceled> {
-    loop {
-        let got = futures_lite::future::or(async { Some((&mut rx).await) }, async {
-            glommio::timer::sleep(Duration::from_micros(200)).await;
-            None
-        })
-        .await;
-        if let Some(r) = got {
-            return r;
-        }
-    }
-}
-
-/// Messages between shards. Everything in them is `Send`; replies come back on oneshots.
+/// Messages between shards. Everything in them is `Send`. A request carries the oneshot
+/// its sender awaits; the serving shard never completes it itself but sends a `Deliver`
+/// back, which completes it on the sender's own thread. (glommio does not unpark an
+/// executor sleeping in io_uring when one of its tasks is woken from another thread, so a
+/// oneshot completed remotely is noticed only at that executor's next timer, up to 100 ms
+/// later; a mesh message wakes it at once.)
 pub enum ShardMsg {
+    /// Runs on the receiving shard: completes (or drops) the reply of a request it sent.
+    Deliver(Box<dyn FnOnce() + Send>),
     Produce {
         topic: String,
         partition: i32,
@@ -234,18 +222,33 @@ impl Shard {
         Ok(h)
     }
 
-    /// Awaits the answer to a partition operation: a plain await when this shard owns
-    /// the partition, `remote_answer` when the owner is another shard.
-    async fn answer<T>(
+    /// Hands the answer to a request from shard `from` back to it over the mesh, to be
+    /// completed on `from`'s thread (see `ShardMsg`); an abandoned request is dropped there
+    /// too, so its waiter wakes at once either way.
+    async fn reply_to<T: Send + 'static>(
         &self,
-        owner: usize,
-        rx: oneshot::Receiver<T>,
-    ) -> Result<T, oneshot::Canceled> {
-        if owner == self.id {
-            rx.await
-        } else {
-            remote_answer(rx).await
-        }
+        from: usize,
+        answer: Option<T>,
+        reply: oneshot::Sender<T>,
+    ) {
+        let deliver = Box::new(move || {
+            if let Some(v) = answer {
+                let _ = reply.send(v);
+            }
+        });
+        self.forward(from, ShardMsg::Deliver(deliver)).await;
+    }
+
+    /// Serves a forwarded partition operation with a local oneshot, then replies to `from`.
+    async fn relay<T: Send + 'static>(
+        &self,
+        from: usize,
+        reply: oneshot::Sender<T>,
+        serve: impl AsyncFnOnce(oneshot::Sender<T>),
+    ) {
+        let (tx, rx) = oneshot::channel();
+        serve(tx).await;
+        self.reply_to(from, rx.await.ok(), reply).await;
     }
 
     pub(crate) async fn forward(&self, to: usize, msg: ShardMsg) {
@@ -275,7 +278,7 @@ impl Shard {
             };
             self.forward(owner, msg).await;
         }
-        self.answer(owner, rx).await.unwrap_or(ProduceOutcome {
+        rx.await.unwrap_or(ProduceOutcome {
             error: code::NOT_LEADER_OR_FOLLOWER,
             base_offset: -1,
             log_start: -1,
@@ -327,7 +330,7 @@ impl Shard {
             };
             self.forward(owner, msg).await;
         }
-        self.answer(owner, rx).await.unwrap_or(FetchOutcome {
+        rx.await.unwrap_or(FetchOutcome {
             error: code::NOT_LEADER_OR_FOLLOWER,
             high_watermark: -1,
             log_start: -1,
@@ -391,7 +394,7 @@ impl Shard {
             };
             self.forward(owner, msg).await;
         }
-        let _ = self.answer(owner, rx).await;
+        let _ = rx.await;
     }
 
     async fn local_wait(
@@ -445,9 +448,7 @@ impl Shard {
             };
             self.forward(owner, msg).await;
         }
-        self.answer(owner, rx)
-            .await
-            .unwrap_or(Err(code::NOT_LEADER_OR_FOLLOWER))
+        rx.await.unwrap_or(Err(code::NOT_LEADER_OR_FOLLOWER))
     }
 
     async fn local_list_offset(
@@ -476,7 +477,7 @@ impl Shard {
         }
         let (tx, rx) = oneshot::channel();
         self.forward(0, ShardMsg::Admin { op, reply: tx }).await;
-        remote_answer(rx).await.unwrap_or(AdminResult::Err(
+        rx.await.unwrap_or(AdminResult::Err(
             code::UNKNOWN_SERVER_ERROR,
             "controller shard gone".into(),
         ))
@@ -718,15 +719,21 @@ impl Shard {
         }
     }
 
-    /// Serves a message from another shard.
-    pub async fn on_message(self: Rc<Self>, msg: ShardMsg) {
+    /// Serves a message from shard `from`.
+    pub async fn on_message(self: Rc<Self>, from: usize, msg: ShardMsg) {
         match msg {
+            ShardMsg::Deliver(complete) => complete(),
             ShardMsg::Produce {
                 topic,
                 partition,
                 records,
                 reply,
-            } => self.local_produce(&topic, partition, records, reply).await,
+            } => {
+                self.relay(from, reply, async |tx| {
+                    self.local_produce(&topic, partition, records, tx).await
+                })
+                .await
+            }
             ShardMsg::Fetch {
                 topic,
                 partition,
@@ -734,8 +741,11 @@ impl Shard {
                 max_bytes,
                 reply,
             } => {
-                self.local_fetch(&topic, partition, offset, max_bytes, reply)
-                    .await
+                self.relay(from, reply, async |tx| {
+                    self.local_fetch(&topic, partition, offset, max_bytes, tx)
+                        .await
+                })
+                .await
             }
             ShardMsg::Wait {
                 topic,
@@ -744,8 +754,11 @@ impl Shard {
                 wait_ms,
                 reply,
             } => {
-                self.local_wait(&topic, partition, offset, wait_ms, reply)
-                    .await
+                self.relay(from, reply, async |tx| {
+                    self.local_wait(&topic, partition, offset, wait_ms, tx)
+                        .await
+                })
+                .await
             }
             ShardMsg::ListOffset {
                 topic,
@@ -753,21 +766,27 @@ impl Shard {
                 timestamp,
                 reply,
             } => {
-                self.local_list_offset(&topic, partition, timestamp, reply)
-                    .await
+                self.relay(from, reply, async |tx| {
+                    self.local_list_offset(&topic, partition, timestamp, tx)
+                        .await
+                })
+                .await
             }
             ShardMsg::TopicUpsert { meta, reply } => {
-                let _ = reply.send(self.apply_upsert(meta).await);
+                let r = self.apply_upsert(meta).await;
+                self.reply_to(from, Some(r), reply).await;
             }
             ShardMsg::TopicRemove { meta, reply } => {
                 self.apply_remove(&meta).await;
-                let _ = reply.send(());
+                self.reply_to(from, Some(()), reply).await;
             }
             ShardMsg::Group { op, reply } => {
-                let _ = reply.send(self.local_group_op(op).await);
+                let r = self.clone().local_group_op(op).await;
+                self.reply_to(from, Some(r), reply).await;
             }
             ShardMsg::Admin { op, reply } => {
-                let _ = reply.send(self.controller_op(op).await);
+                let r = self.controller_op(op).await;
+                self.reply_to(from, Some(r), reply).await;
             }
         }
     }
