@@ -153,6 +153,9 @@ pub struct RunResult {
     pub throughput_series: Vec<(f64, f64)>,
     pub catchup_mb_per_s: Option<f64>,
     pub client_cpu_pct: f64,
+    /// The busiest client thread's CPU share of its lifetime, in percent of one core.
+    #[serde(default)]
+    pub client_busiest_thread_pct: f64,
     pub client_saturated: bool,
 }
 
@@ -187,7 +190,38 @@ fn spectrum(h: &Histogram<u64>) -> Vec<(f64, f64)> {
 
 /// User+system CPU seconds of this process so far.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_seconds_of("/proc/self/stat")
+}
+
+/// Measures one client thread: a thread that is busy all the time is a bottleneck even
+/// when the machine as a whole is not (one of two cores, say).
+struct ThreadMeter {
+    cpu0: f64,
+    t0: Instant,
+}
+
+impl ThreadMeter {
+    fn start() -> Self {
+        Self {
+            cpu0: cpu_seconds_of("/proc/thread-self/stat"),
+            t0: Instant::now(),
+        }
+    }
+
+    /// Records this thread's busy share in `shared` (runs under a second say too little).
+    fn finish(self, shared: &Shared) {
+        let wall = self.t0.elapsed().as_secs_f64();
+        if wall >= 1.0 {
+            let busy = (cpu_seconds_of("/proc/thread-self/stat") - self.cpu0) / wall;
+            shared
+                .busiest_thread_permille
+                .fetch_max((busy * 1000.0) as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+fn cpu_seconds_of(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
@@ -264,8 +298,9 @@ pub fn print_result(r: &RunResult) {
         println!("  catch-up read: {c:.1} MB/s");
     }
     println!(
-        "  client CPU: {:.0}% of the machine{}",
+        "  client CPU: {:.0}% of the machine, busiest client thread {:.0}% of a core{}",
         r.client_cpu_pct,
+        r.client_busiest_thread_pct,
         if r.client_saturated {
             " — SATURATED: the client may be the bottleneck"
         } else {
@@ -280,6 +315,7 @@ struct Shared {
     acked: AtomicU64,
     consumed: AtomicU64,
     errors: AtomicU64,
+    busiest_thread_permille: AtomicU64,
     publish: Mutex<Histogram<u64>>,
     e2e: Mutex<Histogram<u64>>,
 }
@@ -306,6 +342,7 @@ pub fn run_workload(
         acked: AtomicU64::new(0),
         consumed: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        busiest_thread_permille: AtomicU64::new(0),
         publish: Mutex::new(histogram()),
         e2e: Mutex::new(histogram()),
     });
@@ -429,6 +466,7 @@ pub fn run_workload(
     let wall = shared.start.elapsed().as_secs_f64();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let client_cpu_pct = 100.0 * cpu / (wall * cores);
+    let busiest_thread_pct = shared.busiest_thread_permille.load(Ordering::Relaxed) as f64 / 10.0;
     let publish = shared.publish.lock().expect("not poisoned").clone();
     let e2e = shared.e2e.lock().expect("not poisoned").clone();
     let measured_msgs = publish.len();
@@ -459,8 +497,9 @@ pub fn run_workload(
         catchup_mb_per_s: catchup,
         // One busy client thread per producer is expected; flag it when the client takes
         // most of the machine, where it may be what limits the numbers.
-        client_saturated: client_cpu_pct > 80.0,
+        client_saturated: client_cpu_pct > 80.0 || busiest_thread_pct > 90.0,
         client_cpu_pct,
+        client_busiest_thread_pct: busiest_thread_pct,
     })
 }
 
@@ -483,7 +522,8 @@ fn produce_phase(
         let (w, driver, topic, shared) =
             (w.clone(), driver.clone(), topic.to_string(), shared.clone());
         handles.push(std::thread::spawn(move || {
-            producer(
+            let meter = ThreadMeter::start();
+            let r = producer(
                 &w,
                 id,
                 driver.as_ref(),
@@ -493,7 +533,9 @@ fn produce_phase(
                 per_producer,
                 end_ns,
                 record_from_ns,
-            )
+            );
+            meter.finish(&shared);
+            r
         }));
     }
     for h in handles {
@@ -520,41 +562,46 @@ fn producer(
     let acker = {
         let shared = shared.clone();
         std::thread::spawn(move || -> Result<(), String> {
-            // Batches sent and not yet acknowledged, by tag: a peer may acknowledge them
-            // out of order (NATS, across streams).
-            let mut waiting = std::collections::HashMap::new();
-            loop {
-                if waiting.is_empty() {
-                    match rx.recv() {
-                        Ok((tag, intended)) => waiting.insert(tag, intended),
-                        Err(_) => return Ok(()),
-                    };
-                }
-                let (tag, failed) = acks_reader.next()?;
-                let now = shared.now_ns();
-                let intended = loop {
-                    if let Some(v) = waiting.remove(&tag) {
-                        break v;
+            let meter = ThreadMeter::start();
+            let r = (|| -> Result<(), String> {
+                // Batches sent and not yet acknowledged, by tag: a peer may acknowledge them
+                // out of order (NATS, across streams).
+                let mut waiting = std::collections::HashMap::new();
+                loop {
+                    if waiting.is_empty() {
+                        match rx.recv() {
+                            Ok((tag, intended)) => waiting.insert(tag, intended),
+                            Err(_) => return Ok(()),
+                        };
                     }
-                    let (t, v) = rx
-                        .recv()
-                        .map_err(|_| format!("acknowledgement of batch {tag}, never sent"))?;
-                    waiting.insert(t, v);
-                };
-                if failed {
+                    let (tag, failed) = acks_reader.next()?;
+                    let now = shared.now_ns();
+                    let intended = loop {
+                        if let Some(v) = waiting.remove(&tag) {
+                            break v;
+                        }
+                        let (t, v) = rx
+                            .recv()
+                            .map_err(|_| format!("acknowledgement of batch {tag}, never sent"))?;
+                        waiting.insert(t, v);
+                    };
+                    if failed {
+                        shared
+                            .errors
+                            .fetch_add(intended.len() as u64, Ordering::Relaxed);
+                        continue;
+                    }
                     shared
-                        .errors
+                        .acked
                         .fetch_add(intended.len() as u64, Ordering::Relaxed);
-                    continue;
+                    let mut h = shared.publish.lock().expect("not poisoned");
+                    for t in intended.iter().filter(|&&t| t >= record_from_ns) {
+                        h.saturating_record((now.saturating_sub(*t) / 1000).max(1));
+                    }
                 }
-                shared
-                    .acked
-                    .fetch_add(intended.len() as u64, Ordering::Relaxed);
-                let mut h = shared.publish.lock().expect("not poisoned");
-                for t in intended.iter().filter(|&&t| t >= record_from_ns) {
-                    h.saturating_record((now.saturating_sub(*t) / 1000).max(1));
-                }
-            }
+            })();
+            meter.finish(&shared);
+            r
         })
     };
     let per_batch = (w.batch_bytes / w.message_bytes).max(1);
@@ -661,6 +708,7 @@ fn start_consumers(
         let mut consumer = driver.consumer(topic, w.partitions, from)?;
         let shared = shared.clone();
         handles.push(std::thread::spawn(move || -> Result<(), String> {
+            let meter = ThreadMeter::start();
             let mut got = 0u64;
             let mut lat = Vec::new();
             while !shared.stop.load(Ordering::Relaxed) && count.is_none_or(|n| got < n) {
@@ -681,6 +729,7 @@ fn start_consumers(
                     }
                 }
             }
+            meter.finish(&shared);
             Ok(())
         }));
     }
