@@ -11,6 +11,9 @@ use corelog_storage::batch::{self, BatchHeader, build};
 
 use crate::kafka::{self, Client, Pipeline};
 
+/// How long any driver waits for an answer it is owed before the run fails.
+pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Where a consumer begins.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum From {

@@ -183,6 +183,10 @@ impl Pipeline {
     pub fn connect(addr: &str) -> Result<(Self, BufReader<TcpStream>), String> {
         let stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        // An answer that never comes ends the run with an error instead of hanging it.
+        stream
+            .set_read_timeout(Some(crate::driver::ANSWER_TIMEOUT))
+            .map_err(|e| e.to_string())?;
         let reader =
             BufReader::with_capacity(64 << 10, stream.try_clone().map_err(|e| e.to_string())?);
         Ok((

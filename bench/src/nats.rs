@@ -48,6 +48,9 @@ fn write(w: &Writer, bytes: &[u8]) -> Result<(), String> {
 fn connect(addr: &str) -> Result<(Writer, BufReader<TcpStream>), String> {
     let s = TcpStream::connect(addr).map_err(|e| format!("connect nats {addr}: {e}"))?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
+    // An ack or API answer that never comes ends the run with an error, not a hang.
+    s.set_read_timeout(Some(crate::driver::ANSWER_TIMEOUT))
+        .map_err(|e| e.to_string())?;
     let mut r = BufReader::with_capacity(256 << 10, s.try_clone().map_err(|e| e.to_string())?);
     let w = Arc::new(Mutex::new(s));
     let mut line = String::new();
@@ -327,27 +330,23 @@ struct NatsConsumer {
 
 impl Consumer for NatsConsumer {
     fn poll(&mut self, each: &mut dyn FnMut(&[u8])) -> Result<u64, String> {
-        // Pushed messages arrive on their own: take what is buffered, waiting up to
-        // 100 ms for the first. Only that wait has a timeout; an operation begun is read
-        // whole.
+        // Pushed messages arrive on their own: take what is buffered (at most a bounded
+        // number, so the caller checks its stop flag), waiting up to 100 ms for the first.
+        // Only that wait has the short timeout; an operation begun is read whole.
         let mut n = 0;
-        loop {
+        while n < 10_000 {
             if self.r.buffer().is_empty() {
                 if n > 0 {
                     break;
                 }
-                let timeout = |t| {
-                    self.r
-                        .get_ref()
-                        .set_read_timeout(t)
+                let timeout = |r: &BufReader<TcpStream>, t| {
+                    r.get_ref()
+                        .set_read_timeout(Some(t))
                         .map_err(|e| e.to_string())
                 };
-                timeout(Some(std::time::Duration::from_millis(100)))?;
+                timeout(&self.r, std::time::Duration::from_millis(100))?;
                 let filled = self.r.fill_buf().map(|b| b.len());
-                self.r
-                    .get_ref()
-                    .set_read_timeout(None)
-                    .map_err(|e| e.to_string())?;
+                timeout(&self.r, crate::driver::ANSWER_TIMEOUT)?;
                 match filled {
                     Ok(0) => return Err("nats: connection closed".into()),
                     Ok(_) => {}

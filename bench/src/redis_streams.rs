@@ -18,6 +18,9 @@ pub struct Redis {
 fn connect(addr: &str) -> Result<(TcpStream, BufReader<TcpStream>), String> {
     let s = TcpStream::connect(addr).map_err(|e| format!("connect redis {addr}: {e}"))?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
+    // Every answer is owed within this (XREAD blocks for 100 ms at most).
+    s.set_read_timeout(Some(crate::driver::ANSWER_TIMEOUT))
+        .map_err(|e| e.to_string())?;
     let r = BufReader::with_capacity(256 << 10, s.try_clone().map_err(|e| e.to_string())?);
     Ok((s, r))
 }

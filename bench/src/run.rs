@@ -378,9 +378,22 @@ pub fn run_workload(
             u64::MAX,
             Some(messages),
         )?;
+        // A message that never arrives must not hang the run: stop the readers once
+        // nothing has been read for a while (`--strict` then reports what is missing).
+        let mut last = (shared.consumed.load(Ordering::Relaxed), Instant::now());
+        while !handles.iter().all(|h| h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = shared.consumed.load(Ordering::Relaxed);
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(30) {
+                shared.stop.store(true, Ordering::Relaxed);
+            }
+        }
         for h in handles {
             h.join().map_err(|_| "consumer panicked".to_string())??;
         }
+        shared.stop.store(false, Ordering::Relaxed);
         let bytes =
             (shared.consumed.load(Ordering::Relaxed) - consumed_before) * w.message_bytes as u64;
         catchup =
@@ -559,6 +572,10 @@ fn producer(
     const MAX_IN_FLIGHT: usize = 5;
     let (mut publisher, mut acks_reader) = driver.producer(topic)?;
     let (tx, rx) = sync_channel::<(u64, Vec<u64>)>(MAX_IN_FLIGHT);
+    // One slot per unacknowledged batch: the producer takes one before it publishes, the
+    // ack reader frees one per acknowledged batch. (The data channel alone would not bound
+    // them: the ack reader drains it to match acks that come out of order.)
+    let (slot_tx, slot_rx) = sync_channel::<()>(MAX_IN_FLIGHT);
     let acker = {
         let shared = shared.clone();
         std::thread::spawn(move || -> Result<(), String> {
@@ -576,6 +593,7 @@ fn producer(
                     }
                     let (tag, failed) = acks_reader.next()?;
                     let now = shared.now_ns();
+                    let _ = slot_rx.recv();
                     let intended = loop {
                         if let Some(v) = waiting.remove(&tag) {
                             break v;
@@ -671,7 +689,7 @@ fn producer(
         let intended = std::mem::take(&mut pending);
         if acks != 0 {
             // Before the publish, so the ack reader knows the batch when its ack comes.
-            if tx.send((tag, intended)).is_err() {
+            if slot_tx.send(()).is_err() || tx.send((tag, intended)).is_err() {
                 // The ack reader stopped: its error says why.
                 drop(tx);
                 return acker
@@ -684,10 +702,12 @@ fn producer(
                 .acked
                 .fetch_add(intended.len() as u64, Ordering::Relaxed);
         }
+        // On failure the ack reader is left to end on its own (the socket's read timeout).
         publisher.publish(tag, partition, &values)?;
         partition = (partition + 1) % w.partitions;
     }
     drop(tx);
+    drop(slot_tx);
     acker
         .join()
         .map_err(|_| "ack reader panicked".to_string())?

@@ -58,8 +58,13 @@ impl<F: DiskFile> AppendFile<F> {
 
     /// Keeps about `bytes` of written data in memory for reads (0: only the tail block).
     pub(crate) fn set_keep(&mut self, bytes: u64) {
+        let shrinking = align_down(bytes) < self.keep;
         self.keep = align_down(bytes);
         self.trim();
+        if shrinking {
+            // `drain` keeps the capacity: a sealed segment would hold on to megabytes.
+            self.buf.shrink_to_fit();
+        }
     }
 
     /// The first byte of `buf` not yet written for good.

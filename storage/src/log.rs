@@ -515,11 +515,10 @@ impl<D: Disk> Log<D> {
                 let seg = self.segments.pop_back().expect("never empty");
                 self.remove_segment_files(seg).await?;
             }
-            self.segments
-                .back_mut()
-                .expect("never empty")
-                .truncate_to(offset)
-                .await?;
+            let active = self.segments.back_mut().expect("never empty");
+            active.truncate_to(offset).await?;
+            // It may have been sealed: active again, it serves the head's readers.
+            active.log.set_keep(segment::ACTIVE_READ_CACHE);
             self.disk.sync_dir().await?;
         }
         self.durable_offset = self.durable_offset.min(self.next_offset());
