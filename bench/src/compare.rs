@@ -3,8 +3,6 @@
 //! ...), each on a fresh server and data dir, with the durability of each stated, then the
 //! medians per system and the ratios corelog / peer.
 
-use std::path::PathBuf;
-
 use clap::Args as ClapArgs;
 use serde::Serialize;
 
@@ -13,7 +11,10 @@ use crate::run::{self, RunResult, Workload};
 
 #[derive(ClapArgs)]
 pub struct Args {
-    pub workload: String,
+    /// `--json` writes every run, the medians and the ratios; `--strict` checks every
+    /// system delivered every acknowledged message.
+    #[command(flatten)]
+    pub common: run::Common,
     /// tansu, nats, redis (started here, fresh, for every run), or raw-disk (plain
     /// O_DIRECT writes of the bytes corelog acknowledged, fdatasync per batch: the physical
     /// limit). Several: `--peer tansu,nats,redis,raw-disk`.
@@ -22,18 +23,6 @@ pub struct Args {
     /// Rounds of corelog + every peer; the summary takes each system's median.
     #[arg(long, default_value_t = 2)]
     pub rounds: u32,
-    /// Where servers put their data dirs (a real disk, not tmpfs).
-    #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
-    /// Override the workload's duration (seconds).
-    #[arg(long)]
-    pub duration: Option<u64>,
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Fail unless every system delivered every acknowledged message to every consumer
-    /// group and refused nothing (checks the drivers; for smoke runs).
-    #[arg(long)]
-    pub strict: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -142,7 +131,7 @@ fn summarize(name: &str, rows: &[&Row]) -> Row {
 /// O_DIRECT writes of `bytes` in batches of the workload's size: the disk's limit.
 fn raw_disk(w: &Workload, args: &Args, bytes: u64, round: u32) -> Result<Row, String> {
     let per_batch = ((w.batch_bytes / w.message_bytes).max(1) * w.message_bytes) as u64;
-    let (secs, hist) = crate::storage::raw_disk(&args.dir, per_batch, bytes.max(per_batch))?;
+    let (secs, hist) = crate::storage::raw_disk(&args.common.dir, per_batch, bytes.max(per_batch))?;
     let mb_per_s = bytes.max(per_batch) as f64 / 1e6 / secs;
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(Row {
@@ -161,10 +150,7 @@ fn raw_disk(w: &Workload, args: &Args, bytes: u64, round: u32) -> Result<Row, St
 }
 
 pub fn run(args: Args) -> Result<(), String> {
-    let mut w = Workload::load(&args.workload)?;
-    if let Some(d) = args.duration {
-        w.duration_s = d;
-    }
+    let w = args.common.load()?;
     let mut peers = Vec::new();
     for p in &args.peer {
         let peer = match p.as_str() {
@@ -187,7 +173,7 @@ pub fn run(args: Args) -> Result<(), String> {
     for p in &peers {
         if let Peer::System(s) = p {
             s.binary()?;
-            s.driver("127.0.0.1:0", w.acks()?)?;
+            s.check_acks(w.acks()?)?;
         }
     }
     let systems: Vec<System> = std::iter::once(System::Corelog)
@@ -207,12 +193,12 @@ pub fn run(args: Args) -> Result<(), String> {
         }
         for system in order {
             eprintln!("== round {round}/{rounds}: {} on {}", w.name, system.name());
-            let server = system.start(&args.dir)?;
-            let mut r = run::run_workload(&w, system, &server.addr, &args.dir)?;
+            let server = system.start(&args.common.dir)?;
+            let mut r = run::run_workload(&w, system, &server.addr, &args.common.dir)?;
             drop(server);
             r.round = round;
             run::print_result(&r);
-            if args.strict {
+            if args.common.strict {
                 run::check_complete(&r)?;
             }
             machine = r.machine.clone();
@@ -279,17 +265,12 @@ pub fn run(args: Args) -> Result<(), String> {
             r.peer, r.throughput_ratio, r.publish_p99_ratio, r.publish_p999_ratio
         );
     }
-    if let Some(path) = &args.json {
-        let report = Report {
-            workload: w.name.clone(),
-            machine,
-            rounds,
-            runs,
-            summary,
-            ratios,
-        };
-        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    Ok(())
+    args.common.write_json(&Report {
+        workload: w.name.clone(),
+        machine,
+        rounds,
+        runs,
+        summary,
+        ratios,
+    })
 }

@@ -28,7 +28,7 @@ enum Command {
     Storage(storage::Args),
     /// Run a workload against a Kafka-compatible broker (or a fresh corelog with --spawn).
     Run(run::Args),
-    /// corelog and a peer on one workload in one run, with ratios.
+    /// corelog and peers (tansu, NATS, Redis, raw disk) alternately on one workload, with ratios.
     Compare(compare::Args),
     /// Latency-percentile and throughput charts (SVG and PNG) from result files.
     Plot(plot::Args),

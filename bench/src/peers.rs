@@ -61,16 +61,24 @@ impl System {
         }
     }
 
+    /// NATS and Redis acknowledge every publish: only acks=all workloads fit them.
+    pub fn check_acks(self, acks: i16) -> Result<(), String> {
+        match self {
+            Self::Nats | Self::Redis if acks != -1 => Err(format!(
+                "{}: only acks=all workloads (every publish is acknowledged)",
+                self.name()
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub fn driver(self, addr: &str, acks: i16) -> Result<Box<dyn Driver>, String> {
+        self.check_acks(acks)?;
         match self {
             Self::Corelog | Self::Tansu | Self::Kafka => Ok(Box::new(Kafka {
                 addr: addr.to_string(),
                 acks,
             })),
-            Self::Nats | Self::Redis if acks != -1 => Err(format!(
-                "{}: only acks=all workloads (every publish is acknowledged)",
-                self.name()
-            )),
             Self::Nats => Ok(Box::new(Nats {
                 addr: addr.to_string(),
             })),

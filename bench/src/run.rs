@@ -85,22 +85,13 @@ impl Workload {
     }
 }
 
+/// What `run` and `compare` share: the workload, where data goes, and what is written.
 #[derive(ClapArgs, Clone)]
-pub struct Args {
+pub struct Common {
     /// A shipped workload (1k-max, 100b-max, 1k-50mbs, fanout-4, catchup-2g, smoke) or a
     /// TOML file.
     pub workload: String,
-    /// A running server of `--system` (default 127.0.0.1:9092, a Kafka-compatible broker).
-    #[arg(long, conflicts_with = "spawn")]
-    pub broker: Option<String>,
-    /// Start a fresh server of `--system` on a temporary data dir and stop it afterwards.
-    #[arg(long)]
-    pub spawn: bool,
-    /// corelog, tansu, kafka (any Kafka-compatible broker, with --broker), nats (JetStream)
-    /// or redis (Streams). Default: corelog with --spawn, kafka with --broker.
-    #[arg(long)]
-    pub system: Option<String>,
-    /// Where --spawn puts its data dir (a real disk, not tmpfs).
+    /// Where started servers put their data dirs (a real disk, not tmpfs).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
     /// Override the workload's duration (seconds).
@@ -113,6 +104,42 @@ pub struct Args {
     /// nothing was refused (a driver check, for smoke runs).
     #[arg(long)]
     pub strict: bool,
+}
+
+impl Common {
+    /// The workload, with `--duration` applied.
+    pub fn load(&self) -> Result<Workload, String> {
+        let mut w = Workload::load(&self.workload)?;
+        if let Some(d) = self.duration {
+            w.duration_s = d;
+        }
+        Ok(w)
+    }
+
+    /// Writes `result` to `--json`, if given.
+    pub fn write_json(&self, result: &impl Serialize) -> Result<(), String> {
+        let Some(path) = &self.json else {
+            return Ok(());
+        };
+        let json = serde_json::to_string_pretty(result).map_err(|e| e.to_string())?;
+        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+#[derive(ClapArgs, Clone)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    /// A running server of `--system` (default 127.0.0.1:9092, a Kafka-compatible broker).
+    #[arg(long, conflicts_with = "spawn")]
+    pub broker: Option<String>,
+    /// Start a fresh server of `--system` on a temporary data dir and stop it afterwards.
+    #[arg(long)]
+    pub spawn: bool,
+    /// corelog, tansu, kafka (any Kafka-compatible broker, with --broker), nats (JetStream)
+    /// or redis (Streams). Default: corelog with --spawn, kafka with --broker.
+    #[arg(long)]
+    pub system: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -230,17 +257,14 @@ fn cpu_seconds_of(stat_path: &str) -> f64 {
 }
 
 pub fn run(args: Args) -> Result<(), String> {
-    let mut w = Workload::load(&args.workload)?;
-    if let Some(d) = args.duration {
-        w.duration_s = d;
-    }
+    let w = args.common.load()?;
     let system = match (&args.system, args.spawn) {
         (Some(s), _) => System::parse(s)?,
         (None, true) => System::Corelog,
         (None, false) => System::Kafka,
     };
     let server = if args.spawn {
-        Some(system.start(&args.dir)?)
+        Some(system.start(&args.common.dir)?)
     } else {
         None
     };
@@ -249,17 +273,14 @@ pub fn run(args: Args) -> Result<(), String> {
         (None, Some(b)) => b.clone(),
         (None, None) => "127.0.0.1:9092".to_string(),
     };
-    let result = run_workload(&w, system, &addr, &args.dir)?;
+    let result = run_workload(&w, system, &addr, &args.common.dir)?;
     drop(server);
     print_result(&result);
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?;
-        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
+    args.common.write_json(&result)?;
     if result.messages_acked == 0 && w.acks()? != 0 {
         return Err("no message was acknowledged".into());
     }
-    if args.strict {
+    if args.common.strict {
         check_complete(&result)?;
     }
     Ok(())
