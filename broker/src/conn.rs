@@ -54,6 +54,7 @@ type Pending = glommio::task::JoinHandle<api::Reply>;
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     tracing::debug!(%peer, shard = shard.id, "connection opened");
+    let host: std::sync::Arc<str> = format!("/{}", peer.ip()).into();
     let _ = stream.set_nodelay(true);
     let stream = Rc::new(RefCell::new(stream));
     let (tx, rx) = local_channel::new_bounded::<Pending>(shard.cfg.max_inflight_requests.max(1));
@@ -148,8 +149,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
                 }
             };
             let client = crate::coordinator::Client {
-                client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
-                host: format!("/{}", peer.ip()),
+                client_id: header.client_id,
+                host: host.clone(),
             };
             let shard = shard.clone();
             glommio::spawn_local(async move {

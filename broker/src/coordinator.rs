@@ -39,11 +39,13 @@ use crate::shard::Shard;
 use crate::topics::owner_shard;
 use crate::util::wall_ms;
 
-/// Who sent a request (JoinGroup records it; DescribeGroups shows it).
+/// Who sent a request (JoinGroup records it; DescribeGroups shows it). Built for every
+/// request, so it copies nothing: the id is a slice of the request buffer, the host is
+/// formatted once per connection.
 #[derive(Debug, Clone, Default)]
 pub struct Client {
-    pub client_id: String,
-    pub host: String,
+    pub client_id: Option<kafka_protocol::protocol::StrBytes>,
+    pub host: std::sync::Arc<str>,
 }
 
 pub enum GroupOp {
@@ -299,8 +301,8 @@ impl Shard {
                     let jr = JoinRequest {
                         member_id: req.member_id.to_string(),
                         instance_id: req.group_instance_id.as_ref().map(|s| s.to_string()),
-                        client_id: client.client_id.clone(),
-                        client_host: client.host.clone(),
+                        client_id: client.client_id.as_deref().unwrap_or_default().to_string(),
+                        client_host: client.host.to_string(),
                         session_timeout_ms: req.session_timeout_ms,
                         rebalance_timeout_ms: if version >= 1 {
                             req.rebalance_timeout_ms
