@@ -25,6 +25,19 @@ pub struct Config {
     pub max_connections_per_shard: usize,
     /// Requests of one connection decoded but not yet answered; reading pauses beyond.
     pub max_inflight_requests: usize,
+    /// Request bytes being read or awaiting their answer, broker-wide (Kafka
+    /// `queued.max.request.bytes`), split evenly over the shards; each shard gets at least
+    /// `max_request_bytes`. Readers wait while it is spent.
+    pub queued_max_request_bytes: u64,
+    /// A connection with no bytes from its client for this long is closed (Kafka
+    /// `connections.max.idle.ms`).
+    pub connections_max_idle_ms: u64,
+    /// Open connections per client address, across the broker (Kafka
+    /// `max.connections.per.ip`); more are closed at once.
+    pub max_connections_per_ip: usize,
+    /// A request frame must arrive whole within this long after its length prefix: a
+    /// client trickling bytes (slowloris) is closed instead of holding its buffer forever.
+    pub request_read_timeout_ms: u64,
     /// Create a topic when a client asks for its metadata (Kafka `auto.create.topics.enable`).
     pub auto_create_topics: bool,
     /// Partitions of auto-created topics and of CreateTopics without a count (`num.partitions`).
@@ -52,6 +65,10 @@ impl Default for Config {
             max_request_bytes: 100 * 1024 * 1024,
             max_connections_per_shard: 10_000,
             max_inflight_requests: 64,
+            queued_max_request_bytes: 256 << 20,
+            connections_max_idle_ms: 600_000,
+            max_connections_per_ip: 1000,
+            request_read_timeout_ms: 60_000,
             auto_create_topics: true,
             default_partitions: 1,
             segment_bytes: 1 << 30,
@@ -68,6 +85,11 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// One shard's share of `queued_max_request_bytes` (never less than one whole frame).
+    pub fn shard_request_budget(&self, shards: usize) -> u64 {
+        (self.queued_max_request_bytes / shards.max(1) as u64).max(self.max_request_bytes as u64)
     }
 
     pub fn shard_count(&self) -> usize {
@@ -94,6 +116,11 @@ impl Config {
         }
         if self.max_message_bytes < 61 || self.max_message_bytes > self.max_request_bytes {
             return Err("max_message_bytes must be >= 61 and <= max_request_bytes".into());
+        }
+        if self.max_connections_per_ip == 0 || self.request_read_timeout_ms == 0 {
+            return Err(
+                "max_connections_per_ip and request_read_timeout_ms must be positive".into(),
+            );
         }
         Ok(())
     }

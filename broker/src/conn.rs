@@ -9,15 +9,17 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 use kafka_protocol::messages::{ApiKey, RequestHeader};
-use kafka_protocol::protocol::Decodable;
+use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::api;
+use crate::limits::Reservation;
 use crate::shard::Shard;
 
 /// The two directions of one socket, used by two tasks on one thread. Each poll borrows
@@ -52,6 +54,161 @@ impl AsyncWrite for Half {
 
 type Pending = glommio::task::JoinHandle<api::Reply>;
 
+/// Bytes read from the socket at a time while a frame's body arrives: a frame's buffer
+/// grows with what has arrived, never with what its length prefix claims.
+const READ_CHUNK: usize = crate::limits::SMALL_FRAME;
+
+/// Why reading the next request stopped.
+enum Stop {
+    /// The connection ended (EOF, error, shutdown, the writer closed); already logged.
+    Closed,
+    /// Closing with a reason worth a line at info (limits) or debug (bad input).
+    Refused(String),
+}
+
+/// Reads one frame body of `size` bytes: the buffer and the shard's request budget grow
+/// chunk by chunk as bytes arrive; the whole body must arrive within `timeout`.
+async fn read_body(
+    input: &mut Half,
+    size: usize,
+    reservation: &mut Reservation,
+    timeout: Duration,
+) -> Result<Vec<u8>, Stop> {
+    let read = async {
+        let mut body = Vec::with_capacity(size.min(READ_CHUNK));
+        while body.len() < size {
+            let want = (size - body.len()).min(READ_CHUNK);
+            reservation.grow(want as u64).await;
+            let filled = body.len();
+            body.resize(filled + want, 0);
+            let mut got = 0;
+            while got < want {
+                match input.read(&mut body[filled + got..filled + want]).await {
+                    Ok(0) => return Err(Stop::Closed),
+                    Ok(n) => got += n,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "connection closed mid-request");
+                        return Err(Stop::Closed);
+                    }
+                }
+            }
+        }
+        Ok(body)
+    };
+    futures_lite::future::or(read, async {
+        glommio::timer::sleep(timeout).await;
+        Err(Stop::Refused(format!(
+            "a {size}-byte request did not arrive within {} ms",
+            timeout.as_millis()
+        )))
+    })
+    .await
+}
+
+/// A frame's body, past the checks that need no shard.
+pub enum Request {
+    /// ApiVersions newer than ours: answered (KIP-511) without decoding the body.
+    NewerApiVersions,
+    /// Header decoded; the body passed the guard, so the codec may decode it.
+    Decodable { header: RequestHeader, body: Bytes },
+}
+
+/// Why a frame closes its connection (logged at debug, as Kafka does).
+#[derive(Debug)]
+pub struct Refused {
+    pub key: i16,
+    pub version: i16,
+    pub why: String,
+}
+
+/// Everything the connection reader checks of one frame body (the bytes after the size
+/// prefix) before a handler sees it: API key and version advertised, the header, and every
+/// length in the body against the frame (wire/guard.rs). Pure, so the fuzz targets run
+/// exactly this.
+pub fn parse_request(mut body: Bytes) -> Result<(ApiKey, i16, i32, Request), Refused> {
+    if body.len() < 8 {
+        return Err(Refused {
+            key: -1,
+            version: -1,
+            why: format!("{}-byte frame", body.len()),
+        });
+    }
+    let key = i16::from_be_bytes([body[0], body[1]]);
+    let version = i16::from_be_bytes([body[2], body[3]]);
+    let correlation_id = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+    let refuse = |why: String| Refused { key, version, why };
+    let Ok(api_key) = ApiKey::try_from(key) else {
+        return Err(refuse("unknown API key".into()));
+    };
+    if !api::supported(api_key, version) {
+        if api_key == ApiKey::ApiVersions {
+            return Ok((api_key, version, correlation_id, Request::NewerApiVersions));
+        }
+        return Err(refuse(
+            "unsupported API version (not advertised in ApiVersions)".into(),
+        ));
+    }
+    let header = RequestHeader::decode(&mut body, api_key.request_header_version(version))
+        .map_err(|e| refuse(format!("malformed request header: {e:#}")))?;
+    // Every length in the body is checked against the frame before the codec reserves
+    // anything for it.
+    crate::wire::guard::check(key, version, &body)
+        .map_err(|e| refuse(format!("malformed request: {e}")))?;
+    Ok((
+        api_key,
+        version,
+        correlation_id,
+        Request::Decodable { header, body },
+    ))
+}
+
+/// Splits the next whole frame off `input` (a stream of `[i32 size][body]`) and parses it;
+/// `Ok(None)` when `input` holds no whole frame. For the fuzz targets: the socket reader
+/// does the same with its reads in between.
+pub fn parse_frame(
+    input: &mut Bytes,
+    max_request_bytes: usize,
+) -> Result<Option<(ApiKey, i16, i32, Request)>, Refused> {
+    if input.len() < 4 {
+        return Ok(None);
+    }
+    let size = i32::from_be_bytes([input[0], input[1], input[2], input[3]]);
+    if size < 8 || size as usize > max_request_bytes {
+        return Err(Refused {
+            key: -1,
+            version: -1,
+            why: format!("frame size {size}"),
+        });
+    }
+    if input.len() < 4 + size as usize {
+        return Ok(None);
+    }
+    let mut frame = input.split_to(4 + size as usize);
+    let _ = frame.split_to(4);
+    parse_request(frame).map(Some)
+}
+
+/// A whole frame for `body` (header with client id "fuzz", correlation id 1), as a client
+/// would send it: seeds for the fuzz corpus.
+pub fn sample_frame(key: i16, version: i16, body: &[u8]) -> Vec<u8> {
+    let api = ApiKey::try_from(key).expect("a known API key");
+    let mut h = bytes::BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(key)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .with_client_id(Some(kafka_protocol::protocol::StrBytes::from_static_str(
+            "fuzz",
+        )))
+        .encode(&mut h, api.request_header_version(version))
+        .expect("a header encodes");
+    let size = (h.len() + body.len()) as i32;
+    let mut out = size.to_be_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(body);
+    out
+}
+
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     tracing::debug!(%peer, shard = shard.id, "connection opened");
     let host: std::sync::Arc<str> = format!("/{}", peer.ip()).into();
@@ -59,6 +216,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let stream = Rc::new(RefCell::new(stream));
     let (tx, rx) = local_channel::new_bounded::<Pending>(shard.cfg.max_inflight_requests.max(1));
     let closed = Rc::new((Cell::new(false), event_listener::Event::new()));
+    let idle = Duration::from_millis(shard.cfg.connections_max_idle_ms);
+    let read_timeout = Duration::from_millis(shard.cfg.request_read_timeout_ms);
 
     let writer = {
         let mut out = Half(stream.clone());
@@ -74,7 +233,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
                     }
                     Some(Ok(None)) => {} // acks=0: no response
                     Some(Err(e)) => {
-                        tracing::warn!(%peer, "closing connection: {e}");
+                        // The body passed the guard but the codec (or a handler) refused
+                        // it: bad input, so debug, as Kafka logs it.
+                        tracing::debug!(%peer, "closing connection: {e}");
                         break;
                     }
                     None => break,
@@ -86,82 +247,96 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     };
 
     let mut input = Half(stream.clone());
-    loop {
+    let stop = loop {
         let mut len = [0u8; 4];
-        let got =
-            futures_lite::future::or(async { Some(input.read_exact(&mut len).await) }, async {
-                futures_lite::future::or(shard.stopped(), async {
-                    loop {
-                        let l = closed.1.listen();
-                        if closed.0.get() {
-                            return;
+        // Between requests: the connection may sit idle up to connections.max.idle.ms, and
+        // stops waiting when the broker shuts down or the writer closed the connection.
+        let got = futures_lite::future::or(
+            async { Some(input.read_exact(&mut len).await.map(|_| true)) },
+            futures_lite::future::or(
+                async {
+                    glommio::timer::sleep(idle).await;
+                    Some(Ok(false))
+                },
+                async {
+                    futures_lite::future::or(shard.stopped(), async {
+                        loop {
+                            let l = closed.1.listen();
+                            if closed.0.get() {
+                                return;
+                            }
+                            l.await;
                         }
-                        l.await;
-                    }
-                })
-                .await;
-                None
-            })
-            .await;
+                    })
+                    .await;
+                    None
+                },
+            ),
+        )
+        .await;
         match got {
-            None => break,
+            None => break Stop::Closed,
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => {
+                tracing::debug!(%peer, idle_ms = idle.as_millis() as u64, "closing idle connection");
+                break Stop::Closed;
+            }
             Some(Err(e)) => {
                 if e.kind() != io::ErrorKind::UnexpectedEof {
                     tracing::debug!(%peer, error = %e, "read failed");
                 }
-                break;
+                break Stop::Closed;
             }
-            Some(Ok(())) => {}
         }
         let size = i32::from_be_bytes(len);
         if size < 8 || size as usize > shard.cfg.max_request_bytes {
-            tracing::warn!(%peer, size, limit = shard.cfg.max_request_bytes, "closing connection: request frame size out of bounds");
-            break;
+            break Stop::Refused(format!(
+                "request frame size {size} out of bounds (8..={})",
+                shard.cfg.max_request_bytes
+            ));
         }
-        let mut body = vec![0u8; size as usize];
-        if let Err(e) = input.read_exact(&mut body).await {
-            tracing::debug!(%peer, error = %e, "connection closed mid-request");
-            break;
-        }
-        let mut body = Bytes::from(body);
-        let key = i16::from_be_bytes([body[0], body[1]]);
-        let version = i16::from_be_bytes([body[2], body[3]]);
-        let correlation_id = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
-        let Ok(api_key) = ApiKey::try_from(key) else {
-            tracing::warn!(%peer, key, "closing connection: unknown API key");
-            break;
+        let mut reservation = shard.request_budget.reservation(size as usize);
+        let body = match read_body(&mut input, size as usize, &mut reservation, read_timeout).await
+        {
+            Ok(b) => b,
+            Err(stop) => break stop,
         };
-        let task: Pending = if api_key == ApiKey::ApiVersions && !api::supported(api_key, version) {
-            // Answered without decoding the body: its layout may be one we do not know.
-            glommio::spawn_local(async move { api::api_versions(correlation_id, version) }).detach()
-        } else if !api::supported(api_key, version) {
-            tracing::warn!(%peer, api = ?api_key, version, "closing connection: unsupported API version (not advertised in ApiVersions)");
-            break;
-        } else {
-            let header = match RequestHeader::decode(
-                &mut body,
-                api_key.request_header_version(version),
-            ) {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::warn!(%peer, api = ?api_key, "closing connection: malformed request header: {e:#}");
-                    break;
-                }
-            };
-            let client = crate::coordinator::Client {
-                client_id: header.client_id,
-                host: host.clone(),
-            };
-            let shard = shard.clone();
-            glommio::spawn_local(async move {
-                api::dispatch(&shard, api_key, version, correlation_id, body, client).await
-            })
-            .detach()
+        let (api_key, version, correlation_id, request) = match parse_request(Bytes::from(body)) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(%peer, api = e.key, version = e.version, "closing connection: {}", e.why);
+                break Stop::Closed;
+            }
+        };
+        let task: Pending = match request {
+            Request::NewerApiVersions => {
+                // Answered without decoding the body: its layout may be one we do not know.
+                glommio::spawn_local(async move { api::api_versions(correlation_id, version) })
+                    .detach()
+            }
+            Request::Decodable { header, body } => {
+                let client = crate::coordinator::Client {
+                    client_id: header.client_id,
+                    host: host.clone(),
+                };
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    let reply =
+                        api::dispatch(&shard, api_key, version, correlation_id, body, client).await;
+                    // Its bytes count against the shard's budget until it is answered.
+                    drop(reservation);
+                    reply
+                })
+                .detach()
+            }
         };
         tracing::trace!(%peer, api = ?api_key, version, correlation_id, "request");
         if tx.send(task).await.is_err() {
-            break;
+            break Stop::Closed;
         }
+    };
+    if let Stop::Refused(why) = stop {
+        tracing::info!(%peer, "closing connection: {why}");
     }
     drop(tx);
     tracing::debug!(%peer, "connection reader done");

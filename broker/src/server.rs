@@ -46,6 +46,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    raise_open_files_limit();
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
     // Relative paths (the default ./corelog-data) are resolved once, here: glommio's
@@ -83,6 +84,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     let mesh = MeshBuilder::<ShardMsg, _>::full(shards, MESH_CAPACITY);
     let drained = Arc::new(AtomicUsize::new(0));
+    let per_ip = crate::limits::PerIp::new(cfg.max_connections_per_ip);
     let cfg = Arc::new(cfg);
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
         .name("corelog-shard")
@@ -90,11 +92,22 @@ pub fn run(cfg: Config) -> Result<(), String> {
         // the executor re-checks its rings for completions that often.
         .preempt_timer(Duration::from_millis(PREEMPT_MS))
         .on_all_shards(move || {
-            let (cfg, mesh, stop, drained) =
-                (cfg.clone(), mesh.clone(), stop.clone(), drained.clone());
+            let (cfg, mesh, stop, drained, per_ip) = (
+                cfg.clone(),
+                mesh.clone(),
+                stop.clone(),
+                drained.clone(),
+                per_ip.clone(),
+            );
             async move {
-                let r =
-                    shard_main(Rc::new((*cfg).clone()), mesh, stop.clone(), drained.clone()).await;
+                let r = shard_main(
+                    Rc::new((*cfg).clone()),
+                    mesh,
+                    stop.clone(),
+                    drained.clone(),
+                    per_ip,
+                )
+                .await;
                 if let Err(e) = &r {
                     // It never reaches the drain point: count it so the others can finish.
                     drained.fetch_add(1, Ordering::SeqCst);
@@ -124,11 +137,29 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
 }
 
+/// Every segment and index is an open file: raise the soft RLIMIT_NOFILE to the hard limit
+/// (the usual soft 1024 runs out at a few hundred partitions) and say what it is.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            let now = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            };
+            tracing::info!(open_files = now, was = soft, "open files limit");
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
 async fn shard_main(
     cfg: Rc<Config>,
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     stop: Arc<AtomicBool>,
     drained: Arc<AtomicUsize>,
+    per_ip: Arc<crate::limits::PerIp>,
 ) -> Result<(), String> {
     let (senders, mut receivers) = mesh
         .join()
@@ -204,10 +235,16 @@ async fn shard_main(
             drop(stream);
             continue;
         }
+        let Some(slot) = per_ip.admit(peer.ip()) else {
+            tracing::info!(%peer, limit = cfg.max_connections_per_ip, "refusing connection: too many connections from this address");
+            drop(stream);
+            continue;
+        };
         shard.connections.set(shard.connections.get() + 1);
         let s = shard.clone();
         glommio::spawn_local(async move {
             conn::serve(s.clone(), stream, peer).await;
+            drop(slot);
             s.connections.set(s.connections.get() - 1);
         })
         .detach();

@@ -122,6 +122,8 @@ pub struct Shard {
     senders: Senders<ShardMsg>,
     controller: RefCell<Option<Controller>>,
     pub connections: Cell<usize>,
+    /// Request bytes being read or awaiting their answer on this shard (see limits.rs).
+    pub request_budget: crate::limits::Budget,
     /// Set when SIGTERM/SIGINT arrived; `shutdown` wakes whoever waits for it.
     pub stopping: Cell<bool>,
     pub shutdown: event_listener::Event,
@@ -155,6 +157,10 @@ impl Shard {
             senders,
             controller: RefCell::new(controller),
             connections: Cell::new(0),
+            request_budget: crate::limits::Budget::new(
+                cfg.shard_request_budget(count),
+                cfg.max_request_bytes as u64,
+            ),
             stopping: Cell::new(false),
             shutdown: event_listener::Event::new(),
             groups: RefCell::new(BTreeMap::new()),

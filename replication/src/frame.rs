@@ -286,57 +286,72 @@ pub fn decode(mut frame: Bytes) -> Result<Envelope, FrameError> {
     })
 }
 
+/// An envelope with every kind of message in it: the round-trip tests and the fuzz
+/// corpus start from it.
+pub fn sample() -> Envelope {
+    Envelope {
+        from: 3,
+        items: vec![
+            (
+                1,
+                Message::PreVote {
+                    term: 4,
+                    last_term: 3,
+                    end: 99,
+                },
+            ),
+            (
+                2,
+                Message::Append(Append {
+                    term: 5,
+                    prev_end: 10,
+                    prev_term: 4,
+                    commit: 8,
+                    entries: vec![
+                        Bytes::from_static(b"first batch"),
+                        Bytes::from_static(b"second"),
+                    ],
+                    sent_ms: 1234,
+                }),
+            ),
+            (
+                2,
+                Message::AppendResponse {
+                    term: 5,
+                    end: 12,
+                    success: true,
+                    prev_end: 10,
+                    echo_ms: 77,
+                },
+            ),
+            (
+                0,
+                Message::VoteResponse {
+                    term: 1,
+                    granted: false,
+                },
+            ),
+        ],
+    }
+}
+
+/// Encoded sample frames (the whole sample, and each message on its own): fuzz seeds.
+pub fn sample_frames() -> Vec<Vec<u8>> {
+    let env = sample();
+    let mut out = vec![encode(&env)];
+    for item in &env.items {
+        out.push(encode(&Envelope {
+            from: env.from,
+            items: vec![item.clone()],
+        }));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    fn sample() -> Envelope {
-        Envelope {
-            from: 3,
-            items: vec![
-                (
-                    1,
-                    Message::PreVote {
-                        term: 4,
-                        last_term: 3,
-                        end: 99,
-                    },
-                ),
-                (
-                    2,
-                    Message::Append(Append {
-                        term: 5,
-                        prev_end: 10,
-                        prev_term: 4,
-                        commit: 8,
-                        entries: vec![
-                            Bytes::from_static(b"first batch"),
-                            Bytes::from_static(b"second"),
-                        ],
-                        sent_ms: 1234,
-                    }),
-                ),
-                (
-                    2,
-                    Message::AppendResponse {
-                        term: 5,
-                        end: 12,
-                        success: true,
-                        prev_end: 10,
-                        echo_ms: 77,
-                    },
-                ),
-                (
-                    0,
-                    Message::VoteResponse {
-                        term: 1,
-                        granted: false,
-                    },
-                ),
-            ],
-        }
-    }
 
     #[test]
     fn envelopes_round_trip() {
