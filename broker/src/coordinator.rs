@@ -491,20 +491,7 @@ impl Shard {
                 None => 25,
                 Some(g) if generation < 0 && g.members.is_empty() => code::NONE,
                 Some(_) if generation < 0 => 25,
-                Some(g) => {
-                    if !g.members.contains_key(&member) {
-                        25
-                    } else if generation != g.generation {
-                        22
-                    } else if matches!(
-                        g.state,
-                        State::PreparingRebalance | State::CompletingRebalance
-                    ) {
-                        27
-                    } else {
-                        code::NONE
-                    }
-                }
+                Some(g) => g.check_commit(&member, req.group_instance_id.as_deref(), generation),
             }
         };
         let now_ms = wall_ms();

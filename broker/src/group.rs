@@ -471,12 +471,11 @@ impl Group {
                 ..Default::default()
             })
         };
-        let Some(m) = self.members.get_mut(member_id) else {
-            return now_err(code_unknown_member());
-        };
-        if instance_id.is_some() && m.instance_id.as_deref() != instance_id {
-            return now_err(82);
+        let e = self.check_member(member_id, instance_id);
+        if e != code::NONE {
+            return now_err(e);
         }
+        let m = self.members.get_mut(member_id).expect("checked");
         if generation != self.generation {
             return now_err(22); // ILLEGAL_GENERATION
         }
@@ -523,6 +522,45 @@ impl Group {
         }
     }
 
+    /// Whether `member_id` may act in this group: UNKNOWN_MEMBER_ID when it is not a
+    /// member; FENCED_INSTANCE_ID (KIP-345) when it names a static instance id that now
+    /// belongs to another member id (it was replaced by a newer join) or that is not its
+    /// own, so the old client stops instead of rejoining and ping-ponging.
+    pub fn check_member(&self, member_id: &str, instance_id: Option<&str>) -> i16 {
+        if let Some(instance) = instance_id
+            && let Some(owner) = self
+                .members
+                .values()
+                .find(|m| m.instance_id.as_deref() == Some(instance))
+            && owner.id != member_id
+        {
+            return 82; // FENCED_INSTANCE_ID
+        }
+        match self.members.get(member_id) {
+            None => code_unknown_member(),
+            Some(m) if instance_id.is_some() && m.instance_id.as_deref() != instance_id => 82,
+            Some(_) => code::NONE,
+        }
+    }
+
+    /// OffsetCommit as Kafka checks it: a current member of the current generation may
+    /// commit while the group is PreparingRebalance (that is when consumers commit in their
+    /// partitions-revoked callback); only CompletingRebalance refuses, with
+    /// REBALANCE_IN_PROGRESS.
+    pub fn check_commit(&self, member_id: &str, instance_id: Option<&str>, generation: i32) -> i16 {
+        let e = self.check_member(member_id, instance_id);
+        if e != code::NONE {
+            return e;
+        }
+        if generation != self.generation {
+            return 22; // ILLEGAL_GENERATION
+        }
+        if self.state == State::CompletingRebalance {
+            return 27; // REBALANCE_IN_PROGRESS
+        }
+        code::NONE
+    }
+
     pub fn heartbeat(
         &mut self,
         member_id: &str,
@@ -530,12 +568,11 @@ impl Group {
         generation: i32,
         now: Instant,
     ) -> i16 {
-        let Some(m) = self.members.get_mut(member_id) else {
-            return code_unknown_member();
-        };
-        if instance_id.is_some() && m.instance_id.as_deref() != instance_id {
-            return 82;
+        let e = self.check_member(member_id, instance_id);
+        if e != code::NONE {
+            return e;
         }
+        let m = self.members.get_mut(member_id).expect("checked");
         if generation != self.generation {
             return 22;
         }
@@ -564,8 +601,9 @@ impl Group {
         if self.pending.remove(&id).is_some() {
             return code::NONE;
         }
-        if !self.members.contains_key(&id) {
-            return code_unknown_member();
+        let e = self.check_member(&id, instance_id);
+        if e != code::NONE {
+            return e;
         }
         self.remove_member(&id, now);
         code::NONE
@@ -902,6 +940,88 @@ mod tests {
         };
         let o = ja.try_recv().unwrap().unwrap();
         assert_eq!((o.generation, o.members.len()), (2, 1));
+    }
+
+    /// Two members in a stable generation 1 (a the leader).
+    fn stable_pair(g: &mut Group, t0: Instant) -> (String, String) {
+        let a = first_id(g, t0);
+        let b = first_id(g, t0);
+        let (Joined::Wait(_), Joined::Wait(_)) = (join(g, &a, t0), join(g, &b, t0)) else {
+            panic!()
+        };
+        g.tick(t0 + Duration::from_secs(1));
+        let _ = g.sync(&b, None, 1, vec![], t0);
+        let _ = g.sync(&a, None, 1, vec![], t0);
+        assert_eq!(g.state, State::Stable);
+        (a, b)
+    }
+
+    #[test]
+    fn commits_are_accepted_while_preparing_a_rebalance_not_while_completing_it() {
+        let t0 = Instant::now();
+        let mut g = Group::new("g");
+        let (a, b) = stable_pair(&mut g, t0);
+        assert_eq!(g.check_commit(&a, None, 1), code::NONE);
+        // A third member joins: PreparingRebalance. a and b commit in their
+        // partitions-revoked callbacks before they rejoin: accepted, as in Kafka.
+        let c = first_id(&mut g, t0);
+        let Joined::Wait(_jc) = join(&mut g, &c, t0) else {
+            panic!()
+        };
+        assert_eq!(g.state, State::PreparingRebalance);
+        assert_eq!(g.check_commit(&a, None, 1), code::NONE);
+        assert_eq!(g.check_commit(&b, None, 1), code::NONE);
+        assert_eq!(g.check_commit(&b, None, 0), 22);
+        assert_eq!(g.check_commit("stranger", None, 1), 25);
+        let (Joined::Wait(_ja), Joined::Wait(_jb)) = (join(&mut g, &a, t0), join(&mut g, &b, t0))
+        else {
+            panic!()
+        };
+        assert_eq!(g.state, State::CompletingRebalance);
+        assert_eq!(g.check_commit(&a, None, 2), 27);
+    }
+
+    #[test]
+    fn a_replaced_static_member_is_fenced_not_unknown() {
+        let t0 = Instant::now();
+        let mut g = Group::new("g");
+        let static_join = |g: &mut Group, id: &str| {
+            g.join(
+                JoinRequest {
+                    member_id: id.to_string(),
+                    instance_id: Some("instance-1".into()),
+                    client_id: "c".into(),
+                    client_host: "/127.0.0.1".into(),
+                    session_timeout_ms: 10_000,
+                    rebalance_timeout_ms: 10_000,
+                    protocol_type: "consumer".into(),
+                    protocols: vec![("range".into(), Bytes::from_static(b"m"))],
+                    require_known_member_id: true,
+                },
+                t0,
+            )
+        };
+        let Joined::Wait(mut j1) = static_join(&mut g, "") else {
+            panic!("a static member joins without MEMBER_ID_REQUIRED")
+        };
+        g.tick(t0 + Duration::from_secs(1));
+        let old = j1.try_recv().unwrap().unwrap().member_id;
+        let _ = g.sync(&old, Some("instance-1"), 1, vec![], t0);
+        // The same instance id joins again (a new process): it takes over.
+        let _ = static_join(&mut g, "");
+        let new = g.members.values().next().unwrap().id.clone();
+        assert_ne!(new, old);
+        let inst = Some("instance-1");
+        assert_eq!(g.heartbeat(&old, inst, 1, t0), 82);
+        assert!(matches!(g.sync(&old, inst, 1, vec![], t0), Synced::Now(o) if o.error == 82));
+        assert_eq!(g.check_commit(&old, inst, 1), 82);
+        assert_eq!(g.leave(&old, inst, t0), 82);
+        assert!(
+            g.members.contains_key(&new),
+            "the fenced leave must not remove the new one"
+        );
+        // Without an instance id, an unknown member id is just unknown.
+        assert_eq!(g.heartbeat(&old, None, 1, t0), 25);
     }
 
     #[test]
