@@ -42,6 +42,12 @@ pub struct Config {
     pub auto_create_topics: bool,
     /// Partitions of auto-created topics and of CreateTopics without a count (`num.partitions`).
     pub default_partitions: i32,
+    /// How far before the broker's clock a record's CreateTime may be (Kafka
+    /// `log.message.timestamp.before.max.ms`; default: any).
+    pub message_timestamp_before_max_ms: i64,
+    /// How far after it (Kafka 4's `log.message.timestamp.after.max.ms`, one hour): a
+    /// record from the future would hold back time retention of every later segment.
+    pub message_timestamp_after_max_ms: i64,
     /// Topic defaults (`log.segment.bytes`, `log.retention.ms`, `log.retention.bytes`).
     pub segment_bytes: u64,
     pub retention_ms: Option<i64>,
@@ -70,6 +76,8 @@ impl Default for Config {
             max_connections_per_ip: 1000,
             request_read_timeout_ms: 60_000,
             auto_create_topics: true,
+            message_timestamp_before_max_ms: i64::MAX,
+            message_timestamp_after_max_ms: 3_600_000,
             default_partitions: 1,
             segment_bytes: 1 << 30,
             retention_ms: Some(7 * 24 * 3600 * 1000),
@@ -136,6 +144,8 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "segment.ms",
     "max.message.bytes",
     "message.timestamp.type",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.after.max.ms",
     "min.insync.replicas",
 ];
 
@@ -149,6 +159,8 @@ pub fn topic_default(cfg: &Config, key: &str) -> Option<String> {
         "segment.ms" => (7i64 * 24 * 3600 * 1000).to_string(),
         "max.message.bytes" => cfg.max_message_bytes.to_string(),
         "message.timestamp.type" => "CreateTime".into(),
+        "message.timestamp.before.max.ms" => cfg.message_timestamp_before_max_ms.to_string(),
+        "message.timestamp.after.max.ms" => cfg.message_timestamp_after_max_ms.to_string(),
         "min.insync.replicas" => "1".into(),
         _ => return None,
     })
@@ -176,6 +188,7 @@ pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
         },
         "segment.ms" => int(1),
         "max.message.bytes" => int(61),
+        "message.timestamp.before.max.ms" | "message.timestamp.after.max.ms" => int(0),
         "message.timestamp.type" if value == "CreateTime" => Ok(()),
         "message.timestamp.type" => Err(format!(
             "message.timestamp.type={value} is not supported (only CreateTime)"
@@ -191,6 +204,9 @@ pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
 pub struct TopicSettings {
     pub log: LogConfig,
     pub max_message_bytes: usize,
+    /// How far a record's CreateTime may lie before / after the broker's clock.
+    pub timestamp_before_max_ms: i64,
+    pub timestamp_after_max_ms: i64,
 }
 
 pub fn topic_settings(
@@ -221,9 +237,24 @@ pub fn topic_settings(
         preallocate: false,
         ..LogConfig::default()
     };
+    let ms = |k: &str, default: i64| {
+        get(k)
+            .parse::<i64>()
+            .ok()
+            .filter(|v| *v >= 0)
+            .unwrap_or(default)
+    };
     TopicSettings {
         log,
         max_message_bytes,
+        timestamp_before_max_ms: ms(
+            "message.timestamp.before.max.ms",
+            cfg.message_timestamp_before_max_ms,
+        ),
+        timestamp_after_max_ms: ms(
+            "message.timestamp.after.max.ms",
+            cfg.message_timestamp_after_max_ms,
+        ),
     }
 }
 

@@ -431,7 +431,7 @@ impl PartitionTask {
             ));
             return None;
         }
-        let batches = match split_batches(records.as_deref(), self.settings.max_message_bytes) {
+        let batches = match split_batches(records.as_deref(), &self.settings, now_ms()) {
             Ok(b) => b,
             Err((error, message)) => {
                 let _ = reply.send(refuse(error, message));
@@ -635,12 +635,21 @@ impl PartitionTask {
 
 type Batches = Vec<(std::ops::Range<usize>, BatchHeader)>;
 
-/// Splits a Produce partition's records into v2 batches and validates each (framing,
-/// magic, CRC32C, record count, size), before anything is decoded or stored.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Splits a Produce partition's records into v2 batches and validates each before
+/// anything is stored: framing, magic, CRC32C, record count, size; then every record
+/// (records.rs) and its CreateTime against the topic's window around `now_ms`.
 fn split_batches(
     records: Option<&[u8]>,
-    max_message_bytes: usize,
+    settings: &TopicSettings,
+    now_ms: i64,
 ) -> Result<Batches, (i16, String)> {
+    let max_message_bytes = settings.max_message_bytes;
     let Some(bytes) = records else {
         return Err((code::CORRUPT_MESSAGE, "no records".into()));
     };
@@ -675,6 +684,23 @@ fn split_batches(
                 code::INVALID_RECORD,
                 "transactional and control batches are not supported".into(),
             ));
+        }
+        let walked = crate::records::validate(&rest[..size], &h)
+            .map_err(|e| (code::INVALID_RECORD, e.to_string()))?;
+        for ts in [walked.min_timestamp, walked.max_timestamp] {
+            // -1 is "no timestamp" (old clients); the window is Kafka's, both sides.
+            if ts != -1
+                && (ts.saturating_sub(now_ms) > settings.timestamp_after_max_ms
+                    || now_ms.saturating_sub(ts) > settings.timestamp_before_max_ms)
+            {
+                return Err((
+                    code::INVALID_TIMESTAMP,
+                    format!(
+                        "timestamp {ts} is outside the window [now - {} ms, now + {} ms] (message.timestamp.before/after.max.ms)",
+                        settings.timestamp_before_max_ms, settings.timestamp_after_max_ms
+                    ),
+                ));
+            }
         }
         out.push((at..at + size, h));
         at += size;
@@ -723,33 +749,65 @@ mod tests {
         ));
     }
 
+    fn limits(max_message_bytes: usize) -> TopicSettings {
+        let mut t =
+            crate::config::topic_settings(&crate::config::Config::default(), &BTreeMap::new());
+        t.max_message_bytes = max_message_bytes;
+        t
+    }
+
+    fn split(records: Option<&[u8]>, max: usize) -> Result<Batches, (i16, String)> {
+        split_batches(records, &limits(max), 1_700_000_000_000)
+    }
+
+    #[test]
+    fn split_refuses_bad_records_and_timestamps() {
+        // A record whose key length runs past the record, CRC recomputed: it would have
+        // been stored and poisoned every consumer.
+        let now = 1_700_000_000_000;
+        let mut b = build::batch(&[b"value"], now);
+        // Record body starts at 61: len, attrs, tsDelta, offDelta, keyLen(-1 = 0x01)...
+        b[65] = 0x7e; // key length 63
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(
+            split(Some(&b), 1 << 20).unwrap_err().0,
+            code::INVALID_RECORD
+        );
+        // A CreateTime two hours ahead is refused; one a minute ahead is not.
+        let ahead = build::batch(&[b"v"], now + 2 * 3_600_000);
+        assert_eq!(
+            split_batches(Some(&ahead), &limits(1 << 20), now)
+                .unwrap_err()
+                .0,
+            code::INVALID_TIMESTAMP
+        );
+        let fine = build::batch(&[b"v"], now + 60_000);
+        assert!(split_batches(Some(&fine), &limits(1 << 20), now).is_ok());
+    }
+
     #[test]
     fn split_refuses_bad_framing_with_kafka_codes() {
         let good = build::batch(&[b"x"], 0);
-        assert_eq!(split_batches(Some(&good), 1 << 20).unwrap().len(), 1);
+        assert_eq!(split(Some(&good), 1 << 20).unwrap().len(), 1);
         let mut two = good.clone();
         two.extend_from_slice(&good);
-        assert_eq!(split_batches(Some(&two), 1 << 20).unwrap().len(), 2);
+        assert_eq!(split(Some(&two), 1 << 20).unwrap().len(), 2);
         assert_eq!(
-            split_batches(Some(&good), 10).unwrap_err().0,
+            split(Some(&good), 10).unwrap_err().0,
             code::MESSAGE_TOO_LARGE
         );
         let mut bad = good.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
         assert_eq!(
-            split_batches(Some(&bad), 1 << 20).unwrap_err().0,
+            split(Some(&bad), 1 << 20).unwrap_err().0,
             code::CORRUPT_MESSAGE
         );
         assert_eq!(
-            split_batches(Some(&good[..good.len() - 3]), 1 << 20)
-                .unwrap_err()
-                .0,
+            split(Some(&good[..good.len() - 3]), 1 << 20).unwrap_err().0,
             code::CORRUPT_MESSAGE
         );
-        assert_eq!(
-            split_batches(None, 1 << 20).unwrap_err().0,
-            code::CORRUPT_MESSAGE
-        );
+        assert_eq!(split(None, 1 << 20).unwrap_err().0, code::CORRUPT_MESSAGE);
     }
 }

@@ -134,3 +134,22 @@ def api_versions(conn, version):
         k, lo, hi = struct.unpack(">hhh", resp[6 + 6 * i : 12 + 6 * i])
         keys[k] = (lo, hi)
     return error, keys
+
+
+def records_payload(values):
+    """The records of an uncompressed v2 batch: what a codec compresses."""
+    records = b""
+    for i, v in enumerate(values):
+        body = b"\x00" + varint(0) + varint(i) + varint(-1) + varint(len(v)) + v + varint(0)
+        records += varint(len(body)) + body
+    return records
+
+
+def raw_batch(payload, count, codec=0, timestamp=1_700_000_000_000):
+    """A v2 batch around any records payload, with a correct CRC: the broker's record
+    validation, not the CRC, has to catch what is wrong inside."""
+    after_crc = struct.pack(
+        ">hiqqqhii", codec, count - 1, timestamp, timestamp, -1, -1, -1, count
+    ) + payload
+    crc = crc32c(after_crc)
+    return struct.pack(">qiibI", 0, 4 + 1 + 4 + len(after_crc), -1, 2, crc) + after_crc
