@@ -5,6 +5,7 @@
 //! The request selector bytes index the advertised pairs in the order the `request` target
 //! enumerates them (api::SUPPORTED).
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use corelog_broker::wire::guard;
@@ -15,7 +16,7 @@ fn main() {
         .iter()
         .flat_map(|&(k, lo, hi)| (lo..=hi).map(move |v| (k as i16, v)))
         .collect();
-    for target in ["request", "frame", "replication_frame"] {
+    for target in ["request", "frame", "replication_frame", "batch"] {
         std::fs::create_dir_all(dir.join(target)).unwrap();
     }
     for (i, &(key, version)) in pairs.iter().enumerate() {
@@ -32,6 +33,32 @@ fn main() {
         .enumerate()
     {
         std::fs::write(dir.join("replication_frame").join(format!("{i}")), f).unwrap();
+    }
+    // A valid batch per codec (the target takes the codec from the first byte and fixes
+    // the length and CRC itself).
+    let values: [&[u8]; 3] = [b"alpha", b"", b"gamma"];
+    let plain = corelog_storage::batch::build::batch(&values, 1_700_000_000_000);
+    let (head, records) = plain.split_at(corelog_storage::batch::HEADER_LEN);
+    let compressors: [fn(&[u8]) -> Vec<u8>; 5] = [
+        |r| r.to_vec(),
+        |r| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(r).unwrap();
+            e.finish().unwrap()
+        },
+        |r| snap::raw::Encoder::new().compress_vec(r).unwrap(),
+        |r| {
+            let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            e.write_all(r).unwrap();
+            e.finish().unwrap()
+        },
+        |r| zstd::stream::encode_all(r, 1).unwrap(),
+    ];
+    for (codec, compress) in compressors.iter().enumerate() {
+        let mut seed = vec![codec as u8];
+        seed.extend(head);
+        seed.extend(compress(records));
+        std::fs::write(dir.join("batch").join(format!("codec-{codec}")), seed).unwrap();
     }
     println!("seeds for {} requests in {}", pairs.len(), dir.display());
 }

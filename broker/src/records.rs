@@ -15,6 +15,9 @@ use corelog_storage::batch::{BatchHeader, HEADER_LEN};
 /// most this much CPU and never this much memory (records are read one at a time).
 pub const MAX_DECOMPRESSED: u64 = 128 << 20;
 
+/// Largest zstd window accepted (2^24 = 16 MiB).
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+
 /// What was learnt from the records: their timestamps' range, for the timestamp checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Walked {
@@ -67,10 +70,15 @@ pub fn validate(bytes: &[u8], h: &BatchHeader) -> Result<Walked, BadRecords> {
             }
         }
         3 => w.stream(lz4_flex::frame::FrameDecoder::new(records))?,
-        4 => w.stream(
-            zstd::stream::read::Decoder::with_buffer(records)
-                .map_err(|e| bad(format!("zstd: {e}")))?,
-        )?,
+        4 => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(records)
+                .map_err(|e| bad(format!("zstd: {e}")))?;
+            // The window a frame asks for is allocated up front: at most 16 MiB (zstd
+            // sizes windows to the input, and producers compress batches of a few MiB).
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                .map_err(|e| bad(format!("zstd: {e}")))?;
+            w.stream(d)?
+        }
         c => return Err(bad(format!("unknown compression codec {c}"))),
     }
     Ok(w.done())
@@ -220,11 +228,19 @@ fn read_varint(r: &mut impl Read) -> Result<i64, String> {
 const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
 const XERIAL_HEADER: usize = 16;
 
-/// One raw snappy block, after checking the size it claims against the cap.
+/// Snappy cannot expand more than this (a 64-byte copy in a 3-byte element, about 21x):
+/// a block claiming more is forged, and is refused before its claim is allocated.
+const SNAPPY_MAX_RATIO: usize = 22;
+
+/// One raw snappy block, after checking the size it claims against what its compressed
+/// size allows and against the cap (the decoder allocates the claim up front).
 fn snap_raw(block: &[u8]) -> Result<Vec<u8>, BadRecords> {
     let n = snap::raw::decompress_len(block).map_err(|e| bad(format!("snappy: {e}")))?;
-    if n as u64 > MAX_DECOMPRESSED {
-        return Err(bad(format!("snappy block claims {n} bytes")));
+    if n as u64 > MAX_DECOMPRESSED || n > block.len() * SNAPPY_MAX_RATIO + 64 {
+        return Err(bad(format!(
+            "snappy block of {} bytes claims {n} bytes",
+            block.len()
+        )));
     }
     snap::raw::Decoder::new()
         .decompress_vec(block)
@@ -390,6 +406,23 @@ mod tests {
             assert!(e.0.contains("more than"), "codec {codec}: {e}");
             assert!(t.elapsed() < std::time::Duration::from_secs(5));
         }
+    }
+
+    /// Fuzz finding (target `batch`): a 128-byte snappy batch whose block claims 16 MiB
+    /// made the decoder allocate the claim up front. The input gets the target's fix-ups
+    /// (length, magic, codec from the first byte, CRC).
+    #[test]
+    fn regression_snappy_block_claiming_16_mib() {
+        let data = include_bytes!("../tests/fuzz_regressions/batch-snappy-claims-16mb");
+        let mut b = data[1..].to_vec();
+        let len = (b.len() - 12) as i32;
+        b[8..12].copy_from_slice(&len.to_be_bytes());
+        b[16] = 2;
+        b[21..23].copy_from_slice(&i16::from(data[0] % 5).to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        let e = check(&b).unwrap_err();
+        assert!(e.0.contains("claims"), "{e}");
     }
 
     #[test]
