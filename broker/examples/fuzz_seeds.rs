@@ -10,6 +10,9 @@ use std::path::PathBuf;
 
 use corelog_broker::wire::guard;
 
+/// Compresses a batch's records with one codec.
+type Compress = fn(&[u8]) -> Vec<u8>;
+
 fn main() {
     let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "corpus".into()));
     let pairs: Vec<(i16, i16)> = corelog_broker::api::SUPPORTED
@@ -39,7 +42,7 @@ fn main() {
     let values: [&[u8]; 3] = [b"alpha", b"", b"gamma"];
     let plain = corelog_storage::batch::build::batch(&values, 1_700_000_000_000);
     let (head, records) = plain.split_at(corelog_storage::batch::HEADER_LEN);
-    let compressors: [fn(&[u8]) -> Vec<u8>; 5] = [
+    let compressors: [Compress; 5] = [
         |r| r.to_vec(),
         |r| {
             let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
