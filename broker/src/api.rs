@@ -372,7 +372,13 @@ async fn fetch(shard: &Rc<Shard>, c: i32, version: i16, req: FetchRequest) -> Re
                 if !*known {
                     return None;
                 }
-                Some(shard.fetch(name, *p, *offset, (*max).max(1)).await)
+                // No partition reads more than the whole response may hold (Kafka's rule:
+                // the request's max_bytes bounds every partition too; one batch always fits).
+                Some(
+                    shard
+                        .fetch(name, *p, *offset, (*max).min(max_bytes).max(1))
+                        .await,
+                )
             }
         }))
         .await;

@@ -240,12 +240,15 @@ impl Shard {
         let (host, port) = self.cfg.advertised();
         let node = self.cfg.node_id;
         let mut resp = FindCoordinatorResponse::default();
-        // Transactions do not exist here: only group coordinators (key type 0).
+        // Transactions do not exist here: only group coordinators (key type 0). A
+        // transaction coordinator lookup gets a non-retriable error (a retriable one made
+        // transactional clients retry until their timeout), with a message saying why.
         let error = if req.key_type == 0 {
             code::NONE
         } else {
-            code::COORDINATOR_NOT_AVAILABLE
+            code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED
         };
+        let why = "transactions are not supported by corelog yet";
         if version >= 4 {
             resp.coordinators = req
                 .coordinator_keys
@@ -261,6 +264,7 @@ impl Shard {
                         }))
                         .with_port(if error == 0 { port } else { -1 })
                         .with_error_code(error)
+                        .with_error_message((error != 0).then(|| s(why)))
                 })
                 .collect();
         } else {
@@ -272,7 +276,7 @@ impl Shard {
             } else {
                 resp.node_id = BrokerId(-1);
                 resp.port = -1;
-                resp.error_message = Some(s("transactions are not supported"));
+                resp.error_message = Some(s(why));
             }
         }
         respond(correlation_id, version, &resp)
