@@ -48,6 +48,8 @@ pub struct Config {
     /// How far after it (Kafka 4's `log.message.timestamp.after.max.ms`, one hour): a
     /// record from the future would hold back time retention of every later segment.
     pub message_timestamp_after_max_ms: i64,
+    /// Roll a segment after this long even if not full (Kafka `log.roll.ms`; default 7 days).
+    pub segment_ms: Option<i64>,
     /// Topic defaults (`log.segment.bytes`, `log.retention.ms`, `log.retention.bytes`).
     pub segment_bytes: u64,
     pub retention_ms: Option<i64>,
@@ -80,6 +82,7 @@ impl Default for Config {
             message_timestamp_after_max_ms: 3_600_000,
             default_partitions: 1,
             segment_bytes: 1 << 30,
+            segment_ms: None,
             retention_ms: Some(7 * 24 * 3600 * 1000),
             retention_bytes: None,
             retention_check_interval_ms: 60_000,
@@ -89,10 +92,26 @@ impl Default for Config {
 }
 
 impl Config {
-    pub fn from_file(path: &Path) -> Result<Self, String> {
+    /// Reads a config file: Kafka's `server.properties` format (a `.properties` file, or
+    /// any file that is not TOML) or corelog's TOML. Returns the warnings to log.
+    pub fn from_file(path: &Path) -> Result<(Self, Vec<String>), String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+        let is_properties = path.extension().is_some_and(|e| e == "properties");
+        if !is_properties {
+            match toml::from_str(&text) {
+                Ok(cfg) => return Ok((cfg, Vec::new())),
+                // A file named .toml is TOML: its error is the one to show.
+                Err(e) if path.extension().is_some_and(|e| e == "toml") => {
+                    return Err(format!("config {}: {e}", path.display()));
+                }
+                Err(_) => {}
+            }
+        }
+        let mut cfg = Self::default();
+        let warnings = crate::properties::apply(&mut cfg, &crate::properties::parse(&text))
+            .map_err(|e| format!("config {}: {e}", path.display()))?;
+        Ok((cfg, warnings))
     }
 
     /// One shard's share of `queued_max_request_bytes` (never less than one whole frame).
@@ -156,7 +175,7 @@ pub fn topic_default(cfg: &Config, key: &str) -> Option<String> {
         "retention.ms" => cfg.retention_ms.unwrap_or(-1).to_string(),
         "retention.bytes" => cfg.retention_bytes.map_or(-1, |b| b as i64).to_string(),
         "segment.bytes" => cfg.segment_bytes.to_string(),
-        "segment.ms" => (7i64 * 24 * 3600 * 1000).to_string(),
+        "segment.ms" => cfg.segment_ms.unwrap_or(7 * 24 * 3600 * 1000).to_string(),
         "max.message.bytes" => cfg.max_message_bytes.to_string(),
         "message.timestamp.type" => "CreateTime".into(),
         "message.timestamp.before.max.ms" => cfg.message_timestamp_before_max_ms.to_string(),

@@ -9,6 +9,7 @@ pub mod errors;
 pub mod group;
 pub mod limits;
 pub mod partition;
+pub mod properties;
 pub mod records;
 pub mod server;
 pub mod shard;

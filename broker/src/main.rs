@@ -22,7 +22,7 @@ struct Cli {
 enum Cmd {
     /// Start a broker (defaults: 127.0.0.1:9092, data in ./corelog-data, one shard per core).
     Serve {
-        /// TOML config file; flags override it.
+        /// Config file: Kafka's server.properties format or corelog's TOML; flags override it.
         #[arg(long)]
         config: Option<PathBuf>,
         /// HOST:PORT to listen on.
@@ -110,7 +110,13 @@ fn main() -> ExitCode {
             node_id,
         } => (|| {
             let mut cfg = match config {
-                Some(path) => Config::from_file(&path)?,
+                Some(path) => {
+                    let (cfg, warnings) = Config::from_file(&path)?;
+                    for w in warnings {
+                        tracing::warn!(config = %path.display(), "{w}");
+                    }
+                    cfg
+                }
                 None => Config::default(),
             };
             if let Some(v) = listen {
