@@ -48,6 +48,10 @@ pub struct Config {
     /// How far after it (Kafka 4's `log.message.timestamp.after.max.ms`, one hour): a
     /// record from the future would hold back time retention of every later segment.
     pub message_timestamp_after_max_ms: i64,
+    /// Free bytes the data dir's file system keeps: below it produce requests are refused
+    /// (offset commits keep writing down to a quarter of it). Default: 1 GiB or 2% of the
+    /// file system, whichever is smaller (like Redpanda's `storage_min_free_bytes`).
+    pub storage_min_free_bytes: Option<u64>,
     /// Roll a segment after this long even if not full (Kafka `log.roll.ms`; default 7 days).
     pub segment_ms: Option<i64>,
     /// Topic defaults (`log.segment.bytes`, `log.retention.ms`, `log.retention.bytes`).
@@ -83,6 +87,7 @@ impl Default for Config {
             default_partitions: 1,
             segment_bytes: 1 << 30,
             segment_ms: None,
+            storage_min_free_bytes: None,
             retention_ms: Some(7 * 24 * 3600 * 1000),
             retention_bytes: None,
             retention_check_interval_ms: 60_000,

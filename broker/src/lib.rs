@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod conn;
 pub mod coordinator;
+pub mod disk_space;
 pub mod errors;
 pub mod group;
 pub mod limits;

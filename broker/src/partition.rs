@@ -139,7 +139,11 @@ pub async fn open(
     }));
     let changed = Rc::new(Event::new());
     let (tx, rx) = mpsc::channel(QUEUE);
+    let internal = dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("__"));
     let mut task = PartitionTask {
+        internal,
         dir,
         log,
         raft,
@@ -303,6 +307,9 @@ async fn recover_producers(log: &Log<GlommioDisk>) -> BTreeMap<i64, ProducerStat
 
 struct PartitionTask {
     dir: PathBuf,
+    /// An internal topic's partition (`__consumer_offsets`): keeps writing into the disk
+    /// reserve longer than user topics.
+    internal: bool,
     log: Log<GlommioDisk>,
     raft: Raft,
     settings: TopicSettings,
@@ -431,6 +438,12 @@ impl PartitionTask {
             ));
             return None;
         }
+        // Retriable: the producer retries and succeeds once space comes back.
+        if let Err(why) = crate::disk_space::check_write(self.internal) {
+            let _ = reply.send(refuse(code::KAFKA_STORAGE_ERROR, why));
+            return None;
+        }
+        crate::disk_space::note_written(records.as_ref().map_or(0, |r| r.len() as u64));
         let batches = match split_batches(records.as_deref(), &self.settings, now_ms()) {
             Ok(b) => b,
             Err((error, message)) => {

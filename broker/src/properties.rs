@@ -138,6 +138,10 @@ pub fn apply(cfg: &mut Config, pairs: &[(String, String)]) -> Result<Vec<String>
                     cfg.queued_max_request_bytes = v;
                 }
             }
+            // Redpanda's name for the disk reserve; corelog's own key in TOML.
+            "storage_min_free_bytes" | "storage.min.free.bytes" => {
+                cfg.storage_min_free_bytes = Some(positive()?)
+            }
             "connections.max.idle.ms" => cfg.connections_max_idle_ms = positive()?,
             "max.connections.per.ip" => cfg.max_connections_per_ip = positive()? as usize,
             "auto.create.topics.enable" => {

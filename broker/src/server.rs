@@ -186,6 +186,14 @@ async fn shard_main(
         })
         .detach();
     }
+    {
+        let shard = shard.clone();
+        crate::disk_space::spawn_watcher(
+            cfg.data_dir.clone(),
+            cfg.storage_min_free_bytes,
+            move || shard.stopping.get(),
+        );
+    }
     let listener = TcpListener::bind(&cfg.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     if shard.id == 0 {
