@@ -569,7 +569,22 @@ impl Shard {
                 }
                 match self.broadcast_upsert(&meta).await {
                     Ok(()) => AdminResult::Ok(Some(meta)),
-                    Err(e) => AdminResult::Err(code::KAFKA_STORAGE_ERROR, e),
+                    Err(e) => {
+                        // All or nothing: a topic some of whose partitions could not be
+                        // opened (too many open files, a full disk) is taken back out,
+                        // so neither the listing nor a restart sees half a topic.
+                        tracing::warn!(topic = %meta.name, error = %e, "topic creation failed; rolling it back");
+                        {
+                            let mut guard = self.controller.borrow_mut();
+                            let c = guard.as_mut().expect("shard 0 holds the controller");
+                            c.meta.topics.remove(&meta.name);
+                            if let Err(e) = c.meta.save(&self.cfg.data_dir) {
+                                tracing::error!(error = %e, "cannot save metadata after a failed topic creation");
+                            }
+                        }
+                        self.broadcast_remove(&meta).await;
+                        AdminResult::Err(code::KAFKA_STORAGE_ERROR, e)
+                    }
                 }
             }
             AdminOp::SetConfigs {
@@ -622,28 +637,33 @@ impl Shard {
                     }
                     meta
                 };
-                let mut waits = Vec::new();
-                for to in 0..self.count {
-                    if to == self.id {
-                        continue;
-                    }
-                    let (tx, rx) = oneshot::channel();
-                    self.forward(
-                        to,
-                        ShardMsg::TopicRemove {
-                            meta: meta.clone(),
-                            reply: tx,
-                        },
-                    )
-                    .await;
-                    waits.push(rx);
-                }
-                self.apply_remove(&meta).await;
-                for w in waits {
-                    let _ = w.await;
-                }
+                self.broadcast_remove(&meta).await;
                 AdminResult::Ok(Some(meta))
             }
+        }
+    }
+
+    /// Every shard closes and deletes the partitions of `meta` it owns.
+    async fn broadcast_remove(self: &Rc<Self>, meta: &TopicMeta) {
+        let mut waits = Vec::new();
+        for to in 0..self.count {
+            if to == self.id {
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            self.forward(
+                to,
+                ShardMsg::TopicRemove {
+                    meta: meta.clone(),
+                    reply: tx,
+                },
+            )
+            .await;
+            waits.push(rx);
+        }
+        self.apply_remove(meta).await;
+        for w in waits {
+            let _ = w.await;
         }
     }
 
@@ -712,14 +732,21 @@ impl Shard {
         self.topics.borrow_mut().remove(&meta.name);
         for p in 0..meta.partitions {
             let h = self.partitions.borrow_mut().remove(&(meta.name.clone(), p));
-            if let Some(h) = h {
+            if let Some(h) = &h {
                 let (tx, rx) = oneshot::channel();
                 if h.send(Cmd::Close(tx)).await {
                     let _ = rx.await;
                 }
+            }
+            // Also the dir of a partition that failed to open (a rolled-back creation).
+            if h.is_some() || owner_shard(&meta.name, p, self.count) == self.id {
                 let dir = self.data_dir(&meta.name, p);
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove deleted partition");
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove deleted partition")
+                    }
                 }
             }
         }
