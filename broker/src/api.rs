@@ -27,9 +27,10 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
-use crate::config::{TOPIC_CONFIG_KEYS, topic_default};
+use crate::config::topic_default;
 use crate::errors as code;
 use crate::shard::{AdminOp, AdminResult, Shard};
+use crate::topic_configs::{self, TOPIC_CONFIGS};
 use crate::topics::TopicMeta;
 
 /// The versions corelog implements, advertised in ApiVersions. Produce v13+ and Fetch
@@ -496,12 +497,7 @@ fn config_source(meta: &TopicMeta, key: &str) -> i8 {
 }
 
 fn config_type(key: &str) -> i8 {
-    match key {
-        "retention.ms" | "retention.bytes" | "segment.ms" => 5, // LONG
-        "segment.bytes" | "max.message.bytes" | "min.insync.replicas" => 3, // INT
-        "cleanup.policy" => 7,                                  // LIST
-        _ => 2,                                                 // STRING
-    }
+    topic_configs::find(key).map_or(topic_configs::Kind::Text, |t| t.kind) as i8
 }
 
 fn effective(shard: &Shard, meta: &TopicMeta, key: &str) -> Option<String> {
@@ -565,11 +561,12 @@ async fn create_topics(shard: &Rc<Shard>, c: i32, version: i16, req: CreateTopic
                 r.num_partitions = meta.partitions;
                 r.replication_factor = 1;
                 r.configs = Some(
-                    TOPIC_CONFIG_KEYS
+                    TOPIC_CONFIGS
                         .iter()
+                        .map(|t| t.name)
                         .map(|k| {
                             CreatableTopicConfigs::default()
-                                .with_name(s(*k))
+                                .with_name(s(k))
                                 .with_value(effective(shard, &meta, k).map(s))
                                 .with_config_source(config_source(&meta, k))
                         })
@@ -680,6 +677,85 @@ async fn init_producer_id(
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
 
+/// The broker's configuration under Kafka's names, as DescribeConfigs reports it.
+fn broker_configs(cfg: &crate::config::Config) -> Vec<(&'static str, String, topic_configs::Kind)> {
+    use topic_configs::Kind::{Boolean, Int, List, Long, Text};
+    let (host, port) = cfg.advertised();
+    let opt = |v: Option<u64>| v.map_or(-1, |b| b as i64).to_string();
+    vec![
+        ("node.id", cfg.node_id.to_string(), Int),
+        ("broker.id", cfg.node_id.to_string(), Int),
+        ("listeners", format!("PLAINTEXT://{}", cfg.listen), List),
+        (
+            "advertised.listeners",
+            format!("PLAINTEXT://{host}:{port}"),
+            List,
+        ),
+        ("log.dirs", cfg.data_dir.display().to_string(), Text),
+        ("num.partitions", cfg.default_partitions.to_string(), Int),
+        ("default.replication.factor", "1".into(), Int),
+        ("offsets.topic.replication.factor", "1".into(), Int),
+        (
+            "auto.create.topics.enable",
+            cfg.auto_create_topics.to_string(),
+            Boolean,
+        ),
+        ("message.max.bytes", cfg.max_message_bytes.to_string(), Int),
+        (
+            "socket.request.max.bytes",
+            cfg.max_request_bytes.to_string(),
+            Int,
+        ),
+        (
+            "queued.max.request.bytes",
+            cfg.queued_max_request_bytes.to_string(),
+            Long,
+        ),
+        (
+            "connections.max.idle.ms",
+            cfg.connections_max_idle_ms.to_string(),
+            Long,
+        ),
+        (
+            "max.connections.per.ip",
+            cfg.max_connections_per_ip.to_string(),
+            Int,
+        ),
+        ("log.segment.bytes", cfg.segment_bytes.to_string(), Int),
+        (
+            "log.roll.ms",
+            cfg.segment_ms.unwrap_or(7 * 24 * 3600 * 1000).to_string(),
+            Long,
+        ),
+        (
+            "log.retention.ms",
+            cfg.retention_ms.unwrap_or(-1).to_string(),
+            Long,
+        ),
+        ("log.retention.bytes", opt(cfg.retention_bytes), Long),
+        (
+            "log.retention.check.interval.ms",
+            cfg.retention_check_interval_ms.to_string(),
+            Long,
+        ),
+        (
+            "log.message.timestamp.before.max.ms",
+            cfg.message_timestamp_before_max_ms.to_string(),
+            Long,
+        ),
+        (
+            "log.message.timestamp.after.max.ms",
+            cfg.message_timestamp_after_max_ms.to_string(),
+            Long,
+        ),
+        (
+            "storage_min_free_bytes",
+            opt(cfg.storage_min_free_bytes),
+            Long,
+        ),
+    ]
+}
+
 fn describe_configs(shard: &Rc<Shard>, c: i32, version: i16, req: DescribeConfigsRequest) -> Reply {
     let mut resp = DescribeConfigsResponse::default();
     for r in req.resources {
@@ -701,52 +777,34 @@ fn describe_configs(shard: &Rc<Shard>, c: i32, version: i16, req: DescribeConfig
                     )));
                 }
                 Some(meta) => {
-                    out.configs = TOPIC_CONFIG_KEYS
+                    out.configs = TOPIC_CONFIGS
                         .iter()
+                        .map(|t| t.name)
                         .filter(|k| wanted(k))
                         .map(|k| {
                             DescribeConfigsResourceResult::default()
-                                .with_name(s(*k))
+                                .with_name(s(k))
                                 .with_value(effective(shard, &meta, k).map(s))
                                 .with_config_source(config_source(&meta, k))
                                 .with_config_type(config_type(k))
+                                .with_documentation(topic_configs::note(k).map(s))
                         })
                         .collect();
                 }
             },
             BROKER => {
-                let cfg = &shard.cfg;
-                let items = [
-                    ("broker.id", cfg.node_id.to_string()),
-                    ("num.partitions", cfg.default_partitions.to_string()),
-                    (
-                        "auto.create.topics.enable",
-                        cfg.auto_create_topics.to_string(),
-                    ),
-                    ("message.max.bytes", cfg.max_message_bytes.to_string()),
-                    ("log.segment.bytes", cfg.segment_bytes.to_string()),
-                    (
-                        "log.retention.ms",
-                        cfg.retention_ms.unwrap_or(-1).to_string(),
-                    ),
-                    (
-                        "log.retention.bytes",
-                        cfg.retention_bytes.map_or(-1, |b| b as i64).to_string(),
-                    ),
-                    (
-                        "socket.request.max.bytes",
-                        cfg.max_request_bytes.to_string(),
-                    ),
-                ];
-                out.configs = items
+                out.configs = broker_configs(&shard.cfg)
                     .into_iter()
-                    .filter(|(k, _)| wanted(k))
-                    .map(|(k, v)| {
+                    .filter(|(k, _, _)| wanted(k))
+                    .map(|(k, v, kind)| {
                         DescribeConfigsResourceResult::default()
                             .with_name(s(k))
                             .with_value(Some(s(v)))
+                            // From the config file or flags; changed by a restart only.
                             .with_read_only(true)
+                            .with_is_sensitive(false)
                             .with_config_source(4) // STATIC_BROKER_CONFIG
+                            .with_config_type(kind as i8)
                     })
                     .collect();
             }
@@ -844,25 +902,18 @@ async fn incremental_alter_configs(
             None if r.resource_type == TOPIC => Err(format!("topic '{name}' does not exist")),
             current => {
                 let mut configs = current.map(|m| m.configs).unwrap_or_default();
-                let mut result = Ok(());
-                for op in &r.configs {
-                    let key = op.name.to_string();
-                    match (op.config_operation, &op.value) {
-                        (0, Some(v)) => {
-                            configs.insert(key, v.to_string());
-                        }
-                        (1, _) => {
-                            configs.remove(&key);
-                        }
-                        (0, None) => result = Err(format!("SET of {key} without a value")),
-                        (op, _) => {
-                            result = Err(format!(
-                                "operation {op} (APPEND/SUBTRACT) on {key} is not supported: no list-valued topic config takes more than one value here"
-                            ))
-                        }
-                    }
-                }
-                result.map(|()| configs)
+                r.configs
+                    .iter()
+                    .try_for_each(|op| {
+                        topic_configs::apply_op(
+                            &shard.cfg,
+                            &mut configs,
+                            op.name.as_str(),
+                            op.config_operation,
+                            op.value.as_deref(),
+                        )
+                    })
+                    .map(|()| configs)
             }
         };
         let (error, message) = match configs {

@@ -158,69 +158,9 @@ impl Config {
     }
 }
 
-/// Topic-level settings a client can read and change (DescribeConfigs/AlterConfigs), with
-/// the broker defaults they fall back to.
-pub const TOPIC_CONFIG_KEYS: &[&str] = &[
-    "cleanup.policy",
-    "retention.ms",
-    "retention.bytes",
-    "segment.bytes",
-    "segment.ms",
-    "max.message.bytes",
-    "message.timestamp.type",
-    "message.timestamp.before.max.ms",
-    "message.timestamp.after.max.ms",
-    "min.insync.replicas",
-];
-
-/// The value of a topic setting when no override exists.
+/// The topic configs corelog acts on (a subset of `topic_configs::TOPIC_CONFIGS`).
 pub fn topic_default(cfg: &Config, key: &str) -> Option<String> {
-    Some(match key {
-        "cleanup.policy" => "delete".into(),
-        "retention.ms" => cfg.retention_ms.unwrap_or(-1).to_string(),
-        "retention.bytes" => cfg.retention_bytes.map_or(-1, |b| b as i64).to_string(),
-        "segment.bytes" => cfg.segment_bytes.to_string(),
-        "segment.ms" => cfg.segment_ms.unwrap_or(7 * 24 * 3600 * 1000).to_string(),
-        "max.message.bytes" => cfg.max_message_bytes.to_string(),
-        "message.timestamp.type" => "CreateTime".into(),
-        "message.timestamp.before.max.ms" => cfg.message_timestamp_before_max_ms.to_string(),
-        "message.timestamp.after.max.ms" => cfg.message_timestamp_after_max_ms.to_string(),
-        "min.insync.replicas" => "1".into(),
-        _ => return None,
-    })
-}
-
-/// Checks one topic setting; the error text goes back to the client (INVALID_CONFIG).
-pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
-    let int = |min: i64| -> Result<(), String> {
-        match value.parse::<i64>() {
-            Ok(v) if v >= min => Ok(()),
-            _ => Err(format!("{key} must be an integer >= {min}, not {value:?}")),
-        }
-    };
-    match key {
-        "cleanup.policy" if value == "delete" => Ok(()),
-        "cleanup.policy" => Err(format!(
-            "cleanup.policy={value} is not supported (corelog has no log compaction yet; only delete)"
-        )),
-        "retention.ms" | "retention.bytes" => int(-1),
-        "segment.bytes" => match value.parse::<u64>() {
-            Ok(v) if (14 * 1024..=u64::from(u32::MAX)).contains(&v) => Ok(()),
-            _ => Err(format!(
-                "segment.bytes must be between 14336 and 4294967295, not {value:?}"
-            )),
-        },
-        "segment.ms" => int(1),
-        "max.message.bytes" => int(61),
-        "message.timestamp.before.max.ms" | "message.timestamp.after.max.ms" => int(0),
-        "message.timestamp.type" if value == "CreateTime" => Ok(()),
-        "message.timestamp.type" => Err(format!(
-            "message.timestamp.type={value} is not supported (only CreateTime)"
-        )),
-        "min.insync.replicas" if value == "1" => Ok(()),
-        "min.insync.replicas" => Err("min.insync.replicas must be 1 on a single broker".into()),
-        _ => Err(format!("unknown topic config {key:?}")),
-    }
+    crate::topic_configs::default(cfg, key)
 }
 
 /// The effective settings of one topic.
@@ -315,8 +255,5 @@ mod tests {
         let s = topic_settings(&c, &o);
         assert_eq!(s.log.retention_ms, Some(1000));
         assert_eq!(s.log.retention_bytes, None);
-        assert!(validate_topic_config("cleanup.policy", "compact").is_err());
-        assert!(validate_topic_config("retention.ms", "abc").is_err());
-        assert!(validate_topic_config("bogus", "1").is_err());
     }
 }

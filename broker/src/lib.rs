@@ -14,6 +14,7 @@ pub mod properties;
 pub mod records;
 pub mod server;
 pub mod shard;
+pub mod topic_configs;
 pub mod topics;
 pub mod util;
 pub mod wire;

@@ -13,9 +13,10 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 
-use crate::config::{Config, topic_settings, validate_topic_config};
+use crate::config::{Config, topic_settings};
 use crate::errors as code;
 use crate::partition::{self, Cmd, FetchOutcome, PartitionHandle, ProduceOutcome};
+use crate::topic_configs::validate as validate_topic_config;
 use crate::topics::{
     MetaFile, TopicMeta, owner_shard, partition_dir, random_topic_id, validate_topic_name,
 };
