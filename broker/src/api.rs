@@ -60,6 +60,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeLogDirs, 1, 4),
 ];
 
 pub fn supported(key: ApiKey, version: i16) -> bool {
@@ -141,6 +143,12 @@ pub async fn dispatch(
             incremental_alter_configs(shard, c, version, decode(b, version)?).await
         }
         ApiKey::DescribeCluster => describe_cluster(shard, c, version),
+        ApiKey::CreatePartitions => {
+            crate::handlers::create_partitions::handle(shard, c, version, decode(b, version)?).await
+        }
+        ApiKey::DescribeLogDirs => {
+            crate::handlers::describe_log_dirs::handle(shard, c, version, decode(b, version)?)
+        }
         other => Err(format!("API {other:?} is not implemented")),
     }
 }

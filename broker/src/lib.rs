@@ -8,6 +8,7 @@ pub mod coordinator;
 pub mod disk_space;
 pub mod errors;
 pub mod group;
+pub mod handlers;
 pub mod limits;
 pub mod partition;
 pub mod properties;

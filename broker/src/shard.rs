@@ -62,9 +62,11 @@ pub enum ShardMsg {
         meta: TopicMeta,
         reply: oneshot::Sender<Result<(), String>>,
     },
-    /// From shard 0: a topic was deleted; close and remove its partitions.
+    /// From shard 0: a topic was deleted (`from` 0), or partitions `from..` of it were
+    /// rolled back; close and remove them.
     TopicRemove {
         meta: TopicMeta,
+        from: i32,
         reply: oneshot::Sender<()>,
     },
     /// To the shard that owns a consumer group.
@@ -94,6 +96,12 @@ pub enum AdminOp {
     SetConfigs {
         name: String,
         configs: BTreeMap<String, String>,
+        validate_only: bool,
+    },
+    /// Grow a topic to `count` partitions (CreatePartitions).
+    AddPartitions {
+        name: String,
+        count: i32,
         validate_only: bool,
     },
     AllocProducerId,
@@ -583,7 +591,7 @@ impl Shard {
                                 tracing::error!(error = %e, "cannot save metadata after a failed topic creation");
                             }
                         }
-                        self.broadcast_remove(&meta).await;
+                        self.broadcast_remove(&meta, 0).await;
                         AdminResult::Err(code::KAFKA_STORAGE_ERROR, e)
                     }
                 }
@@ -622,6 +630,65 @@ impl Shard {
                     Err(e) => AdminResult::Err(code::KAFKA_STORAGE_ERROR, e),
                 }
             }
+            AdminOp::AddPartitions {
+                name,
+                count,
+                validate_only,
+            } => {
+                let (old, meta) = {
+                    let mut guard = self.controller.borrow_mut();
+                    let c = guard.as_mut().expect("shard 0 holds the controller");
+                    let Some(t) = c.meta.topics.get_mut(&name) else {
+                        return AdminResult::Err(
+                            code::UNKNOWN_TOPIC_OR_PARTITION,
+                            format!("topic '{name}' does not exist"),
+                        );
+                    };
+                    if count <= t.partitions || count > 100_000 {
+                        return AdminResult::Err(
+                            code::INVALID_PARTITIONS,
+                            format!(
+                                "topic '{name}' has {} partitions; the new count must be larger and at most 100000, not {count}",
+                                t.partitions
+                            ),
+                        );
+                    }
+                    let old = t.partitions;
+                    if validate_only {
+                        let mut m = t.clone();
+                        m.partitions = count;
+                        return AdminResult::Ok(Some(m));
+                    }
+                    t.partitions = count;
+                    let meta = t.clone();
+                    if let Err(e) = c.meta.save(&self.cfg.data_dir) {
+                        if let Some(t) = c.meta.topics.get_mut(&name) {
+                            t.partitions = old;
+                        }
+                        return AdminResult::Err(code::KAFKA_STORAGE_ERROR, e.to_string());
+                    }
+                    (old, meta)
+                };
+                match self.broadcast_upsert(&meta).await {
+                    Ok(()) => AdminResult::Ok(Some(meta)),
+                    Err(e) => {
+                        // All or nothing, as for a new topic: the added partitions go.
+                        tracing::warn!(topic = %name, error = %e, "adding partitions failed; rolling back");
+                        let mut back = meta.clone();
+                        back.partitions = old;
+                        {
+                            let mut guard = self.controller.borrow_mut();
+                            let c = guard.as_mut().expect("shard 0 holds the controller");
+                            c.meta.topics.insert(name.clone(), back.clone());
+                            if let Err(e) = c.meta.save(&self.cfg.data_dir) {
+                                tracing::error!(error = %e, "cannot save metadata after a failed CreatePartitions");
+                            }
+                        }
+                        self.broadcast_shrink(&back, count).await;
+                        AdminResult::Err(code::KAFKA_STORAGE_ERROR, e)
+                    }
+                }
+            }
             AdminOp::DeleteTopic { name } => {
                 let meta = {
                     let mut guard = self.controller.borrow_mut();
@@ -638,14 +705,27 @@ impl Shard {
                     }
                     meta
                 };
-                self.broadcast_remove(&meta).await;
+                self.broadcast_remove(&meta, 0).await;
                 AdminResult::Ok(Some(meta))
             }
         }
     }
 
-    /// Every shard closes and deletes the partitions of `meta` it owns.
-    async fn broadcast_remove(self: &Rc<Self>, meta: &TopicMeta) {
+    /// Undoes a failed CreatePartitions: partitions `meta.partitions..added_to` are closed
+    /// and deleted, and every shard takes the old count back.
+    async fn broadcast_shrink(self: &Rc<Self>, meta: &TopicMeta, added_to: i32) {
+        let mut grown = meta.clone();
+        grown.partitions = added_to;
+        self.broadcast_remove(&grown, meta.partitions).await;
+        // Every shard takes the old count back (the remove dropped nothing below it).
+        if let Err(e) = self.broadcast_upsert(meta).await {
+            tracing::error!(topic = %meta.name, error = %e, "cannot restore a topic after a failed CreatePartitions");
+        }
+    }
+
+    /// Every shard closes and deletes the partitions `from..` of `meta` it owns (`from` 0:
+    /// the whole topic, which it also forgets).
+    async fn broadcast_remove(self: &Rc<Self>, meta: &TopicMeta, from: i32) {
         let mut waits = Vec::new();
         for to in 0..self.count {
             if to == self.id {
@@ -656,13 +736,14 @@ impl Shard {
                 to,
                 ShardMsg::TopicRemove {
                     meta: meta.clone(),
+                    from,
                     reply: tx,
                 },
             )
             .await;
             waits.push(rx);
         }
-        self.apply_remove(meta).await;
+        self.apply_remove(meta, from).await;
         for w in waits {
             let _ = w.await;
         }
@@ -729,9 +810,11 @@ impl Shard {
         Ok(())
     }
 
-    async fn apply_remove(&self, meta: &TopicMeta) {
-        self.topics.borrow_mut().remove(&meta.name);
-        for p in 0..meta.partitions {
+    async fn apply_remove(&self, meta: &TopicMeta, from: i32) {
+        if from == 0 {
+            self.topics.borrow_mut().remove(&meta.name);
+        }
+        for p in from..meta.partitions {
             let h = self.partitions.borrow_mut().remove(&(meta.name.clone(), p));
             if let Some(h) = &h {
                 let (tx, rx) = oneshot::channel();
@@ -810,8 +893,12 @@ impl Shard {
                 let r = self.apply_upsert(meta).await;
                 self.reply_to(from, Some(r), reply).await;
             }
-            ShardMsg::TopicRemove { meta, reply } => {
-                self.apply_remove(&meta).await;
+            ShardMsg::TopicRemove {
+                meta,
+                from: first,
+                reply,
+            } => {
+                self.apply_remove(&meta, first).await;
                 self.reply_to(from, Some(()), reply).await;
             }
             ShardMsg::Group { op, reply } => {
