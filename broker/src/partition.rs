@@ -281,6 +281,43 @@ fn remember(producers: &mut BTreeMap<i64, ProducerState>, h: &BatchHeader, base:
     }
 }
 
+/// The offset and timestamp of the committed record with the largest timestamp (the first
+/// such), for ListOffsets' MAX_TIMESTAMP; (-1, -1) for an empty log. Walks the batch
+/// headers (Kafka keeps a time index per segment; this is a rare admin query): exact for
+/// uncompressed batches, the batch's last offset for compressed ones, as Kafka answered
+/// before KIP-734 made it exact.
+async fn offset_of_max_timestamp(
+    log: &Log<GlommioDisk>,
+    high_watermark: i64,
+) -> Result<(i64, i64), StorageError> {
+    let mut best = (-1i64, -1i64); // (offset, timestamp)
+    let mut from = log.log_start_offset();
+    let end = (high_watermark.max(0) as u64).min(log.next_offset());
+    while from < end {
+        let read = log.read(from, 4 << 20).await?;
+        if read.bytes.is_empty() || read.next_offset <= from {
+            break;
+        }
+        let mut rest = &read.bytes[..];
+        while let Ok(h) = BatchHeader::parse(rest) {
+            if (h.base_offset as u64) >= end || h.size > rest.len() {
+                break;
+            }
+            if h.max_timestamp > best.1 && !h.is_control() {
+                let offset = batch::record_timestamps(&rest[..h.size])
+                    .and_then(|ts| ts.iter().find(|(_, t)| *t == h.max_timestamp).copied())
+                    .map_or(h.last_offset(), |(delta, _)| {
+                        h.base_offset + i64::from(delta)
+                    });
+                best = (offset, h.max_timestamp);
+            }
+            rest = &rest[h.size..];
+        }
+        from = read.next_offset;
+    }
+    Ok(best)
+}
+
 /// Rebuilds idempotent-producer state from the batch headers in the log, so a producer's
 /// retry after a broker restart is still recognised as a duplicate.
 async fn recover_producers(log: &Log<GlommioDisk>) -> BTreeMap<i64, ProducerState> {
@@ -540,7 +577,19 @@ impl PartitionTask {
                 let answer = match timestamp {
                     _ if !status.online => Err(code::KAFKA_STORAGE_ERROR),
                     -1 => Ok((hw, -1)),
-                    -2 => Ok((status.log_start, -1)),
+                    // EARLIEST, and EARLIEST_LOCAL (KIP-1005): no tiered storage, so the
+                    // local log is the whole log.
+                    -2 | -4 => Ok((status.log_start, -1)),
+                    // LATEST_TIERED (KIP-1005): nothing is tiered, Kafka answers -1.
+                    -5 => Ok((-1, -1)),
+                    // MAX_TIMESTAMP (KIP-734).
+                    -3 => match offset_of_max_timestamp(&self.log, hw).await {
+                        Ok(hit) => Ok(hit),
+                        Err(e) => {
+                            tracing::error!(dir = %self.dir.display(), error = %e, "list offsets failed");
+                            Err(code::KAFKA_STORAGE_ERROR)
+                        }
+                    },
                     t if t < 0 => Err(code::INVALID_REQUEST),
                     t => match self.log.offset_for_timestamp(t).await {
                         Ok(Some(hit)) if (hit.offset as i64) < hw => {

@@ -51,3 +51,23 @@ def test_describe_log_dirs_reports_partition_sizes(broker, topic):
     [part] = t["partitions"]
     assert part["partition_index"] == 0 and part["offset_lag"] == 0
     assert part["partition_size"] >= 100_000, part
+
+
+def test_list_offsets_max_timestamp_earliest_and_latest(broker, topic):
+    """ListOffsets up to v10 through librdkafka's admin list_offsets: MAX_TIMESTAMP finds
+    the record with the largest CreateTime, wherever it is in the log."""
+    from confluent_kafka.admin import OffsetSpec
+
+    now = int(__import__("time").time() * 1000)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+    for i, ts in enumerate([now - 5000, now - 1000, now - 3000, now - 4000]):
+        p.produce(topic, value=b"v%d" % i, timestamp=ts)
+        p.flush(10)  # one batch each
+    a = AdminClient({"bootstrap.servers": broker.bootstrap})
+    tp = TopicPartition(topic, 0)
+    for spec, offset in [(OffsetSpec.max_timestamp(), 1), (OffsetSpec.earliest(), 0),
+                         (OffsetSpec.latest(), 4)]:
+        got = a.list_offsets({tp: spec})[tp].result(10)
+        assert got.offset == offset, (spec, got.offset)
+    got = a.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(10)
+    assert got.timestamp == now - 1000
