@@ -11,17 +11,6 @@ use corelog_storage::batch::{self, HEADER_LEN, build};
 
 type Compress = fn(&[u8]) -> Vec<u8>;
 
-fn with_records(plain: &[u8], codec: u8, records: &[u8]) -> Vec<u8> {
-    let mut b = plain[..HEADER_LEN].to_vec();
-    b.extend_from_slice(records);
-    let len = (b.len() - 12) as i32;
-    b[8..12].copy_from_slice(&len.to_be_bytes());
-    b[21..23].copy_from_slice(&i16::from(codec).to_be_bytes());
-    let crc = crc32c::crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    b
-}
-
 /// Runs `f` for about a second; returns the produced (uncompressed) bytes per second.
 fn rate(bytes_per_call: usize, mut f: impl FnMut()) -> f64 {
     let start = Instant::now();
@@ -71,7 +60,7 @@ fn main() {
     println!("crc32c (already on the path): {:.0} MB/s", crc / 1e6);
     println!("codec   stored bytes   validation MB/s (of uncompressed records)");
     for (name, codec, compress) in codecs {
-        let b = with_records(&plain, codec, &compress(records));
+        let b = build::with_codec(&plain, codec, &compress(records));
         let h = batch::validate(&b, usize::MAX).unwrap();
         corelog_broker::records::validate(&b, &h).expect("a valid batch");
         let r = rate(plain.len(), || {

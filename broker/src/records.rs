@@ -8,7 +8,7 @@
 
 use std::io::{BufReader, Read};
 
-use corelog_storage::batch::{BatchHeader, HEADER_LEN};
+use corelog_storage::batch::{BatchHeader, HEADER_LEN, varint};
 
 /// The most one batch may decompress to (128 MiB: 128 times Kafka's default
 /// `message.max.bytes`). Beyond it the batch is refused; a decompression bomb costs at
@@ -194,18 +194,6 @@ fn field(b: &[u8], nullable: bool) -> Option<usize> {
     (len <= b.len() - n).then_some(n + len)
 }
 
-/// A zigzag varint/varlong as Kafka writes them; the value and the bytes used.
-fn varint(bytes: &[u8]) -> Option<(i64, usize)> {
-    let mut raw: u64 = 0;
-    for (i, b) in bytes.iter().take(10).enumerate() {
-        raw |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((((raw >> 1) as i64) ^ -((raw & 1) as i64), i + 1));
-        }
-    }
-    None
-}
-
 fn read_varint(r: &mut impl Read) -> Result<i64, String> {
     let mut raw: u64 = 0;
     for i in 0..10 {
@@ -298,18 +286,7 @@ mod tests {
     /// The batch `build::batch(values)` with its records compressed by `codec`.
     fn compressed(values: &[&[u8]], codec: u8, compress: impl Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
         let plain = build::batch(values, 1_700_000_000_000);
-        with_records(&plain, codec, &compress(&plain[HEADER_LEN..]))
-    }
-
-    fn with_records(plain: &[u8], codec: u8, records: &[u8]) -> Vec<u8> {
-        let mut b = plain[..HEADER_LEN].to_vec();
-        b.extend_from_slice(records);
-        let len = (b.len() - 12) as i32;
-        b[8..12].copy_from_slice(&len.to_be_bytes());
-        b[21..23].copy_from_slice(&i16::from(codec).to_be_bytes());
-        let crc = crc32c::crc32c(&b[21..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
-        b
+        build::with_codec(&plain, codec, &compress(&plain[HEADER_LEN..]))
     }
 
     fn check(b: &[u8]) -> Result<Walked, BadRecords> {
@@ -369,19 +346,19 @@ mod tests {
         let plain = build::batch(&values, 0);
         let records = &plain[HEADER_LEN..];
         for (codec, f) in CODECS {
-            let garbage = with_records(&plain, codec, &[0x5a; 40]);
+            let garbage = build::with_codec(&plain, codec, &[0x5a; 40]);
             assert!(check(&garbage).is_err(), "codec {codec}: garbage");
             let whole = f(records);
-            let cut = with_records(&plain, codec, &whole[..whole.len() * 2 / 3]);
+            let cut = build::with_codec(&plain, codec, &whole[..whole.len() * 2 / 3]);
             assert!(check(&cut).is_err(), "codec {codec}: truncated stream");
             // Two records where the header says three.
             let short = f(&records[..records.len() - 7]);
             assert!(
-                check(&with_records(&plain, codec, &short)).is_err(),
+                check(&build::with_codec(&plain, codec, &short)).is_err(),
                 "codec {codec}"
             );
             // ... and garbage compressed validly.
-            let junk = with_records(&plain, codec, &f(&[0x33; 64]));
+            let junk = build::with_codec(&plain, codec, &f(&[0x33; 64]));
             assert!(check(&junk).is_err(), "codec {codec}: compressed garbage");
         }
     }
@@ -400,7 +377,7 @@ mod tests {
         records.push(z as u8);
         records.extend(std::iter::repeat_n(0u8, 1 << 20));
         for (codec, f) in CODECS {
-            let b = with_records(&plain, codec, &f(&records));
+            let b = build::with_codec(&plain, codec, &f(&records));
             let t = std::time::Instant::now();
             let e = check(&b).unwrap_err();
             assert!(e.0.contains("more than"), "codec {codec}: {e}");
@@ -433,7 +410,7 @@ mod tests {
         let second = HEADER_LEN + 1 + plain[HEADER_LEN] as usize / 2;
         assert_eq!(b[second + 3], 2);
         b[second + 3] = 0;
-        let b = with_records(&b, 0, &b[HEADER_LEN..]);
+        let b = build::with_codec(&b, 0, &b[HEADER_LEN..]);
         assert!(check(&b).unwrap_err().0.contains("offset delta"));
     }
 }

@@ -240,7 +240,7 @@ pub fn record_timestamps(bytes: &[u8]) -> Option<Vec<(i32, i64)>> {
 }
 
 /// A zigzag varint/varlong as Kafka writes them; returns the value and the bytes used.
-fn varint(bytes: &[u8]) -> Option<(i64, usize)> {
+pub fn varint(bytes: &[u8]) -> Option<(i64, usize)> {
     let mut raw: u64 = 0;
     for (i, b) in bytes.iter().take(10).enumerate() {
         raw |= u64::from(b & 0x7f) << (7 * i);
@@ -274,6 +274,20 @@ pub mod build {
     /// transaction markers and KRaft for leader changes. Consumers skip control batches.
     pub fn control_batch(key: &[u8], value: &[u8], timestamp_ms: i64) -> Vec<u8> {
         with_records(&[(Some(key), value)], timestamp_ms, 0x20)
+    }
+
+    /// `plain` with its records replaced by `records` (compressed, or damaged) and its
+    /// codec set to `codec`; length and CRC recomputed, so only the records are wrong when
+    /// they are.
+    pub fn with_codec(plain: &[u8], codec: u8, records: &[u8]) -> Vec<u8> {
+        let mut b = plain[..HEADER_LEN].to_vec();
+        b.extend_from_slice(records);
+        let len = (b.len() - LOG_OVERHEAD) as i32;
+        b[8..12].copy_from_slice(&len.to_be_bytes());
+        b[21..23].copy_from_slice(&i16::from(codec).to_be_bytes());
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
     }
 
     /// One uncompressed batch of (key, value) records with the given attributes.
