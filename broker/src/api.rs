@@ -730,17 +730,22 @@ fn broker_configs(cfg: &crate::config::Config) -> Vec<(&'static str, String, top
             Int,
         ),
         ("log.segment.bytes", cfg.segment_bytes.to_string(), Int),
+        // The broker-wide defaults are the topic configs' defaults.
         (
             "log.roll.ms",
-            cfg.segment_ms.unwrap_or(7 * 24 * 3600 * 1000).to_string(),
+            topic_default(cfg, "segment.ms").unwrap_or_default(),
             Long,
         ),
         (
             "log.retention.ms",
-            cfg.retention_ms.unwrap_or(-1).to_string(),
+            topic_default(cfg, "retention.ms").unwrap_or_default(),
             Long,
         ),
-        ("log.retention.bytes", opt(cfg.retention_bytes), Long),
+        (
+            "log.retention.bytes",
+            topic_default(cfg, "retention.bytes").unwrap_or_default(),
+            Long,
+        ),
         (
             "log.retention.check.interval.ms",
             cfg.retention_check_interval_ms.to_string(),

@@ -858,10 +858,15 @@ mod tests {
     use super::*;
 
     fn join(g: &mut Group, id: &str, now: Instant) -> Joined {
+        join_as(g, id, None, now)
+    }
+
+    /// A join with an optional static instance id (`group.instance.id`).
+    fn join_as(g: &mut Group, id: &str, instance: Option<&str>, now: Instant) -> Joined {
         g.join(
             JoinRequest {
                 member_id: id.to_string(),
-                instance_id: None,
+                instance_id: instance.map(str::to_string),
                 client_id: "c".into(),
                 client_host: "/127.0.0.1".into(),
                 session_timeout_ms: 10_000,
@@ -985,22 +990,7 @@ mod tests {
     fn a_replaced_static_member_is_fenced_not_unknown() {
         let t0 = Instant::now();
         let mut g = Group::new("g");
-        let static_join = |g: &mut Group, id: &str| {
-            g.join(
-                JoinRequest {
-                    member_id: id.to_string(),
-                    instance_id: Some("instance-1".into()),
-                    client_id: "c".into(),
-                    client_host: "/127.0.0.1".into(),
-                    session_timeout_ms: 10_000,
-                    rebalance_timeout_ms: 10_000,
-                    protocol_type: "consumer".into(),
-                    protocols: vec![("range".into(), Bytes::from_static(b"m"))],
-                    require_known_member_id: true,
-                },
-                t0,
-            )
-        };
+        let static_join = |g: &mut Group, id: &str| join_as(g, id, Some("instance-1"), t0);
         let Joined::Wait(mut j1) = static_join(&mut g, "") else {
             panic!("a static member joins without MEMBER_ID_REQUIRED")
         };
