@@ -62,6 +62,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::DescribeTopicPartitions, 0, 0),
 ];
 
 pub fn supported(key: ApiKey, version: i16) -> bool {
@@ -149,6 +152,19 @@ pub async fn dispatch(
         ApiKey::DescribeLogDirs => {
             crate::handlers::describe_log_dirs::handle(shard, c, version, decode(b, version)?)
         }
+        ApiKey::DeleteRecords => {
+            crate::handlers::delete_records::handle(shard, c, version, decode(b, version)?).await
+        }
+        ApiKey::DescribeProducers => {
+            crate::handlers::describe_producers::handle(shard, c, version, decode(b, version)?)
+                .await
+        }
+        ApiKey::DescribeTopicPartitions => crate::handlers::describe_topic_partitions::handle(
+            shard,
+            c,
+            version,
+            decode(b, version)?,
+        ),
         other => Err(format!("API {other:?} is not implemented")),
     }
 }
@@ -251,14 +267,13 @@ async fn metadata(shard: &Rc<Shard>, c: i32, version: i16, req: MetadataRequest)
                 .with_partitions(
                     (0..m.partitions)
                         .map(|p| {
+                            let at = crate::handlers::placement(shard, &m.name, p);
                             MetadataResponsePartition::default()
                                 .with_partition_index(p)
-                                .with_leader_id(BrokerId(node))
-                                // -1: no epoch validation (OffsetForLeaderEpoch) needed on
-                                // a single broker.
-                                .with_leader_epoch(-1)
-                                .with_replica_nodes(vec![BrokerId(node)])
-                                .with_isr_nodes(vec![BrokerId(node)])
+                                .with_leader_id(BrokerId(at.leader))
+                                .with_leader_epoch(at.leader_epoch)
+                                .with_replica_nodes(at.replicas.into_iter().map(BrokerId).collect())
+                                .with_isr_nodes(at.isr.into_iter().map(BrokerId).collect())
                         })
                         .collect(),
                 ),

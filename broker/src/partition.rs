@@ -65,6 +65,11 @@ pub enum Cmd {
         timestamp: i64,
         reply: oneshot::Sender<Result<(i64, i64), i16>>,
     },
+    /// Admin requests about one partition (DeleteRecords, DescribeProducers).
+    Query {
+        query: Query,
+        reply: oneshot::Sender<Result<Answer, (i16, String)>>,
+    },
     Configure(TopicSettings),
     /// Drop whole segments below this offset (a newer snapshot supersedes them).
     DeleteBefore {
@@ -73,6 +78,31 @@ pub enum Cmd {
     },
     /// Sync and close the log; the task ends.
     Close(oneshot::Sender<()>),
+}
+
+/// An admin question for a partition task, carried across shards as is.
+#[derive(Debug, Clone, Copy)]
+pub enum Query {
+    /// Move the log start to `offset` (-1: the high watermark).
+    DeleteRecords { offset: i64 },
+    /// The idempotent producers with batches in the log.
+    Producers,
+}
+
+#[derive(Debug)]
+pub enum Answer {
+    /// The log start after DeleteRecords (Kafka's low watermark).
+    LogStart(i64),
+    Producers(Vec<ProducerInfo>),
+}
+
+/// One active producer, as DescribeProducers reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerInfo {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub last_sequence: i32,
+    pub last_timestamp: i64,
 }
 
 /// The shard's handle on a partition task.
@@ -203,6 +233,8 @@ struct ProducerState {
     epoch: i16,
     /// (first sequence, last sequence, base offset) of recent batches, oldest first.
     recent: VecDeque<(i32, i32, i64)>,
+    /// The newest batch's max timestamp (DescribeProducers).
+    last_timestamp: i64,
 }
 
 const PRODUCER_HISTORY: usize = 5;
@@ -271,6 +303,7 @@ fn remember(producers: &mut BTreeMap<i64, ProducerState>, h: &BatchHeader, base:
         state.epoch = h.producer_epoch;
         state.recent.clear();
     }
+    state.last_timestamp = h.max_timestamp;
     state.recent.push_back((
         h.base_sequence,
         h.base_sequence.wrapping_add(h.last_offset_delta),
@@ -419,6 +452,12 @@ impl PartitionTask {
                     }
                 }
                 Cmd::Close(reply) => close = Some(reply),
+                Cmd::Query {
+                    query: Query::DeleteRecords { offset },
+                    reply,
+                } => {
+                    let _ = reply.send(self.delete_records(offset).await);
+                }
                 Cmd::DeleteBefore { offset, reply } => {
                     let r = self
                         .log
@@ -604,8 +643,75 @@ impl PartitionTask {
                 };
                 let _ = reply.send(answer);
             }
+            Cmd::Query {
+                query: Query::Producers,
+                reply,
+            } => {
+                let answer = if status.online {
+                    Ok(Answer::Producers(self.producer_infos()))
+                } else {
+                    Err((
+                        code::KAFKA_STORAGE_ERROR,
+                        "the partition's storage failed".to_string(),
+                    ))
+                };
+                let _ = reply.send(answer);
+            }
             _ => {}
         }
+    }
+
+    /// DeleteRecords as Kafka's leader does it: -1 means the high watermark, anything
+    /// past it or negative is OFFSET_OUT_OF_RANGE, and an offset below the log start
+    /// changes nothing. Durable before it answers.
+    async fn delete_records(&mut self, offset: i64) -> Result<Answer, (i16, String)> {
+        let status = self.status.get();
+        if !status.online {
+            return Err((
+                code::KAFKA_STORAGE_ERROR,
+                "the partition's storage failed".into(),
+            ));
+        }
+        let hw = status.high_watermark;
+        let offset = if offset == -1 { hw } else { offset };
+        if offset < 0 || offset > hw {
+            return Err((
+                code::OFFSET_OUT_OF_RANGE,
+                format!("offset {offset} is outside [0, high watermark {hw}]"),
+            ));
+        }
+        match self.log.advance_start(offset as u64).await {
+            Ok(start) => {
+                // Producers whose every batch is gone are forgotten, as Kafka does.
+                self.producers.retain(|_, p| {
+                    p.recent.back().is_some_and(|&(first, last, base)| {
+                        base + i64::from(last.wrapping_sub(first)) >= start as i64
+                    })
+                });
+                self.publish();
+                tracing::info!(dir = %self.dir.display(), start, "log start moved (DeleteRecords)");
+                Ok(Answer::LogStart(start as i64))
+            }
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "delete records failed");
+                Err((code::KAFKA_STORAGE_ERROR, e.to_string()))
+            }
+        }
+    }
+
+    fn producer_infos(&self) -> Vec<ProducerInfo> {
+        self.producers
+            .iter()
+            .filter_map(|(&producer_id, p)| {
+                let &(_, last_sequence, _) = p.recent.back()?;
+                Some(ProducerInfo {
+                    producer_id,
+                    epoch: p.epoch,
+                    last_sequence,
+                    last_timestamp: p.last_timestamp,
+                })
+            })
+            .collect()
     }
 
     /// Carries out what the replication core asks for: term/vote and term history to

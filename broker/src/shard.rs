@@ -15,7 +15,7 @@ use glommio::channels::channel_mesh::Senders;
 
 use crate::config::{Config, topic_settings};
 use crate::errors as code;
-use crate::partition::{self, Cmd, FetchOutcome, PartitionHandle, ProduceOutcome};
+use crate::partition::{self, Answer, Cmd, FetchOutcome, PartitionHandle, ProduceOutcome, Query};
 use crate::topic_configs::validate as validate_topic_config;
 use crate::topics::{
     MetaFile, TopicMeta, owner_shard, partition_dir, random_topic_id, validate_topic_name,
@@ -56,6 +56,13 @@ pub enum ShardMsg {
         partition: i32,
         timestamp: i64,
         reply: oneshot::Sender<Result<(i64, i64), i16>>,
+    },
+    /// An admin question for a partition (DeleteRecords, DescribeProducers).
+    Query {
+        topic: String,
+        partition: i32,
+        query: Query,
+        reply: oneshot::Sender<Result<Answer, (i16, String)>>,
     },
     /// From shard 0: a topic was created or its config changed.
     TopicUpsert {
@@ -483,6 +490,52 @@ impl Shard {
         }
     }
 
+    /// Asks a partition's task an admin question, on whichever shard owns it.
+    pub async fn query(
+        &self,
+        topic: &str,
+        partition: i32,
+        query: Query,
+    ) -> Result<Answer, (i16, String)> {
+        let (tx, rx) = oneshot::channel();
+        let owner = owner_shard(topic, partition, self.count);
+        if owner == self.id {
+            self.local_query(topic, partition, query, tx).await;
+        } else {
+            let msg = ShardMsg::Query {
+                topic: topic.to_string(),
+                partition,
+                query,
+                reply: tx,
+            };
+            self.forward(owner, msg).await;
+        }
+        rx.await.unwrap_or(Err((
+            code::NOT_LEADER_OR_FOLLOWER,
+            "the partition closed meanwhile".into(),
+        )))
+    }
+
+    async fn local_query(
+        &self,
+        topic: &str,
+        partition: i32,
+        query: Query,
+        reply: oneshot::Sender<Result<Answer, (i16, String)>>,
+    ) {
+        match self.handle(topic, partition) {
+            Some(h) => {
+                h.send(Cmd::Query { query, reply }).await;
+            }
+            None => {
+                let _ = reply.send(Err((
+                    code::UNKNOWN_TOPIC_OR_PARTITION,
+                    "this server does not host this topic-partition".into(),
+                )));
+            }
+        }
+    }
+
     // ----- metadata ----------------------------------------------------------------------
 
     /// Runs an admin operation on shard 0 (here or forwarded).
@@ -886,6 +939,17 @@ impl Shard {
                 self.relay(from, reply, async |tx| {
                     self.local_list_offset(&topic, partition, timestamp, tx)
                         .await
+                })
+                .await
+            }
+            ShardMsg::Query {
+                topic,
+                partition,
+                query,
+                reply,
+            } => {
+                self.relay(from, reply, async |tx| {
+                    self.local_query(&topic, partition, query, tx).await
                 })
                 .await
             }

@@ -18,6 +18,7 @@ pub mod io;
 mod log;
 mod segment;
 mod sim_disk;
+mod start_checkpoint;
 
 pub use error::StorageError;
 #[cfg(all(feature = "glommio", not(madsim)))]

@@ -7,6 +7,7 @@ use crate::error::StorageError;
 use crate::index;
 use crate::io::{BLOCK, Disk};
 use crate::segment::{self, Segment};
+use crate::start_checkpoint;
 
 /// Per-log settings; the defaults are Kafka's.
 #[derive(Debug, Clone)]
@@ -98,6 +99,10 @@ pub struct Log<D: Disk> {
     /// Oldest first; the last is the active segment. Never empty.
     segments: VecDeque<Segment<D::File>>,
     durable_offset: u64,
+    /// The start DeleteRecords set, which may lie inside the first segment (0: none), and
+    /// the sequence of its last checkpoint write.
+    start: u64,
+    start_seq: u64,
 }
 
 impl<D: Disk> Log<D> {
@@ -156,17 +161,24 @@ impl<D: Disk> Log<D> {
             active.log.set_keep(segment::ACTIVE_READ_CACHE);
         }
         let durable_offset = segments.back().expect("non-empty").next_offset;
+        let (start_seq, start) = start_checkpoint::load(&disk, &names)
+            .await?
+            .unwrap_or((0, 0));
         Ok(Self {
             disk,
             config,
             segments,
             durable_offset,
+            start,
+            start_seq,
         })
     }
 
-    /// The first offset still stored.
+    /// The first offset a reader may ask for: the first stored one, or the later start
+    /// [`Log::advance_start`] set.
     pub fn log_start_offset(&self) -> u64 {
-        self.segments.front().expect("never empty").base
+        let physical = self.segments.front().expect("never empty").base;
+        physical.max(self.start).min(self.next_offset())
     }
 
     /// The offset the next appended record gets (Kafka's log end offset).
@@ -455,37 +467,52 @@ impl<D: Disk> Log<D> {
         &self,
         timestamp: i64,
     ) -> Result<Option<TimestampHit>, StorageError> {
-        let Some(seg) = self.segments.iter().find(|s| s.max_timestamp >= timestamp) else {
-            return Ok(None);
-        };
-        let mut position =
-            index::floor_by_timestamp(&seg.entries, timestamp).map_or(0, |e| u64::from(e.position));
-        while position < seg.size() {
-            let head = seg.log.read(position, batch::HEADER_LEN).await?;
-            let header = BatchHeader::parse(&head).map_err(|e| corrupt(seg.base, position, e))?;
-            if header.max_timestamp >= timestamp {
-                let bytes = seg.log.read(position, header.size).await?;
-                if !batch::crc_ok(&bytes) {
-                    return Err(corrupt(
-                        seg.base,
-                        position,
-                        "CRC32C mismatch in stored batch",
-                    ));
+        // Records below a start DeleteRecords set are gone to readers, found or not.
+        let start = self.log_start_offset();
+        for seg in self
+            .segments
+            .iter()
+            .filter(|s| s.next_offset > start && s.max_timestamp >= timestamp)
+        {
+            let mut position = index::floor_by_timestamp(&seg.entries, timestamp)
+                .map_or(0, |e| u64::from(e.position));
+            while position < seg.size() {
+                let head = seg.log.read(position, batch::HEADER_LEN).await?;
+                let header =
+                    BatchHeader::parse(&head).map_err(|e| corrupt(seg.base, position, e))?;
+                if header.max_timestamp >= timestamp && header.last_offset() as u64 >= start {
+                    let bytes = seg.log.read(position, header.size).await?;
+                    if !batch::crc_ok(&bytes) {
+                        return Err(corrupt(
+                            seg.base,
+                            position,
+                            "CRC32C mismatch in stored batch",
+                        ));
+                    }
+                    let base = header.base_offset as u64;
+                    // Per record when storage can read them (uncompressed, CreateTime);
+                    // otherwise the batch's max timestamp stands for all of its records.
+                    let records = batch::record_timestamps(&bytes)
+                        .filter(|ts| ts.iter().any(|&(_, t)| t >= timestamp));
+                    let Some(ts) = records else {
+                        return Ok(Some(TimestampHit {
+                            offset: base.max(start),
+                            timestamp: header.max_timestamp,
+                        }));
+                    };
+                    // None: only records below the start match; look further on.
+                    if let Some((delta, t)) = ts
+                        .into_iter()
+                        .find(|&(d, t)| t >= timestamp && base + d as u64 >= start)
+                    {
+                        return Ok(Some(TimestampHit {
+                            offset: base + delta as u64,
+                            timestamp: t,
+                        }));
+                    }
                 }
-                let exact = batch::record_timestamps(&bytes)
-                    .and_then(|ts| ts.into_iter().find(|&(_, t)| t >= timestamp));
-                return Ok(Some(match exact {
-                    Some((delta, t)) => TimestampHit {
-                        offset: header.base_offset as u64 + delta as u64,
-                        timestamp: t,
-                    },
-                    None => TimestampHit {
-                        offset: header.base_offset as u64,
-                        timestamp: header.max_timestamp,
-                    },
-                }));
+                position += header.size as u64;
             }
-            position += header.size as u64;
         }
         Ok(None)
     }
@@ -497,6 +524,11 @@ impl<D: Disk> Log<D> {
     pub async fn truncate_to(&mut self, offset: u64) -> Result<(), StorageError> {
         if offset >= self.next_offset() {
             return Ok(());
+        }
+        if offset < self.start {
+            // The records from `offset` on are gone and new ones will take their offsets:
+            // a start above them would hide those.
+            self.set_start(offset).await?;
         }
         if offset <= self.log_start_offset() {
             while let Some(seg) = self.segments.pop_back() {
@@ -532,6 +564,8 @@ impl<D: Disk> Log<D> {
         let mut total = self.size_bytes();
         while self.segments.len() > 1 {
             let oldest = self.segments.front().expect("len > 1");
+            // Rolled since DeleteRecords moved the start past all of it.
+            let below_start = self.segments[1].base <= self.start;
             let by_age = self
                 .config
                 .retention_ms
@@ -540,7 +574,7 @@ impl<D: Disk> Log<D> {
                 .config
                 .retention_bytes
                 .is_some_and(|limit| total - oldest.size() >= limit);
-            if !(by_age || by_size) {
+            if !(below_start || by_age || by_size) {
                 break;
             }
             let seg = self.segments.pop_front().expect("len > 1");
@@ -552,6 +586,32 @@ impl<D: Disk> Log<D> {
             self.disk.sync_dir().await?;
         }
         Ok(deleted)
+    }
+
+    /// Moves the log start up to `offset` (DeleteRecords): offsets below it are no longer
+    /// served, whole segments below it are deleted, and the start survives a crash the
+    /// moment this returns. `offset` must not pass [`Log::next_offset`]; a start at or
+    /// below the current one changes nothing. Returns the log start.
+    pub async fn advance_start(&mut self, offset: u64) -> Result<u64, StorageError> {
+        if offset > self.next_offset() {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                start: self.log_start_offset(),
+                end: self.next_offset(),
+            });
+        }
+        if offset > self.log_start_offset() {
+            self.set_start(offset).await?;
+            self.delete_before(offset).await?;
+        }
+        Ok(self.log_start_offset())
+    }
+
+    async fn set_start(&mut self, offset: u64) -> Result<(), StorageError> {
+        start_checkpoint::store(&self.disk, self.start_seq + 1, offset).await?;
+        self.start_seq += 1;
+        self.start = offset;
+        Ok(())
     }
 
     /// Deletes whole segments that end at or below `offset`, oldest first (never the
