@@ -194,7 +194,13 @@ pub fn run(args: Args) -> Result<(), String> {
         for system in order {
             eprintln!("== round {round}/{rounds}: {} on {}", w.name, system.name());
             let server = system.start(&args.common.dir)?;
-            let mut r = run::run_workload(&w, system, &server.addr, &args.common.dir)?;
+            let mut r = run::run_workload(
+                &w,
+                system,
+                &server.addr,
+                &args.common.dir,
+                Some(server.pid()),
+            )?;
             drop(server);
             r.round = round;
             run::print_result(&r);

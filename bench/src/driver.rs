@@ -63,11 +63,93 @@ pub trait Consumer: Send {
 pub struct Kafka {
     pub addr: String,
     pub acks: i16,
+    /// Batch codec of the producers (Kafka attribute bits: 0 none .. 4 zstd).
+    pub codec: u8,
+    pub topic_configs: std::collections::BTreeMap<String, String>,
+}
+
+/// A codec's name as a Kafka batch attribute ("" and "none" are 0).
+pub fn codec_id(name: &str) -> Result<u8, String> {
+    match name {
+        "" | "none" => Ok(0),
+        "gzip" => Ok(1),
+        "snappy" => Ok(2),
+        "lz4" => Ok(3),
+        "zstd" => Ok(4),
+        other => Err(format!(
+            "producer codec {other:?}: expected none, gzip, snappy, lz4 or zstd"
+        )),
+    }
+}
+
+/// The records section compressed as a client library would (librdkafka's defaults:
+/// gzip level 6, raw snappy, an LZ4 frame, zstd level 3).
+fn compress(codec: u8, records: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    let e = |e: std::io::Error| e.to_string();
+    Ok(match codec {
+        1 => {
+            let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            z.write_all(records).map_err(e)?;
+            z.finish().map_err(e)?
+        }
+        2 => snap::raw::Encoder::new()
+            .compress_vec(records)
+            .map_err(|x| x.to_string())?,
+        3 => {
+            let mut z = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            z.write_all(records).map_err(e)?;
+            z.finish().map_err(|x| x.to_string())?
+        }
+        4 => zstd::bulk::compress(records, 3).map_err(e)?,
+        _ => records.to_vec(),
+    })
+}
+
+/// A batch's records section decompressed, as a consumer does (snappy raw or, as Kafka's
+/// broker writes it, xerial-framed).
+fn decompress(codec: u8, data: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let e = |e: std::io::Error| e.to_string();
+    match codec {
+        1 => {
+            flate2::read::GzDecoder::new(data)
+                .read_to_end(&mut out)
+                .map_err(e)?;
+        }
+        2 if data.starts_with(b"\x82SNAPPY\x00") => {
+            let mut rest = data.get(16..).unwrap_or_default();
+            while rest.len() >= 4 {
+                let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+                let block = rest.get(4..4 + len).ok_or("truncated xerial block")?;
+                out.extend(
+                    snap::raw::Decoder::new()
+                        .decompress_vec(block)
+                        .map_err(|x| x.to_string())?,
+                );
+                rest = &rest[4 + len..];
+            }
+        }
+        2 => {
+            out = snap::raw::Decoder::new()
+                .decompress_vec(data)
+                .map_err(|x| x.to_string())?
+        }
+        3 => {
+            lz4_flex::frame::FrameDecoder::new(data)
+                .read_to_end(&mut out)
+                .map_err(e)?;
+        }
+        4 => out = zstd::stream::decode_all(data).map_err(e)?,
+        c => return Err(format!("unknown codec {c}")),
+    }
+    Ok(out)
 }
 
 impl Driver for Kafka {
     fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), String> {
-        Client::connect(&self.addr)?.create_topic(topic, partitions)
+        Client::connect(&self.addr)?.create_topic(topic, partitions, &self.topic_configs)
     }
 
     fn producer(&self, topic: &str) -> Result<ProducerPair, String> {
@@ -77,6 +159,7 @@ impl Driver for Kafka {
                 pipe,
                 topic: topic.to_string(),
                 acks: self.acks,
+                codec: self.codec,
             }),
             Box::new(KafkaAcks { reader, next: 0 }),
         ))
@@ -109,12 +192,17 @@ struct KafkaPublisher {
     pipe: Pipeline,
     topic: String,
     acks: i16,
+    codec: u8,
 }
 
 impl Publisher for KafkaPublisher {
     fn publish(&mut self, _tag: u64, partition: i32, values: &[Vec<u8>]) -> Result<(), String> {
         let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
-        let b = build::batch(&refs, 0);
+        let mut b = build::batch(&refs, 0);
+        if self.codec != 0 {
+            let records = compress(self.codec, &b[batch::HEADER_LEN..])?;
+            b = batch::rewrap(&b, self.codec, &records);
+        }
         self.pipe
             .produce(&self.topic, partition, self.acks, Bytes::from(b))
     }
@@ -157,8 +245,16 @@ impl Consumer for KafkaConsumer {
                 if h.size > rest.len() {
                     break;
                 }
-                // The bench produces uncompressed batches; anything else is not ours.
-                let records = batch::records(&rest[..h.size])
+                let plain;
+                let bytes = if h.compression() == 0 {
+                    &rest[..h.size]
+                } else {
+                    let records = decompress(h.compression(), &rest[batch::HEADER_LEN..h.size])
+                        .map_err(|e| format!("partition {p}: {e}"))?;
+                    plain = batch::rewrap(&rest[..h.size], 0, &records);
+                    &plain[..]
+                };
+                let records = batch::records(bytes)
                     .ok_or_else(|| format!("partition {p}: a batch the bench cannot read"))?;
                 for (i, r) in records.iter().enumerate() {
                     if h.base_offset + (i as i64) < slot.1 {

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -83,13 +83,28 @@ impl Client {
     }
 
     /// Creates the topic; one that already exists is fine.
-    pub fn create_topic(&mut self, name: &str, partitions: i32) -> Result<(), String> {
+    pub fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        configs: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), String> {
         let req = CreateTopicsRequest::default()
             .with_topics(vec![
                 CreatableTopic::default()
                     .with_name(TopicName(s(name)))
                     .with_num_partitions(partitions)
-                    .with_replication_factor(1),
+                    .with_replication_factor(1)
+                    .with_configs(
+                        configs
+                            .iter()
+                            .map(|(k, v)| {
+                                CreatableTopicConfig::default()
+                                    .with_name(s(k))
+                                    .with_value(Some(s(v)))
+                            })
+                            .collect(),
+                    ),
             ])
             .with_timeout_ms(30_000);
         let resp = self.call(&req, 5)?;

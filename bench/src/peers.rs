@@ -72,13 +72,26 @@ impl System {
         }
     }
 
-    pub fn driver(self, addr: &str, acks: i16) -> Result<Box<dyn Driver>, String> {
+    pub fn driver(
+        self,
+        addr: &str,
+        acks: i16,
+        w: &crate::run::Workload,
+    ) -> Result<Box<dyn Driver>, String> {
         self.check_acks(acks)?;
+        let kafka_only =
+            crate::driver::codec_id(&w.producer_codec)? != 0 || !w.topic_configs.is_empty();
         match self {
             Self::Corelog | Self::Tansu | Self::Kafka => Ok(Box::new(Kafka {
                 addr: addr.to_string(),
                 acks,
+                codec: crate::driver::codec_id(&w.producer_codec)?,
+                topic_configs: w.topic_configs.clone(),
             })),
+            Self::Nats | Self::Redis if kafka_only => Err(format!(
+                "{}: producer codecs and topic configs are for Kafka-protocol systems",
+                self.name()
+            )),
             Self::Nats => Ok(Box::new(Nats {
                 addr: addr.to_string(),
             })),
@@ -301,6 +314,13 @@ pub struct Server {
     child: Child,
     _dir: tempfile::TempDir,
     pub addr: String,
+}
+
+impl Server {
+    /// The server's process id, for its CPU time in /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Server {

@@ -38,6 +38,17 @@ pub struct Workload {
     /// Produce this much first, then measure consumers reading it from the start.
     #[serde(default)]
     pub backlog_bytes: u64,
+    /// The codec the Kafka driver's producers compress batches with: none (default),
+    /// gzip, snappy, lz4 or zstd.
+    #[serde(default)]
+    pub producer_codec: String,
+    /// Configs the topic is created with (Kafka drivers), e.g. compression.type.
+    #[serde(default)]
+    pub topic_configs: std::collections::BTreeMap<String, String>,
+    /// Share of each message's padding that is random bytes (0 to 1; default 0, all 'x'),
+    /// so codecs meet data they cannot shrink to nothing.
+    #[serde(default)]
+    pub random_fraction: f64,
 }
 
 const SHIPPED: &[(&str, &str)] = &[
@@ -104,6 +115,17 @@ pub struct Common {
     /// nothing was refused (a driver check, for smoke runs).
     #[arg(long)]
     pub strict: bool,
+    /// Producers compress their batches with this codec (none, gzip, snappy, lz4, zstd;
+    /// Kafka-protocol systems only).
+    #[arg(long)]
+    pub producer_codec: Option<String>,
+    /// A config the topic is created with, as KEY=VALUE (repeatable; Kafka-protocol
+    /// systems), e.g. compression.type=zstd to measure the broker recompressing.
+    #[arg(long = "topic-config", value_name = "KEY=VALUE")]
+    pub topic_configs: Vec<String>,
+    /// Share of each message's padding that is random (0 to 1).
+    #[arg(long)]
+    pub random_fraction: Option<f64>,
 }
 
 impl Common {
@@ -113,6 +135,19 @@ impl Common {
         if let Some(d) = self.duration {
             w.duration_s = d;
         }
+        if let Some(c) = &self.producer_codec {
+            w.producer_codec = c.clone();
+        }
+        for kv in &self.topic_configs {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--topic-config {kv}: expected KEY=VALUE"))?;
+            w.topic_configs.insert(k.to_string(), v.to_string());
+        }
+        if let Some(f) = self.random_fraction {
+            w.random_fraction = f;
+        }
+        crate::driver::codec_id(&w.producer_codec)?;
         Ok(w)
     }
 
@@ -184,6 +219,14 @@ pub struct RunResult {
     #[serde(default)]
     pub client_busiest_thread_pct: f64,
     pub client_saturated: bool,
+    /// CPU seconds (user + system) of a server the bench started, over the whole run
+    /// (warm-up, produce and consume).
+    #[serde(default)]
+    pub server_cpu_s: Option<f64>,
+    /// That CPU time per acknowledged produced byte, in nanoseconds: the server's cost of
+    /// taking a byte in and serving it to every consumer group.
+    #[serde(default)]
+    pub server_ns_per_byte: Option<f64>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -273,7 +316,8 @@ pub fn run(args: Args) -> Result<(), String> {
         (None, Some(b)) => b.clone(),
         (None, None) => "127.0.0.1:9092".to_string(),
     };
-    let result = run_workload(&w, system, &addr, &args.common.dir)?;
+    let pid = server.as_ref().map(|s| s.pid());
+    let result = run_workload(&w, system, &addr, &args.common.dir, pid)?;
     drop(server);
     print_result(&result);
     args.common.write_json(&result)?;
@@ -318,6 +362,9 @@ pub fn print_result(r: &RunResult) {
     if let Some(c) = r.catchup_mb_per_s {
         println!("  catch-up read: {c:.1} MB/s");
     }
+    if let (Some(cpu), Some(ns)) = (r.server_cpu_s, r.server_ns_per_byte) {
+        println!("  server CPU: {cpu:.2} s, {ns:.2} ns per produced byte");
+    }
     println!(
         "  client CPU: {:.0}% of the machine, busiest client thread {:.0}% of a core{}",
         r.client_cpu_pct,
@@ -352,9 +399,10 @@ pub fn run_workload(
     system: System,
     addr: &str,
     dir: &Path,
+    server_pid: Option<u32>,
 ) -> Result<RunResult, String> {
     let acks = w.acks()?;
-    let driver: Arc<dyn Driver> = Arc::from(system.driver(addr, acks)?);
+    let driver: Arc<dyn Driver> = Arc::from(system.driver(addr, acks, w)?);
     let topic = format!("bench-{}-{:08x}", w.name, fastrand::u32(..));
     driver.create_topic(&topic, w.partitions)?;
     let shared = Arc::new(Shared {
@@ -368,6 +416,8 @@ pub fn run_workload(
         e2e: Mutex::new(histogram()),
     });
     let cpu0 = cpu_seconds();
+    let server_stat = server_pid.map(|p| format!("/proc/{p}/stat"));
+    let server_cpu0 = server_stat.as_deref().map(cpu_seconds_of);
     let mut catchup = None;
     let mut backlog_s = None;
     let warmup_ns = w.warmup_s * 1_000_000_000;
@@ -497,6 +547,11 @@ pub fn run_workload(
     }
     let _ = progress.join();
     let cpu = cpu_seconds() - cpu0;
+    let server_cpu_s = server_stat
+        .as_deref()
+        .zip(server_cpu0)
+        .map(|(stat, c0)| cpu_seconds_of(stat) - c0);
+    let acked_bytes = shared.acked.load(Ordering::Relaxed) as f64 * w.message_bytes as f64;
     let wall = shared.start.elapsed().as_secs_f64();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let client_cpu_pct = 100.0 * cpu / (wall * cores);
@@ -534,6 +589,10 @@ pub fn run_workload(
         client_saturated: client_cpu_pct > 80.0 || busiest_thread_pct > 90.0,
         client_cpu_pct,
         client_busiest_thread_pct: busiest_thread_pct,
+        server_cpu_s,
+        server_ns_per_byte: server_cpu_s
+            .filter(|_| acked_bytes > 0.0)
+            .map(|s| s * 1e9 / acked_bytes),
     })
 }
 
@@ -648,7 +707,17 @@ fn producer(
         .checked_div(w.rate)
         .unwrap_or(0);
     let linger_ns = w.linger_ms * 1_000_000;
-    let padding = vec![b'x'; w.message_bytes - 8];
+    // 64 paddings cycled: as many distinct messages as a 64 KiB batch of 1 KiB holds, so a
+    // codec finds no repetition across messages that real data would not have.
+    let random = ((w.message_bytes - 8) as f64 * w.random_fraction.clamp(0.0, 1.0)) as usize;
+    let mut rng = fastrand::Rng::with_seed(id as u64);
+    let paddings: Vec<Vec<u8>> = (0..64)
+        .map(|_| {
+            let mut p = vec![b'x'; w.message_bytes - 8];
+            rng.fill(&mut p[..random]);
+            p
+        })
+        .collect();
     let mut next_intended = shared.now_ns();
     let mut sent = 0u64;
     let mut sent_batches = 0u64;
@@ -699,10 +768,11 @@ fn producer(
         sent_batches += 1;
         let values: Vec<Vec<u8>> = pending
             .iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(i, t)| {
                 let mut v = Vec::with_capacity(w.message_bytes);
                 v.extend_from_slice(&t.to_le_bytes());
-                v.extend_from_slice(&padding);
+                v.extend_from_slice(&paddings[(sent as usize + i) % paddings.len()]);
                 v
             })
             .collect();

@@ -171,6 +171,9 @@ pub struct TopicSettings {
     /// How far a record's CreateTime may lie before / after the broker's clock.
     pub timestamp_before_max_ms: i64,
     pub timestamp_after_max_ms: i64,
+    /// `compression.type` other than `producer`: batches in another codec are
+    /// recompressed to this one before they are stored.
+    pub compression: Option<crate::records::Recompress>,
 }
 
 pub fn topic_settings(
@@ -208,9 +211,20 @@ pub fn topic_settings(
             .filter(|v| *v >= 0)
             .unwrap_or(default)
     };
+    let level = |k: &str, default: i32| get(k).parse::<i32>().unwrap_or(default);
+    let compression = match get("compression.type").as_str() {
+        "uncompressed" => Some((0, 0)),
+        "gzip" => Some((1, level("compression.gzip.level", -1))),
+        "snappy" => Some((2, 0)),
+        "lz4" => Some((3, level("compression.lz4.level", 9))),
+        "zstd" => Some((4, level("compression.zstd.level", 3))),
+        _ => None, // producer
+    }
+    .map(|(codec, level)| crate::records::Recompress { codec, level });
     TopicSettings {
         log,
         max_message_bytes,
+        compression,
         timestamp_before_max_ms: ms(
             "message.timestamp.before.max.ms",
             cfg.message_timestamp_before_max_ms,

@@ -530,7 +530,7 @@ impl PartitionTask {
         // Idempotence is checked for the whole request before anything is appended.
         let mut first_base = None;
         let mut end = 0;
-        for (range, h) in batches {
+        for (range, h, rebuilt) in batches {
             if h.producer_id >= 0 {
                 match check_sequence(&self.producers, &h) {
                     SeqCheck::Append => {}
@@ -544,7 +544,8 @@ impl PartitionTask {
                     }
                 }
             }
-            let bytes = records.as_ref().expect("split checked")[range].to_vec();
+            let bytes =
+                rebuilt.unwrap_or_else(|| records.as_ref().expect("split checked")[range].to_vec());
             match self.raft.propose(mono_ms(), bytes) {
                 Ok((base, batch_end)) => {
                     if h.producer_id >= 0 {
@@ -801,7 +802,9 @@ impl PartitionTask {
     }
 }
 
-type Batches = Vec<(std::ops::Range<usize>, BatchHeader)>;
+/// Each produced batch: where it lies in the request, its header, and the batch to store
+/// instead when the topic's `compression.type` made the broker recompress it.
+type Batches = Vec<(std::ops::Range<usize>, BatchHeader, Option<Vec<u8>>)>;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -853,8 +856,15 @@ fn split_batches(
                 "transactional and control batches are not supported".into(),
             ));
         }
-        let walked = crate::records::validate(&rest[..size], &h)
-            .map_err(|e| (code::INVALID_RECORD, e.to_string()))?;
+        let recompress = settings
+            .compression
+            .filter(|to| to.codec != h.compression());
+        let (walked, decompressed) = if recompress.is_some() {
+            crate::records::validate_keeping(&rest[..size], &h)
+        } else {
+            crate::records::validate(&rest[..size], &h).map(|w| (w, None))
+        }
+        .map_err(|e| (code::INVALID_RECORD, e.to_string()))?;
         for ts in [walked.min_timestamp, walked.max_timestamp] {
             // -1 is "no timestamp" (old clients); the window is Kafka's, both sides.
             if ts != -1
@@ -870,7 +880,29 @@ fn split_batches(
                 ));
             }
         }
-        out.push((at..at + size, h));
+        let rebuilt = match recompress {
+            None => None,
+            Some(to) => {
+                let plain = decompressed
+                    .as_deref()
+                    .unwrap_or(&rest[batch::HEADER_LEN..size]);
+                let records = crate::records::compress(to, plain)
+                    .map_err(|e| (code::UNKNOWN_SERVER_ERROR, format!("recompressing: {e}")))?;
+                let b = batch::rewrap(&rest[..size], to.codec, &records);
+                // Kafka checks the batch it stores, not the one it was sent.
+                if b.len() > max_message_bytes {
+                    return Err((
+                        code::MESSAGE_TOO_LARGE,
+                        format!(
+                            "the batch is {} bytes once recompressed for compression.type, over max.message.bytes {max_message_bytes}",
+                            b.len()
+                        ),
+                    ));
+                }
+                Some(b)
+            }
+        };
+        out.push((at..at + size, h, rebuilt));
         at += size;
     }
     Ok(out)

@@ -42,8 +42,29 @@ fn bad(why: impl Into<String>) -> BadRecords {
 /// Walks every record of a batch already checked by `batch::validate` (framing, CRC,
 /// count against lastOffsetDelta).
 pub fn validate(bytes: &[u8], h: &BatchHeader) -> Result<Walked, BadRecords> {
+    walk(bytes, h, false).map(|(w, _)| w)
+}
+
+/// [`validate`], also returning the records decompressed when the batch is compressed
+/// (`None` when it is not: they are the batch's own bytes after the header), for a topic
+/// whose `compression.type` makes the broker recompress.
+pub fn validate_keeping(
+    bytes: &[u8],
+    h: &BatchHeader,
+) -> Result<(Walked, Option<Vec<u8>>), BadRecords> {
+    walk(bytes, h, true)
+}
+
+fn walk(
+    bytes: &[u8],
+    h: &BatchHeader,
+    keep: bool,
+) -> Result<(Walked, Option<Vec<u8>>), BadRecords> {
     let records = &bytes[HEADER_LEN..];
     let mut w = Walker::new(h);
+    if keep && h.compression() != 0 {
+        w.kept = Some(Vec::with_capacity(records.len() * 4));
+    }
     match h.compression() {
         0 => {
             let mut rest = records;
@@ -81,7 +102,8 @@ pub fn validate(bytes: &[u8], h: &BatchHeader) -> Result<Walked, BadRecords> {
         }
         c => return Err(bad(format!("unknown compression codec {c}"))),
     }
-    Ok(w.done())
+    let kept = w.kept.take();
+    Ok((w.done(), kept))
 }
 
 struct Walker {
@@ -90,6 +112,8 @@ struct Walker {
     min_ts: i64,
     max_ts: i64,
     buf: Vec<u8>,
+    /// The decompressed records (length-prefixed as in a batch), when asked for.
+    kept: Option<Vec<u8>>,
 }
 
 impl Walker {
@@ -100,6 +124,7 @@ impl Walker {
             min_ts: i64::MAX,
             max_ts: i64::MIN,
             buf: Vec::new(),
+            kept: None,
         }
     }
 
@@ -137,6 +162,10 @@ impl Walker {
                 )));
             }
             self.record(i, &buf)?;
+            if let Some(kept) = &mut self.kept {
+                put_varint(kept, len as i64);
+                kept.extend_from_slice(&buf);
+            }
             self.buf = buf;
         }
         let mut one = [0u8; 1];
@@ -192,6 +221,73 @@ fn field(b: &[u8], nullable: bool) -> Option<usize> {
     }
     let len = usize::try_from(len).ok()?;
     (len <= b.len() - n).then_some(n + len)
+}
+
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut n = ((v << 1) ^ (v >> 63)) as u64;
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A topic's `compression.type` other than `producer`: the codec stored batches must
+/// have, and its level (`compression.<codec>.level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recompress {
+    pub codec: u8,
+    pub level: i32,
+}
+
+/// snappy-java's block size: what Kafka's own broker writes (xerial framing, which every
+/// client reads, Java's included).
+const XERIAL_BLOCK: usize = 32 << 10;
+
+/// Compresses length-prefixed records with `to`'s codec, as a batch's records section.
+pub fn compress(to: Recompress, plain: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    let io = |e: std::io::Error| e.to_string();
+    Ok(match to.codec {
+        0 => plain.to_vec(),
+        1 => {
+            // -1 is gzip's own default (6).
+            let level = match to.level {
+                1..=9 => flate2::Compression::new(to.level as u32),
+                _ => flate2::Compression::default(),
+            };
+            let mut e = flate2::write::GzEncoder::new(Vec::with_capacity(plain.len() / 2), level);
+            e.write_all(plain).map_err(io)?;
+            e.finish().map_err(io)?
+        }
+        2 => {
+            let mut out = Vec::with_capacity(plain.len() / 2 + XERIAL_HEADER);
+            out.extend_from_slice(XERIAL_MAGIC);
+            out.extend_from_slice(&1i32.to_be_bytes()); // version
+            out.extend_from_slice(&1i32.to_be_bytes()); // compatible version
+            let mut enc = snap::raw::Encoder::new();
+            for block in plain.chunks(XERIAL_BLOCK) {
+                let c = enc.compress_vec(block).map_err(|e| e.to_string())?;
+                out.extend_from_slice(&(c.len() as u32).to_be_bytes());
+                out.extend_from_slice(&c);
+            }
+            out
+        }
+        3 => {
+            // Independent 64 KiB blocks, no content size: the frame Kafka's Java reader
+            // (KafkaLZ4BlockInputStream) accepts. lz4_flex has one (fast) level.
+            let info = lz4_flex::frame::FrameInfo::new()
+                .block_mode(lz4_flex::frame::BlockMode::Independent);
+            let mut e = lz4_flex::frame::FrameEncoder::with_frame_info(
+                info,
+                Vec::with_capacity(plain.len() / 2),
+            );
+            e.write_all(plain).map_err(io)?;
+            e.finish().map_err(|e| e.to_string())?
+        }
+        4 => zstd::bulk::compress(plain, to.level).map_err(io)?,
+        c => return Err(format!("unknown compression codec {c}")),
+    })
 }
 
 fn read_varint(r: &mut impl Read) -> Result<i64, String> {
@@ -412,5 +508,83 @@ mod tests {
         b[second + 3] = 0;
         let b = build::with_codec(&b, 0, &b[HEADER_LEN..]);
         assert!(check(&b).unwrap_err().0.contains("offset delta"));
+    }
+
+    #[test]
+    fn compress_round_trips_every_codec_pair_and_keeps_the_header() {
+        let values: Vec<Vec<u8>> = (0..40u8)
+            .map(|i| {
+                let mut v = vec![i; 2000 + i as usize * 37];
+                v[0] = 255 - i;
+                v
+            })
+            .collect();
+        let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+        let plain = build::batch(&refs, 1_700_000_000_000);
+        let records = &plain[HEADER_LEN..];
+        let mut sources = vec![plain.clone()];
+        sources.extend(
+            CODECS
+                .iter()
+                .map(|(c, f)| build::with_codec(&plain, *c, &f(records))),
+        );
+        for src in &sources {
+            let h = corelog_storage::batch::validate(src, usize::MAX).unwrap();
+            let (_, kept) = validate_keeping(src, &h).unwrap();
+            let decompressed = kept.as_deref().unwrap_or(&src[HEADER_LEN..]);
+            assert_eq!(decompressed, records, "codec {}", h.compression());
+            for codec in 0..=4 {
+                let to = Recompress {
+                    codec,
+                    level: if codec == 4 { 3 } else { -1 },
+                };
+                let out = corelog_storage::batch::rewrap(
+                    src,
+                    codec,
+                    &compress(to, decompressed).unwrap(),
+                );
+                let oh = corelog_storage::batch::validate(&out, usize::MAX).unwrap();
+                assert_eq!(oh.compression(), codec);
+                assert_eq!(
+                    (
+                        oh.record_count,
+                        oh.base_timestamp,
+                        oh.max_timestamp,
+                        oh.producer_id,
+                        oh.base_sequence
+                    ),
+                    (
+                        h.record_count,
+                        h.base_timestamp,
+                        h.max_timestamp,
+                        h.producer_id,
+                        h.base_sequence
+                    )
+                );
+                let (_, again) = validate_keeping(&out, &oh).unwrap();
+                assert_eq!(
+                    again.as_deref().unwrap_or(&out[HEADER_LEN..]),
+                    records,
+                    "{} -> {codec}",
+                    h.compression()
+                );
+                if codec != 0 {
+                    assert!(
+                        out.len() < plain.len() / 4,
+                        "{} -> {codec}: {} bytes",
+                        h.compression(),
+                        out.len()
+                    );
+                }
+            }
+        }
+        // Snappy is written xerial-framed, in 32 KiB blocks, as Kafka's broker writes it.
+        let s = compress(Recompress { codec: 2, level: 0 }, records).unwrap();
+        assert!(s.starts_with(XERIAL_MAGIC));
+        // Other attribute bits survive a rewrap (bit 3: the timestamp type).
+        let mut typed = plain.clone();
+        typed[22] |= 0x08;
+        let out = corelog_storage::batch::rewrap(&typed, 4, b"x");
+        assert_eq!(i16::from_be_bytes([out[21], out[22]]), 0x08 | 4);
     }
 }

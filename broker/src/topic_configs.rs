@@ -45,10 +45,10 @@ use Kind::*;
 /// Kafka 4.0's topic configs, in its documentation's order.
 pub const TOPIC_CONFIGS: &[TopicConfig] = &[
     c("cleanup.policy", List, true, "delete"),
-    c("compression.gzip.level", Int, false, "-1"),
+    c("compression.gzip.level", Int, true, "-1"),
     c("compression.lz4.level", Int, false, "9"),
-    c("compression.type", Text, false, "producer"),
-    c("compression.zstd.level", Int, false, "3"),
+    c("compression.type", Text, true, "producer"),
+    c("compression.zstd.level", Int, true, "3"),
     c("delete.retention.ms", Long, false, "86400000"),
     c("file.delete.delay.ms", Long, false, "60000"),
     c("flush.messages", Long, false, "9223372036854775807"),
@@ -100,6 +100,9 @@ pub fn default(cfg: &Config, name: &str) -> Option<String> {
 /// What DescribeConfigs says of a config corelog stores but does not act on.
 pub fn note(name: &str) -> Option<&'static str> {
     match find(name) {
+        Some(t) if t.name == "compression.lz4.level" => Some(
+            "Accepted and stored for compatibility; corelog recompresses to lz4 at its one fast level (no LZ4 HC levels).",
+        ),
         Some(t) if !t.acted => {
             Some("Accepted and stored for compatibility; corelog does not act on this setting yet.")
         }
@@ -130,6 +133,11 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
                 ))
             };
         }
+        // Kafka's ranges (KIP-390); gzip's -1 is its own default level.
+        "compression.gzip.level" if value.trim() == "-1" => return Ok(()),
+        "compression.gzip.level" => return int(1, 9),
+        "compression.lz4.level" => return int(1, 17),
+        "compression.zstd.level" => return int(-131_072, 22),
         "retention.ms" | "retention.bytes" => return int(-1, i64::MAX),
         "segment.bytes" => return int(14 * 1024, i64::from(i32::MAX)),
         "segment.ms" => return int(1, i64::MAX),
@@ -234,6 +242,25 @@ pub fn apply_op(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/topic-configs.md names every config under the heading the table puts it.
+    #[test]
+    fn the_docs_say_which_configs_are_acted_on() {
+        let doc = include_str!("../../docs/topic-configs.md");
+        let (acted, stored) = doc
+            .split_once("## Accepted and stored, not acted on")
+            .expect("both sections");
+        for t in TOPIC_CONFIGS {
+            let name = format!("`{}`", t.name);
+            let (here, there) = if t.acted {
+                (acted, stored)
+            } else {
+                (stored, acted)
+            };
+            assert!(here.contains(&name), "{} missing from its section", t.name);
+            assert!(!there.contains(&name), "{} in the wrong section", t.name);
+        }
+    }
     use std::collections::BTreeMap;
 
     #[test]

@@ -251,12 +251,32 @@ pub fn varint(bytes: &[u8]) -> Option<(i64, usize)> {
     None
 }
 
+fn i16_at(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes(b[at..at + 2].try_into().expect("2 bytes"))
+}
+
 fn i32_at(b: &[u8], at: usize) -> i32 {
     i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
 fn i64_at(b: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// `batch` with its records replaced by `records` and its codec (attribute bits 0-2) set to
+/// `codec`, every other header field and attribute bit kept; length and CRC recomputed.
+/// What a broker recompressing a batch to the topic's `compression.type` writes.
+pub fn rewrap(batch: &[u8], codec: u8, records: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(HEADER_LEN + records.len());
+    b.extend_from_slice(&batch[..HEADER_LEN]);
+    b.extend_from_slice(records);
+    let len = (b.len() - LOG_OVERHEAD) as i32;
+    b[8..12].copy_from_slice(&len.to_be_bytes());
+    let attributes = (i16_at(&b, 21) & !0x07) | i16::from(codec & 0x07);
+    b[21..23].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crc32c::crc32c(&b[CRC_START..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
 }
 
 /// Builds valid uncompressed v2 batches: for tests and benchmarks, and for the control
@@ -280,14 +300,7 @@ pub mod build {
     /// codec set to `codec`; length and CRC recomputed, so only the records are wrong when
     /// they are.
     pub fn with_codec(plain: &[u8], codec: u8, records: &[u8]) -> Vec<u8> {
-        let mut b = plain[..HEADER_LEN].to_vec();
-        b.extend_from_slice(records);
-        let len = (b.len() - LOG_OVERHEAD) as i32;
-        b[8..12].copy_from_slice(&len.to_be_bytes());
-        b[21..23].copy_from_slice(&i16::from(codec).to_be_bytes());
-        let crc = crc32c::crc32c(&b[CRC_START..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
-        b
+        super::rewrap(plain, codec, records)
     }
 
     /// One uncompressed batch of (key, value) records with the given attributes.

@@ -1,6 +1,8 @@
 //! A produced record batch through the broker's validation (framing, CRC, the record walk
 //! with capped decompression). The target fixes up batchLength and the CRC so that the
-//! mutated records, not the checksum, meet the walk; the first byte picks the codec.
+//! mutated records, not the checksum, meet the walk; the first byte picks the codec, and
+//! the codec a batch that passes is recompressed to (compression.type), which must give
+//! back the very same records.
 #![no_main]
 
 use corelog_broker::records;
@@ -36,4 +38,18 @@ fuzz_target!(|data: &[u8]| {
         "{} bytes held {peak}",
         b.len()
     );
+    // Recompression, for what validation accepts: the records must come back byte for byte.
+    if let Ok(h) = batch::validate(&b, usize::MAX) {
+        if let Ok((_, kept)) = records::validate_keeping(&b, &h) {
+            let plain = kept.as_deref().unwrap_or(&b[batch::HEADER_LEN..]);
+            let to = records::Recompress {
+                codec: (data[0] / 5) % 5,
+                level: 1,
+            };
+            let out = batch::rewrap(&b, to.codec, &records::compress(to, plain).unwrap());
+            let oh = batch::validate(&out, usize::MAX).expect("a recompressed batch is valid");
+            let (_, again) = records::validate_keeping(&out, &oh).expect("and its records too");
+            assert_eq!(again.as_deref().unwrap_or(&out[batch::HEADER_LEN..]), plain);
+        }
+    }
 });
