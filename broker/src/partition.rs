@@ -122,23 +122,37 @@ impl PartitionHandle {
     }
 }
 
+/// How often a partition that ran out of disk space checks whether it can reopen.
+const REOPEN_CHECK_MS: u64 = 1000;
+
+/// ENOSPC, or the short direct-I/O write a nearly full file system gives instead of it.
+fn is_enospc(e: &StorageError) -> bool {
+    use std::io::ErrorKind;
+    matches!(e, StorageError::Io(io) if io.raw_os_error() == Some(28)
+        || matches!(io.kind(), ErrorKind::StorageFull | ErrorKind::WriteZero))
+}
+
 /// Queue bound per partition: beyond it producers wait (back-pressure).
 const QUEUE: usize = 1024;
 
-/// Opens (recovering) the partition's log in `dir` and starts its task.
-pub async fn open(
-    dir: PathBuf,
-    node_id: i32,
-    settings: TopicSettings,
-    retention_check: Duration,
-) -> Result<PartitionHandle, String> {
-    let disk = GlommioDisk::open_dir(&dir)
+/// What a partition task runs on, read back from its dir: the recovered log, its
+/// replication group restarted from the saved term and vote, and the idempotent producers
+/// found in the log. Opening a partition and reopening one after ENOSPC both start here.
+struct Loaded {
+    log: Log<GlommioDisk>,
+    raft: Raft,
+    producers: BTreeMap<i64, ProducerState>,
+    saved: RaftFile,
+}
+
+async fn load(dir: &Path, node_id: i32, settings: &TopicSettings) -> Result<Loaded, String> {
+    let disk = GlommioDisk::open_dir(dir)
         .await
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     let log = Log::open(disk, settings.log.clone())
         .await
         .map_err(|e| format!("{}: {e}", dir.display()))?;
-    let saved = RaftFile::load(&dir)?;
+    let saved = RaftFile::load(dir)?;
     let id = node_id.max(0) as u32;
     let log_state = LogState {
         start: log.log_start_offset(),
@@ -161,6 +175,27 @@ pub async fn open(
     );
     raft.on_tick(now);
     let producers = recover_producers(&log).await;
+    Ok(Loaded {
+        log,
+        raft,
+        producers,
+        saved,
+    })
+}
+
+/// Opens (recovering) the partition's log in `dir` and starts its task.
+pub async fn open(
+    dir: PathBuf,
+    node_id: i32,
+    settings: TopicSettings,
+    retention_check: Duration,
+) -> Result<PartitionHandle, String> {
+    let Loaded {
+        log,
+        raft,
+        producers,
+        saved,
+    } = load(&dir, node_id, &settings).await?;
     let status = Rc::new(Cell::new(Status {
         high_watermark: 0,
         log_start: log.log_start_offset() as i64,
@@ -175,6 +210,7 @@ pub async fn open(
     let mut task = PartitionTask {
         internal,
         dir,
+        node_id,
         log,
         raft,
         settings,
@@ -182,6 +218,7 @@ pub async fn open(
         status: status.clone(),
         changed: changed.clone(),
         saved,
+        out_of_space: false,
     };
     // The election of a group of one happened in `on_tick`: persist its term before
     // serving anything.
@@ -377,6 +414,11 @@ async fn recover_producers(log: &Log<GlommioDisk>) -> BTreeMap<i64, ProducerStat
 
 struct PartitionTask {
     dir: PathBuf,
+    node_id: i32,
+    /// A write failed with ENOSPC (the reserve did not hold: another writer filled the
+    /// disk, or `storage_min_free_bytes` is 0). Committed data is still served; writes are
+    /// refused until space is back above the reserve and the task reopened its dir.
+    out_of_space: bool,
     /// An internal topic's partition (`__consumer_offsets`): keeps writing into the disk
     /// reserve longer than user topics.
     internal: bool,
@@ -400,7 +442,13 @@ impl PartitionTask {
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, retention_check: Duration) {
         let mut next_retention = mono_ms() + retention_check.as_millis() as u64;
         loop {
-            let wait = next_retention.saturating_sub(mono_ms());
+            let mut wait = next_retention.saturating_sub(mono_ms());
+            if self.out_of_space {
+                if crate::disk_space::check_write(self.internal).is_ok() {
+                    self.reopen().await;
+                }
+                wait = wait.min(REOPEN_CHECK_MS);
+            }
             let first = futures_lite::future::or(async { Some(rx.next().await) }, async {
                 glommio::timer::sleep(Duration::from_millis(wait)).await;
                 None
@@ -485,7 +533,13 @@ impl PartitionTask {
                     },
                     base_offset: if ok { p.base } else { -1 },
                     log_start: status.log_start,
-                    message: (!ok).then(|| "the partition's storage failed".to_string()),
+                    message: (!ok).then(|| {
+                        if self.out_of_space {
+                            "the disk ran out of space; writes resume once space is back".into()
+                        } else {
+                            "the partition's storage failed".to_string()
+                        }
+                    }),
                 });
             }
         }
@@ -511,6 +565,14 @@ impl PartitionTask {
             let _ = reply.send(refuse(
                 code::KAFKA_STORAGE_ERROR,
                 "the partition's storage failed".into(),
+            ));
+            return None;
+        }
+        if self.out_of_space {
+            let _ = reply.send(refuse(
+                code::KAFKA_STORAGE_ERROR,
+                "the disk ran out of space; writes resume once space is back above the reserve"
+                    .into(),
             ));
             return None;
         }
@@ -774,11 +836,53 @@ impl PartitionTask {
     }
 
     fn fail(&mut self, e: &StorageError) {
+        if is_enospc(e) {
+            // Not a failing device: what is committed is durable and still served; the
+            // unwritten tail and the uncommitted entries are dropped by reopening the
+            // dir once space is back (as a restart would, without one).
+            if !self.out_of_space {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "partition out of disk space: writes refused until space is back above the reserve");
+            }
+            self.out_of_space = true;
+            return;
+        }
         tracing::error!(dir = %self.dir.display(), error = %e, "partition storage failed; taking it offline");
         let mut s = self.status.get();
         s.online = false;
         self.status.set(s);
         self.changed.notify(usize::MAX);
+    }
+
+    /// After ENOSPC, with space back: reads the dir afresh (recovery keeps every synced
+    /// batch and cuts a torn tail) and restarts the replication group from the saved term,
+    /// exactly what a broker restart does for this partition. Stays out of space, to try
+    /// again, if that fails.
+    async fn reopen(&mut self) {
+        match load(&self.dir, self.node_id, &self.settings).await {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut self.log, fresh.log);
+                self.raft = fresh.raft;
+                self.producers = fresh.producers;
+                self.saved = fresh.saved;
+                // Its files only: nothing of its state may reach the disk any more.
+                if let Err(e) = old.abandon().await {
+                    tracing::debug!(dir = %self.dir.display(), error = %e, "closing the old log");
+                }
+                match self.apply_ready().await {
+                    Ok(()) => {
+                        self.out_of_space = false;
+                        self.publish();
+                        tracing::info!(dir = %self.dir.display(), end = self.log.next_offset(), "partition reopened after running out of disk space: writes resume");
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %self.dir.display(), error = %e, "reopening after ENOSPC")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "reopening after ENOSPC failed; retrying");
+            }
+        }
     }
 
     async fn retention(&mut self) {

@@ -643,6 +643,17 @@ impl<D: Disk> Log<D> {
         Ok(())
     }
 
+    /// Closes the files without writing anything: for a log whose in-memory state is no
+    /// longer trusted (a write failed) and that is being opened afresh from the disk.
+    pub async fn abandon(self) -> Result<(), StorageError> {
+        use crate::io::DiskFile;
+        for seg in self.segments {
+            seg.log.file.close().await?;
+            seg.index.file.close().await?;
+        }
+        Ok(())
+    }
+
     /// Syncs everything, writes the active index, and closes the files.
     pub async fn close(mut self) -> Result<(), StorageError> {
         use crate::io::DiskFile;

@@ -88,3 +88,68 @@ def test_full_disk_refuses_writes_keeps_reads_and_recovers(small_fs, topic):
         assert ok == [True], "writes did not resume after space came back"
     finally:
         b.stop()
+
+
+def test_real_enospc_keeps_reads_and_recovers_without_a_restart(small_fs, topic):
+    """With no reserve (storage_min_free_bytes = 0) writes run into ENOSPC itself: the
+    partition keeps serving what was acknowledged, refuses writes, and reopens by itself
+    once space is back; nothing acknowledged is lost."""
+    filler = small_fs / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * (24 << 20))
+        os.fsync(f.fileno())
+    cfg = small_fs / "corelog.toml"
+    cfg.write_text("storage_min_free_bytes = 0\n")
+    b = Broker(small_fs / "data", extra_args=["--config", str(cfg)]).start()
+    try:
+        acked, failed = [], []
+
+        def done(err, msg):
+            (failed if err else acked).append(err if err else msg.offset())
+
+        p = Producer({"bootstrap.servers": b.bootstrap, "message.timeout.ms": 4000,
+                      "linger.ms": 5, "compression.type": "none"})
+        value = os.urandom(200_000)
+        deadline = time.time() + 90
+        while not failed and time.time() < deadline:
+            for _ in range(10):
+                p.produce(topic, value=value, on_delivery=done)
+            p.flush(30)
+        assert failed, "the disk never filled"
+        assert "partition out of disk space" in b.log(), b.log()[-3000:]
+        assert b.proc.poll() is None
+
+        c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "g-" + topic,
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        c.assign([TopicPartition(topic, 0, 0)])
+        seen = set()
+        deadline = time.time() + 30
+        while not set(acked) <= seen and time.time() < deadline:
+            m = c.poll(0.5)
+            if m is not None and m.error() is None:
+                seen.add(m.offset())
+        c.close()
+        assert set(acked) <= seen, f"{len(set(acked) - seen)} acknowledged records unreadable while full"
+
+        filler.unlink()
+        ok, deadline = [], time.time() + 30
+        p2 = Producer({"bootstrap.servers": b.bootstrap, "message.timeout.ms": 20000})
+        p2.produce(topic, value=b"after", on_delivery=lambda e, m: ok.append((e, m.offset() if e is None else None)))
+        p2.flush(25)
+        assert ok and ok[0][0] is None, f"writes did not resume: {ok}\n{b.log()[-3000:]}"
+        assert "reopened after running out of disk space" in b.log()
+        # Every acknowledged record, and the new one, read back in order.
+        c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "g2-" + topic,
+                      "enable.auto.commit": False})
+        c.assign([TopicPartition(topic, 0, 0)])
+        seen = {}
+        deadline = time.time() + 30
+        while ok[0][1] not in seen and time.time() < deadline:
+            m = c.poll(0.5)
+            if m is not None and m.error() is None:
+                seen[m.offset()] = m.value()
+        c.close()
+        assert set(acked) <= set(seen) and seen.get(ok[0][1]) == b"after"
+        assert all(seen[o] == value for o in acked)
+    finally:
+        b.stop()
