@@ -11,13 +11,16 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corelog_replication::{EpochCache, HardState, LogState, Raft, RaftConfig, StorageOp};
+use corelog_replication::driver::{self, DriveError, Io, Replica};
+use corelog_replication::{
+    Envelope, EpochCache, GroupId, HardState, Node, NodeId, Raft, RaftConfig,
+};
 use corelog_storage::batch::{self, BatchError, BatchHeader};
 use corelog_storage::{GlommioDisk, Log, StorageError};
 use event_listener::Event;
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::config::TopicSettings;
 use crate::errors as code;
@@ -135,30 +138,48 @@ fn is_enospc(e: &StorageError) -> bool {
 /// Queue bound per partition: beyond it producers wait (back-pressure).
 const QUEUE: usize = 1024;
 
-/// What a partition task runs on, read back from its dir: the recovered log, its
-/// replication group restarted from the saved term and vote, and the idempotent producers
-/// found in the log. Opening a partition and reopening one after ENOSPC both start here.
+/// The partition's group id on its node. One group per partition task until partitions
+/// are replicated and a shard's groups share one node (and one heartbeat per peer).
+const GROUP: GroupId = 1;
+
+/// What a partition task runs on, read back from its dir by the replica driver (the same
+/// code the simulator runs): the recovered log with its term, vote and term history, the
+/// replication group restarted from them, and the idempotent producers found in the log.
+/// Opening a partition and reopening one after ENOSPC both start here.
 struct Loaded {
-    log: Log<GlommioDisk>,
-    raft: Raft,
+    node: Node,
+    replicas: BTreeMap<GroupId, Replica<GlommioDisk>>,
     producers: BTreeMap<i64, ProducerState>,
-    saved: RaftFile,
 }
 
 async fn load(dir: &Path, node_id: i32, settings: &TopicSettings) -> Result<Loaded, String> {
-    let disk = GlommioDisk::open_dir(dir)
-        .await
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
-    let log = Log::open(disk, settings.log.clone())
-        .await
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
-    let saved = RaftFile::load(dir)?;
-    let id = node_id.max(0) as u32;
-    let log_state = LogState {
-        start: log.log_start_offset(),
-        end: log.next_offset(),
-        epochs: EpochCache::from_runs(saved.epochs.clone()).unwrap_or_default(),
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", dir.display());
+    let disk = GlommioDisk::open_dir(dir).await.map_err(|e| at(&e))?;
+    // A dir from before the replica driver kept term, vote and term history in JSON:
+    // carried over once (the JSON goes only after the driver's files are durable).
+    if let Some(saved) = RaftFile::load(dir)? {
+        let epochs = EpochCache::from_runs(saved.epochs).unwrap_or_default();
+        let hard = HardState {
+            term: saved.term,
+            voted_for: saved.voted_for,
+        };
+        Replica::import(&disk, hard, &epochs)
+            .await
+            .map_err(|e| at(&e))?;
+        std::fs::remove_file(dir.join(RAFT_FILE)).map_err(|e| at(&e))?;
+    }
+    let mut producers = BTreeMap::new();
+    let visit = |b: &[u8], _term| {
+        if let Ok(h) = BatchHeader::parse(b) {
+            if h.producer_id >= 0 && !h.is_control() {
+                remember(&mut producers, &h, h.base_offset);
+            }
+        }
     };
+    let (replica, recovered) = Replica::open(disk, settings.log.clone(), visit)
+        .await
+        .map_err(|e| at(&e))?;
+    let id = node_id.max(0) as u32;
     let now = mono_ms();
     let mut raft = Raft::new(
         RaftConfig::new(
@@ -166,20 +187,21 @@ async fn load(dir: &Path, node_id: i32, settings: &TopicSettings) -> Result<Load
             vec![id],
             u64::from(crc32c::crc32c(dir.as_os_str().as_encoded_bytes())),
         ),
-        HardState {
-            term: saved.term,
-            voted_for: saved.voted_for,
-        },
-        log_state,
+        recovered.hard,
+        recovered.log,
         now,
     );
+    if let Some(d) = &recovered.damaged {
+        tracing::error!(dir = %dir.display(), "partition log damaged: {d}");
+        raft.on_storage_corrupt(now);
+    }
     raft.on_tick(now);
-    let producers = recover_producers(&log).await;
+    let mut node = Node::new(id);
+    node.add_group(GROUP, raft);
     Ok(Loaded {
-        log,
-        raft,
+        node,
+        replicas: BTreeMap::from([(GROUP, replica)]),
         producers,
-        saved,
     })
 }
 
@@ -191,11 +213,11 @@ pub async fn open(
     retention_check: Duration,
 ) -> Result<PartitionHandle, String> {
     let Loaded {
-        log,
-        raft,
+        node,
+        replicas,
         producers,
-        saved,
     } = load(&dir, node_id, &settings).await?;
+    let log = &replicas[&GROUP].log;
     let status = Rc::new(Cell::new(Status {
         high_watermark: 0,
         log_start: log.log_start_offset() as i64,
@@ -211,18 +233,17 @@ pub async fn open(
         internal,
         dir,
         node_id,
-        log,
-        raft,
+        node,
+        replicas,
         settings,
         producers,
         status: status.clone(),
         changed: changed.clone(),
-        saved,
         out_of_space: false,
     };
-    // The election of a group of one happened in `on_tick`: persist its term before
-    // serving anything.
-    task.apply_ready().await.map_err(|e| e.to_string())?;
+    // The election of a group of one happened in `on_tick`: persist its term (and the
+    // new leader's first batch) before serving anything.
+    task.drive().await.map_err(|e| e.to_string())?;
     task.publish();
     glommio::spawn_local(task.run(rx, retention_check)).detach();
     Ok(PartitionHandle {
@@ -232,9 +253,9 @@ pub async fn open(
     })
 }
 
-/// Term, vote and term history of the partition's group (Kafka keeps the last in
-/// `leader-epoch-checkpoint`). Tiny and rarely written: once per election.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Term, vote and term history as brokers before the replica driver kept them (JSON);
+/// read once to carry them over, then removed.
+#[derive(Debug, Clone, Default, Deserialize)]
 struct RaftFile {
     term: u32,
     voted_for: Option<u32>,
@@ -244,22 +265,14 @@ struct RaftFile {
 const RAFT_FILE: &str = "raft-state.json";
 
 impl RaftFile {
-    fn load(dir: &Path) -> Result<Self, String> {
+    fn load(dir: &Path) -> Result<Option<Self>, String> {
         match std::fs::read(dir.join(RAFT_FILE)) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", dir.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(format!("{}: {e}", dir.display())),
         }
-    }
-
-    fn save(&self, dir: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = dir.join(format!("{RAFT_FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(RAFT_FILE))?;
-        std::fs::File::open(dir)?.sync_all()
     }
 }
 
@@ -388,30 +401,6 @@ async fn offset_of_max_timestamp(
     Ok(best)
 }
 
-/// Rebuilds idempotent-producer state from the batch headers in the log, so a producer's
-/// retry after a broker restart is still recognised as a duplicate.
-async fn recover_producers(log: &Log<GlommioDisk>) -> BTreeMap<i64, ProducerState> {
-    let mut producers = BTreeMap::new();
-    let mut from = log.log_start_offset();
-    while from < log.next_offset() {
-        let Ok(read) = log.read(from, 4 << 20).await else {
-            break;
-        };
-        if read.bytes.is_empty() || read.next_offset <= from {
-            break;
-        }
-        let mut rest = &read.bytes[..];
-        while let Ok(h) = BatchHeader::parse(rest) {
-            if h.producer_id >= 0 && !h.is_control() {
-                remember(&mut producers, &h, h.base_offset);
-            }
-            rest = &rest[h.size..];
-        }
-        from = read.next_offset;
-    }
-    producers
-}
-
 struct PartitionTask {
     dir: PathBuf,
     node_id: i32,
@@ -422,19 +411,45 @@ struct PartitionTask {
     /// An internal topic's partition (`__consumer_offsets`): keeps writing into the disk
     /// reserve longer than user topics.
     internal: bool,
-    log: Log<GlommioDisk>,
-    raft: Raft,
+    /// The partition's replication group (of one) and its durable side, carried out by
+    /// the replica driver.
+    node: Node,
+    replicas: BTreeMap<GroupId, Replica<GlommioDisk>>,
     settings: TopicSettings,
     producers: BTreeMap<i64, ProducerState>,
     status: Rc<Cell<Status>>,
     changed: Rc<Event>,
-    saved: RaftFile,
+}
+
+/// The driver's I/O for a partition task: the broker's clocks; no peers yet.
+struct BrokerIo;
+
+impl Io for BrokerIo {
+    fn now_ms(&self) -> u64 {
+        mono_ms()
+    }
+
+    fn wall_ms(&self) -> i64 {
+        wall_ms()
+    }
+
+    async fn send(&mut self, to: NodeId, _env: Envelope) {
+        // A group of one has no peer to address; the RPC transport comes with replicated
+        // partitions.
+        tracing::error!(to, "a partition of one broker addressed a peer");
+    }
+
+    fn event(&mut self, what: String) {
+        tracing::warn!("{what}");
+    }
 }
 
 /// A produce waiting for its batch to commit.
 struct Pending {
     end: u64,
     base: i64,
+    /// The last batch proposed and the term it was proposed in (None: all duplicates).
+    check: Option<(u64, u32)>,
     reply: oneshot::Sender<ProduceOutcome>,
 }
 
@@ -493,7 +508,7 @@ impl PartitionTask {
                     }
                 }
                 Cmd::Configure(s) => {
-                    if let Err(e) = self.log.set_config(s.log.clone()) {
+                    if let Err(e) = self.log_mut().set_config(s.log.clone()) {
                         tracing::warn!(dir = %self.dir.display(), error = %e, "config not applied");
                     } else {
                         self.settings = s;
@@ -508,7 +523,7 @@ impl PartitionTask {
                 }
                 Cmd::DeleteBefore { offset, reply } => {
                     let r = self
-                        .log
+                        .log_mut()
                         .delete_before(offset)
                         .await
                         .map_err(|e| e.to_string());
@@ -519,12 +534,17 @@ impl PartitionTask {
             }
         }
         if !pending.is_empty() {
-            if let Err(e) = self.sync().await {
-                self.fail(&e);
+            if let Err(e) = self.drive().await {
+                self.fail(e.storage());
             }
+            self.publish();
             let status = self.status.get();
             for p in pending {
-                let ok = status.online && self.raft.commit() >= p.end;
+                // Committed, and still ours: the entry there is of the term we proposed in.
+                let ok = status.online
+                    && self.raft().commit() >= p.end
+                    && p.check
+                        .is_none_or(|(base, term)| self.raft().epochs().term_at(base) == term);
                 let _ = p.reply.send(ProduceOutcome {
                     error: if ok {
                         code::NONE
@@ -592,6 +612,7 @@ impl PartitionTask {
         // Idempotence is checked for the whole request before anything is appended.
         let mut first_base = None;
         let mut end = 0;
+        let mut check = None;
         for (range, h, rebuilt) in batches {
             if h.producer_id >= 0 {
                 match check_sequence(&self.producers, &h) {
@@ -608,13 +629,15 @@ impl PartitionTask {
             }
             let bytes =
                 rebuilt.unwrap_or_else(|| records.as_ref().expect("split checked")[range].to_vec());
-            match self.raft.propose(mono_ms(), bytes) {
+            let term = self.raft().term();
+            match self.raft_mut().propose(mono_ms(), bytes) {
                 Ok((base, batch_end)) => {
                     if h.producer_id >= 0 {
                         remember(&mut self.producers, &h, base as i64);
                     }
                     first_base.get_or_insert(base as i64);
                     end = batch_end;
+                    check = Some((base, term));
                 }
                 Err(e) => {
                     let _ = reply.send(refuse(
@@ -624,15 +647,12 @@ impl PartitionTask {
                     return None;
                 }
             }
-            if let Err(e) = self.apply_ready().await {
-                self.fail(&e);
-                let _ = reply.send(refuse(code::KAFKA_STORAGE_ERROR, e.to_string()));
-                return None;
-            }
         }
+        // Appended, synced and committed by the round's one drive of the group.
         Some(Pending {
             end,
             base: first_base.unwrap_or(-1),
+            check,
             reply,
         })
     }
@@ -658,7 +678,7 @@ impl PartitionTask {
                     out.error = code::OFFSET_OUT_OF_RANGE;
                 } else if offset < hw {
                     match self
-                        .log
+                        .log()
                         .read_up_to(offset as u64, max_bytes.max(1), hw as u64)
                         .await
                     {
@@ -685,7 +705,7 @@ impl PartitionTask {
                     // LATEST_TIERED (KIP-1005): nothing is tiered, Kafka answers -1.
                     -5 => Ok((-1, -1)),
                     // MAX_TIMESTAMP (KIP-734).
-                    -3 => match offset_of_max_timestamp(&self.log, hw).await {
+                    -3 => match offset_of_max_timestamp(self.log(), hw).await {
                         Ok(hit) => Ok(hit),
                         Err(e) => {
                             tracing::error!(dir = %self.dir.display(), error = %e, "list offsets failed");
@@ -693,7 +713,7 @@ impl PartitionTask {
                         }
                     },
                     t if t < 0 => Err(code::INVALID_REQUEST),
-                    t => match self.log.offset_for_timestamp(t).await {
+                    t => match self.log().offset_for_timestamp(t).await {
                         Ok(Some(hit)) if (hit.offset as i64) < hw => {
                             Ok((hit.offset as i64, hit.timestamp))
                         }
@@ -743,7 +763,7 @@ impl PartitionTask {
                 format!("offset {offset} is outside [0, high watermark {hw}]"),
             ));
         }
-        match self.log.advance_start(offset as u64).await {
+        match self.log_mut().advance_start(offset as u64).await {
             Ok(start) => {
                 // Producers whose every batch is gone are forgotten, as Kafka does.
                 self.producers.retain(|_, p| {
@@ -777,57 +797,43 @@ impl PartitionTask {
             .collect()
     }
 
-    /// Carries out what the replication core asks for: term/vote and term history to
-    /// disk first, then appends.
-    async fn apply_ready(&mut self) -> Result<(), StorageError> {
-        let ready = self.raft.take_ready();
-        let mut dirty = false;
-        if let Some(h) = ready.hard_state {
-            self.saved.term = h.term;
-            self.saved.voted_for = h.voted_for;
-            dirty = true;
-        }
-        if let Some(e) = ready.epochs {
-            self.saved.epochs = e.runs().to_vec();
-            dirty = true;
-        }
-        if dirty {
-            self.saved.save(&self.dir)?;
-        }
-        for op in ready.storage {
-            match op {
-                StorageOp::Append(batches) => {
-                    for b in batches {
-                        self.log.append_at(&b, wall_ms()).await?;
-                    }
-                }
-                StorageOp::Truncate(offset) => self.log.truncate_to(offset).await?,
-                // A group of one has no follower to read for.
-                StorageOp::Read { .. } => {}
-            }
-        }
-        Ok(())
+    /// Carries out what the group asks for, through the replica driver: term and vote
+    /// durable first, then truncations and appends with the epoch checkpoint, one
+    /// fdatasync, `on_persisted`.
+    async fn drive(&mut self) -> Result<(), DriveError> {
+        driver::drive(&mut self.node, &mut self.replicas, &mut BrokerIo).await
     }
 
-    async fn sync(&mut self) -> Result<(), StorageError> {
-        let durable = self.log.sync().await?;
-        self.raft.on_persisted(mono_ms(), durable);
-        self.apply_ready().await?;
-        self.publish();
-        Ok(())
+    fn log(&self) -> &Log<GlommioDisk> {
+        &self.replicas[&GROUP].log
+    }
+
+    fn log_mut(&mut self) -> &mut Log<GlommioDisk> {
+        &mut self
+            .replicas
+            .get_mut(&GROUP)
+            .expect("the partition's group")
+            .log
+    }
+
+    fn raft(&self) -> &Raft {
+        self.node.group(GROUP).expect("the partition's group")
+    }
+
+    fn raft_mut(&mut self) -> &mut Raft {
+        self.node.group_mut(GROUP).expect("the partition's group")
     }
 
     /// Makes the high watermark visible to the shard and wakes long polls.
     fn publish(&self) {
         let mut s = self.status.get();
-        let hw = self
-            .raft
-            .read_high_watermark(mono_ms())
-            .unwrap_or(self.raft.commit()) as i64;
-        s.size_bytes = self.log.size_bytes();
-        if hw != s.high_watermark || s.log_start != self.log.log_start_offset() as i64 {
+        let raft = self.raft();
+        let hw = raft.read_high_watermark(mono_ms()).unwrap_or(raft.commit()) as i64;
+        let log = self.log();
+        s.size_bytes = log.size_bytes();
+        if hw != s.high_watermark || s.log_start != log.log_start_offset() as i64 {
             s.high_watermark = hw;
-            s.log_start = self.log.log_start_offset() as i64;
+            s.log_start = log.log_start_offset() as i64;
             self.status.set(s);
             self.changed.notify(usize::MAX);
         } else {
@@ -860,19 +866,20 @@ impl PartitionTask {
     async fn reopen(&mut self) {
         match load(&self.dir, self.node_id, &self.settings).await {
             Ok(fresh) => {
-                let old = std::mem::replace(&mut self.log, fresh.log);
-                self.raft = fresh.raft;
+                let old = std::mem::replace(&mut self.replicas, fresh.replicas);
+                self.node = fresh.node;
                 self.producers = fresh.producers;
-                self.saved = fresh.saved;
                 // Its files only: nothing of its state may reach the disk any more.
-                if let Err(e) = old.abandon().await {
-                    tracing::debug!(dir = %self.dir.display(), error = %e, "closing the old log");
+                for (_, r) in old {
+                    if let Err(e) = r.into_log().await.abandon().await {
+                        tracing::debug!(dir = %self.dir.display(), error = %e, "closing the old log");
+                    }
                 }
-                match self.apply_ready().await {
+                match self.drive().await {
                     Ok(()) => {
                         self.out_of_space = false;
                         self.publish();
-                        tracing::info!(dir = %self.dir.display(), end = self.log.next_offset(), "partition reopened after running out of disk space: writes resume");
+                        tracing::info!(dir = %self.dir.display(), end = self.log().next_offset(), "partition reopened after running out of disk space: writes resume");
                     }
                     Err(e) => {
                         tracing::warn!(dir = %self.dir.display(), error = %e, "reopening after ENOSPC")
@@ -886,10 +893,10 @@ impl PartitionTask {
     }
 
     async fn retention(&mut self) {
-        match self.log.enforce_retention(wall_ms()).await {
+        match self.log_mut().enforce_retention(wall_ms()).await {
             Ok(0) => {}
             Ok(n) => {
-                tracing::info!(dir = %self.dir.display(), segments = n, start = self.log.log_start_offset(), "retention deleted segments");
+                tracing::info!(dir = %self.dir.display(), segments = n, start = self.log().log_start_offset(), "retention deleted segments");
                 self.publish();
             }
             Err(e) => tracing::warn!(dir = %self.dir.display(), error = %e, "retention failed"),
@@ -897,10 +904,14 @@ impl PartitionTask {
     }
 
     async fn close(mut self) {
-        if let Err(e) = self.log.sync().await {
+        let Some(replica) = self.replicas.remove(&GROUP) else {
+            return;
+        };
+        let mut log = replica.into_log().await;
+        if let Err(e) = log.sync().await {
             tracing::error!(dir = %self.dir.display(), error = %e, "final sync failed");
         }
-        if let Err(e) = self.log.close().await {
+        if let Err(e) = log.close().await {
             tracing::warn!(dir = %self.dir.display(), error = %e, "close failed");
         }
     }
@@ -1113,5 +1124,62 @@ mod tests {
             code::CORRUPT_MESSAGE
         );
         assert_eq!(split(None, 1 << 20).unwrap_err().0, code::CORRUPT_MESSAGE);
+    }
+
+    /// A partition dir from before the replica driver (term, vote and term history in
+    /// raft-state.json) keeps its term: the JSON is carried into the driver's files and
+    /// removed, and the group's next election is above the old term.
+    #[test]
+    fn an_old_raft_state_json_is_carried_over() {
+        let dir = tempfile::Builder::new()
+            .prefix("corelog-partition-")
+            .tempdir_in(std::env::temp_dir())
+            .unwrap();
+        let path = dir.path().join("t-0");
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(
+            path.join(RAFT_FILE),
+            br#"{"term":7,"voted_for":1,"epochs":[[7,0]]}"#,
+        )
+        .unwrap();
+        let p = path.clone();
+        let epoch = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let h = open(p, 1, limits(1 << 20), Duration::from_secs(3600))
+                    .await
+                    .unwrap();
+                let (tx, rx) = oneshot::channel();
+                let b = build::batch(&[b"x"], wall_ms());
+                h.send(Cmd::Produce {
+                    records: Some(Bytes::from(b)),
+                    reply: tx,
+                })
+                .await;
+                let out = rx.await.unwrap();
+                assert_eq!(out.error, code::NONE, "{:?}", out.message);
+                let (tx, rx) = oneshot::channel();
+                h.send(Cmd::Fetch {
+                    offset: out.base_offset,
+                    max_bytes: 1 << 20,
+                    reply: tx,
+                })
+                .await;
+                let fetched = rx.await.unwrap();
+                let (tx, rx) = oneshot::channel();
+                h.send(Cmd::Close(tx)).await;
+                rx.await.unwrap();
+                BatchHeader::parse(&fetched.records)
+                    .unwrap()
+                    .partition_leader_epoch
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(
+            epoch > 7,
+            "the group restarted below its old term: epoch {epoch}"
+        );
+        assert!(!path.join(RAFT_FILE).exists());
+        assert!(path.join(driver::HARD_STATE_FILE).exists());
     }
 }

@@ -10,11 +10,15 @@
 //! - [`raft::Raft`] is one group; [`node::Node`] runs many groups on one node and batches
 //!   their messages per peer; [`frame`] puts those batches on the wire with rkyv.
 //!
+//! - [`driver`] carries out a node's ready work on storage and the network: the one
+//!   replica driver the broker and the simulator both run, generic over the `Disk`.
+//!
 //! **Invariant:** this crate depends on no async runtime (glommio, madsim, tokio), never
-//! reads the clock and never touches the filesystem. `tests/invariants.rs` checks the
-//! dependency graph.
+//! reads the clock and touches files only through storage's `Disk`. `tests/invariants.rs`
+//! checks the dependency graph and the source.
 
 pub mod controller;
+pub mod driver;
 pub mod epochs;
 pub mod frame;
 pub mod message;

@@ -12,14 +12,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use corelog_replication::controller::{self, CONTROLLER_GROUP, ClusterMetadata, MetadataCommand};
+use corelog_replication::driver::{self, Damage, Io, Replica, read_checked};
 use corelog_replication::frame;
-use corelog_replication::node::NodeReady;
-use corelog_replication::{
-    EpochCache, GroupId, HardState, LogState, Node, NodeId, Offset, Raft, RaftConfig, Role,
-    StorageOp, Term,
-};
+use corelog_replication::{Envelope, GroupId, Node, NodeId, Offset, Raft, RaftConfig, Role, Term};
 use corelog_storage::batch::{self, BatchHeader, build};
-use corelog_storage::{Disk, DiskFile, FaultConfig, Log, LogConfig, SimDisk};
+use corelog_storage::{Disk, FaultConfig, LogConfig, SimDisk};
 use madsim::net::{Endpoint, NetSim};
 use madsim::runtime::Handle;
 use madsim::time::{Instant, sleep};
@@ -120,7 +117,7 @@ struct World {
     seed: u64,
     start: Instant,
     history: RefCell<History>,
-    /// (node, group) -> disk; group u32::MAX is the node's hard-state disk.
+    /// (node, group) -> disk: a group's log and its hard-state and epoch files.
     disks: RefCell<BTreeMap<(NodeId, GroupId), SimDisk>>,
     clock_jump_ms: RefCell<BTreeMap<NodeId, u64>>,
     /// Bumped at each (re)start of a node: seeds its election jitter afresh.
@@ -202,8 +199,6 @@ fn client_addr(client: u32) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, client as u8)), PORT)
 }
 
-const META: GroupId = u32::MAX;
-
 fn log_config() -> LogConfig {
     LogConfig {
         // Small, so that runs roll segments (and rot can land in sealed ones).
@@ -213,72 +208,77 @@ fn log_config() -> LogConfig {
     }
 }
 
-// ----- hard state: two slots per group, so a torn write never loses the older value -----
-
-async fn load_hard_state(
-    file: &corelog_storage::SimFile,
-    group: GroupId,
-) -> std::io::Result<(HardState, u64)> {
-    let mut best = (HardState::default(), 0u64);
-    for slot in 0..2u64 {
-        // Two reads must agree before a slot is judged: a bit flipped in transit must not
-        // make a valid slot look torn (the older slot would bring back an older vote).
-        let at = (u64::from(group) * 2 + slot) * 4096;
-        let b = loop {
-            let a = file.read_at(at, 28).await?;
-            if a == file.read_at(at, 28).await? {
-                break a;
-            }
-        };
-        if b.len() < 28 {
-            continue;
-        }
-        let crc = u32::from_le_bytes(b[24..28].try_into().unwrap());
-        if crc32c::crc32c(&b[..24]) != crc || b[..24].iter().all(|&x| x == 0) {
-            continue;
-        }
-        let seq = u64::from_le_bytes(b[0..8].try_into().unwrap());
-        let term = u32::from_le_bytes(b[8..12].try_into().unwrap());
-        let voted = u32::from_le_bytes(b[12..16].try_into().unwrap());
-        if seq >= best.1 {
-            best = (
-                HardState {
-                    term,
-                    voted_for: (voted != u32::MAX).then_some(voted),
-                },
-                seq,
-            );
-        }
-    }
-    Ok(best)
-}
-
-async fn save_hard_state(
-    file: &corelog_storage::SimFile,
-    group: GroupId,
-    hs: HardState,
-    seq: u64,
-) -> std::io::Result<()> {
-    let mut block = vec![0u8; 4096];
-    block[0..8].copy_from_slice(&seq.to_le_bytes());
-    block[8..12].copy_from_slice(&hs.term.to_le_bytes());
-    block[12..16].copy_from_slice(&hs.voted_for.unwrap_or(u32::MAX).to_le_bytes());
-    let crc = crc32c::crc32c(&block[..24]);
-    block[24..28].copy_from_slice(&crc.to_le_bytes());
-    file.write_at((u64::from(group) * 2 + seq % 2) * 4096, &block)
-        .await?;
-    file.sync().await
-}
-
 // ----- broker ----------------------------------------------------------------------------
 
+/// The checker's side of a group on one node (the group's state itself is the driver's).
 struct Group {
-    log: Log<SimDisk>,
     /// (base, end, crc) of every batch in the log, mirrored for the checker.
     mirror: Vec<(Offset, Offset, u32)>,
     checked_commit: Offset,
-    hard_seq: u64,
-    epoch_seq: u64,
+}
+
+type Replicas = BTreeMap<GroupId, Replica<SimDisk>>;
+
+/// The broker's driver I/O in the simulation: madsim's network and clock, the disk latency
+/// the seed chose, and the checker's mirror of every log.
+struct SimIo<'a> {
+    w: &'a World,
+    id: NodeId,
+    ep: &'a Endpoint,
+    groups: &'a mut BTreeMap<GroupId, Group>,
+}
+
+impl Io for SimIo<'_> {
+    fn now_ms(&self) -> u64 {
+        self.w.now_ms(self.id)
+    }
+
+    async fn send(&mut self, to: NodeId, env: Envelope) {
+        if std::env::var_os("CORELOG_SIM_DEBUG").is_some() {
+            for (g, m) in &env.items {
+                let m = match m {
+                    corelog_replication::Message::Append(a) => format!(
+                        "Append t{} prev {}/t{} commit {} n={}",
+                        a.term,
+                        a.prev_end,
+                        a.prev_term,
+                        a.commit,
+                        a.entries.len()
+                    ),
+                    other => format!("{other:?}"),
+                };
+                eprintln!("{:>7} {}->{to} g{g} {m}", self.w.sim_ms(), self.id);
+            }
+        }
+        let mut bytes = vec![wire::RAFT];
+        bytes.extend_from_slice(&frame::encode(&env));
+        let _ = self.ep.send_to(addr(to), 0, &bytes).await;
+    }
+
+    async fn before_sync(&mut self) {
+        self.w.disk_latency().await;
+    }
+
+    fn appended(&mut self, group: GroupId, b: &[u8], term: Term) {
+        let h = BatchHeader::parse(b).expect("the core sends whole batches");
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.mirror.push((
+                h.base_offset as u64,
+                h.last_offset() as u64 + 1,
+                entry_crc(b, term),
+            ));
+        }
+    }
+
+    fn truncated(&mut self, group: GroupId, offset: Offset) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.mirror.retain(|&(b, _, _)| b < offset);
+        }
+    }
+
+    fn event(&mut self, what: String) {
+        self.w.event(format!("node {} {what}", self.id));
+    }
 }
 
 struct Pending {
@@ -310,44 +310,45 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
         *e
     };
     w.event(format!("node {id} starts (incarnation {incarnation})"));
-    let meta = w
-        .disk(id, META)
-        .open("raft-state")
-        .await
-        .map_err(|e| format!("meta file: {e}"))?;
-    let epochs_file = w
-        .disk(id, META)
-        .open("epochs")
-        .await
-        .map_err(|e| format!("epochs file: {e}"))?;
-    w.disk(id, META)
-        .sync_dir()
-        .await
-        .map_err(|e| format!("meta dir sync: {e}"))?;
     let mut node = Node::new(id);
     let mut groups: BTreeMap<GroupId, Group> = BTreeMap::new();
+    let mut replicas: Replicas = BTreeMap::new();
     let voters: Vec<NodeId> = (1..=w.opts.nodes).collect();
     let now = w.now_ms(id);
     // Group 0 is the controller (cluster metadata); 1..=groups are partitions.
     for g in CONTROLLER_GROUP..=w.opts.groups {
-        let (hard, hard_seq) = load_hard_state(&meta, g)
-            .await
-            .map_err(|e| format!("read hard state: {e}"))?;
         // A disk that errs on recovery keeps the node down (fail-stop) until it reads.
-        let (log, mirror, epochs, epoch_seq, damaged) = loop {
-            match open_group(&w, id, g, &epochs_file).await {
+        let mut mirror = Vec::new();
+        let (replica, recovered) = loop {
+            let visit = |b: &[u8], term: Term| {
+                let h = BatchHeader::parse(b).expect("a stored batch parses");
+                mirror.push((
+                    h.base_offset as u64,
+                    h.last_offset() as u64 + 1,
+                    entry_crc(b, term),
+                ));
+            };
+            match Replica::open(w.disk(id, g), log_config(), visit).await {
                 Ok(x) => break x,
                 Err(e) => {
+                    mirror.clear();
                     w.event(format!("node {id} cannot open g{g}: {e}; retrying"));
                     sleep(Duration::from_millis(500)).await;
                 }
             }
         };
-        let state = LogState {
-            start: log.log_start_offset(),
-            end: log.next_offset(),
-            epochs,
-        };
+        match &recovered.damaged {
+            // A stored epoch that disagrees with the checkpoint where no rot was injected
+            // means the checkpoint protocol is broken.
+            Some(d @ Damage::EpochMismatch(_)) if !w.rotted.borrow().contains(&(id, g)) => {
+                let now = w.sim_ms();
+                w.history
+                    .borrow_mut()
+                    .invariant(now, format!("node {id} g{g}: {d}"));
+            }
+            Some(d) => w.event(format!("node {id} g{g} has damaged data: {d}")),
+            None => {}
+        }
         let mut cfg = RaftConfig::new(
             id,
             voters.clone(),
@@ -358,19 +359,17 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
         {
             cfg.bugs = w.opts.bugs;
         }
-        let mut raft = Raft::new(cfg, hard, state, now);
-        if damaged {
+        let mut raft = Raft::new(cfg, recovered.hard, recovered.log, now);
+        if recovered.damaged.is_some() {
             raft.on_storage_corrupt(now);
         }
         node.add_group(g, raft);
+        replicas.insert(g, replica);
         groups.insert(
             g,
             Group {
-                log,
                 mirror,
                 checked_commit: 0,
-                hard_seq: hard_seq + 1,
-                epoch_seq: epoch_seq + 1,
             },
         );
     }
@@ -391,7 +390,7 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
                 &w,
                 id,
                 &mut node,
-                &mut groups,
+                &replicas,
                 &mut pending,
                 &ep,
                 now,
@@ -402,8 +401,17 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
         }
         let now = w.now_ms(id);
         node.on_tick(now);
-        drive(&w, id, &mut node, &mut groups, (&meta, &epochs_file), &ep).await?;
-        apply_metadata(&w, id, &mut node, &groups, &mut metadata).await?;
+        let mut io = SimIo {
+            w: &w,
+            id,
+            ep: &ep,
+            groups: &mut groups,
+        };
+        driver::drive(&mut node, &mut replicas, &mut io)
+            .await
+            .map_err(|e| e.to_string())?;
+        report(&w, id, &node, &mut groups);
+        apply_metadata(&w, id, &mut node, &replicas, &mut metadata).await?;
         answer_pending(&w, id, &node, &mut pending, &ep).await;
         if *w.finished.borrow() {
             return Ok(());
@@ -417,11 +425,11 @@ async fn apply_metadata(
     w: &World,
     id: NodeId,
     node: &mut Node,
-    groups: &BTreeMap<GroupId, Group>,
+    replicas: &Replicas,
     metadata: &mut ClusterMetadata,
 ) -> Result<(), String> {
     let commit = node.group(CONTROLLER_GROUP).map_or(0, |r| r.commit());
-    let log = &groups[&CONTROLLER_GROUP].log;
+    let log = &replicas[&CONTROLLER_GROUP].log;
     while metadata.applied < commit {
         let got = match read_checked(log, metadata.applied, 64 * 1024, commit).await {
             Ok(got) => got,
@@ -457,183 +465,10 @@ async fn apply_metadata(
     Ok(())
 }
 
-type Mirror = Vec<(Offset, Offset, u32)>;
-
 /// What the checker compares across replicas for one entry: the CRC-covered bytes of the
 /// batch and its term (from the term history, not from the stored epoch field).
 fn entry_crc(batch: &[u8], term: Term) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&batch[17..]), &term.to_le_bytes())
-}
-
-/// A failed read, and whether the data is corrupt on disk.
-struct ReadFailure {
-    error: String,
-    corrupt_on_disk: bool,
-}
-
-/// Reads batches, once more on a `Corrupt` answer: a bit flipped in transit reads right
-/// the second time, rot on disk does not.
-async fn read_checked(
-    log: &Log<SimDisk>,
-    from: Offset,
-    max_bytes: usize,
-    end: Offset,
-) -> Result<corelog_storage::ReadBatches, ReadFailure> {
-    match log.read_up_to(from, max_bytes, end).await {
-        Err(corelog_storage::StorageError::Corrupt { .. }) => log
-            .read_up_to(from, max_bytes, end)
-            .await
-            .map_err(|e| ReadFailure {
-                corrupt_on_disk: matches!(e, corelog_storage::StorageError::Corrupt { .. }),
-                error: e.to_string(),
-            }),
-        other => other.map_err(|e| ReadFailure {
-            corrupt_on_disk: false,
-            error: e.to_string(),
-        }),
-    }
-}
-
-/// Opens a group's log and its term history (the epoch checkpoint), and builds the
-/// checker's mirror of the log. Every batch's epoch must agree with the checkpoint: if not,
-/// the checkpoint protocol is broken, and the run says so.
-async fn open_group(
-    w: &World,
-    id: NodeId,
-    g: GroupId,
-    epochs_file: &corelog_storage::SimFile,
-) -> Result<(Log<SimDisk>, Mirror, EpochCache, u64, bool), String> {
-    let log = Log::open(w.disk(id, g), log_config())
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut epochs, seq) = load_epochs(epochs_file, g)
-        .await
-        .map_err(|e| format!("load epochs: {e}"))?
-        .unwrap_or_default();
-    epochs.truncate(log.next_offset());
-    let mut mirror = Vec::new();
-    let mut from = log.log_start_offset();
-    while from < log.next_offset() {
-        // Read twice: the epoch field is outside the CRC, and a bit flipped in transit
-        // there would make a sound checkpoint look wrong.
-        let end = log.next_offset();
-        let got = loop {
-            let a = read_checked(&log, from, 1 << 20, end).await;
-            let b = read_checked(&log, from, 1 << 20, end).await;
-            match (a, b) {
-                (Ok(a), Ok(b)) if a == b => break a,
-                (Ok(_), Ok(_)) => continue,
-                (Err(f), _) | (_, Err(f)) if f.corrupt_on_disk => {
-                    // Rot on disk: the log keeps what it claims; the mirror stops here.
-                    w.event(format!("node {id} g{g} has corrupt data: {}", f.error));
-                    return Ok((log, mirror, epochs, seq, true));
-                }
-                (Err(f), _) | (_, Err(f)) => return Err(f.error),
-            }
-        };
-        let mut rest = got.bytes.as_slice();
-        while let Ok(h) = BatchHeader::parse(rest) {
-            let base = h.base_offset as u64;
-            let term = h.partition_leader_epoch as Term;
-            if epochs.term_at(base) != term {
-                let what = format!(
-                    "node {id} g{g}: batch {base} has epoch {term}, checkpoint says {}",
-                    epochs.term_at(base)
-                );
-                if w.rotted.borrow().contains(&(id, g)) {
-                    // Rot in the epoch field (outside the CRC): this copy is damaged.
-                    w.event(format!("{what} (rot)"));
-                    return Ok((log, mirror, epochs, seq, true));
-                }
-                // Anywhere else it means the checkpoint protocol is broken.
-                let now = w.sim_ms();
-                w.history.borrow_mut().invariant(now, what);
-            }
-            mirror.push((
-                base,
-                h.last_offset() as u64 + 1,
-                entry_crc(&rest[..h.size], epochs.term_at(base)),
-            ));
-            rest = &rest[h.size..];
-        }
-        from = got.next_offset;
-    }
-    Ok((log, mirror, epochs, seq, false))
-}
-
-/// Epoch checkpoints: two slots of `EPOCH_SLOT` bytes per group in the meta disk's
-/// "epochs" file, `[seq u64][count u32][(term u32, offset u64) x count][crc32c u32]`; the
-/// valid slot with the higher seq wins, so a torn write keeps the previous checkpoint.
-const EPOCH_SLOT: u64 = 64 * 1024;
-
-async fn save_epochs(
-    file: &corelog_storage::SimFile,
-    group: GroupId,
-    epochs: &EpochCache,
-    seq: u64,
-) -> std::io::Result<()> {
-    let mut body = Vec::with_capacity(16 + 12 * epochs.runs().len());
-    body.extend_from_slice(&seq.to_le_bytes());
-    body.extend_from_slice(&(epochs.runs().len() as u32).to_le_bytes());
-    for &(term, offset) in epochs.runs() {
-        body.extend_from_slice(&term.to_le_bytes());
-        body.extend_from_slice(&offset.to_le_bytes());
-    }
-    let crc = crc32c::crc32c(&body);
-    body.extend_from_slice(&crc.to_le_bytes());
-    assert!(
-        body.len() as u64 <= EPOCH_SLOT,
-        "epoch checkpoint outgrew its slot"
-    );
-    body.resize(body.len().next_multiple_of(4096), 0);
-    file.write_at((u64::from(group) * 2 + seq % 2) * EPOCH_SLOT, &body)
-        .await?;
-    file.sync().await
-}
-
-async fn load_epochs(
-    file: &corelog_storage::SimFile,
-    group: GroupId,
-) -> std::io::Result<Option<(EpochCache, u64)>> {
-    let mut best: Option<(EpochCache, u64)> = None;
-    for slot in 0..2u64 {
-        let at = (u64::from(group) * 2 + slot) * EPOCH_SLOT;
-        let bytes = loop {
-            let a = file.read_at(at, EPOCH_SLOT as usize).await?;
-            if a == file.read_at(at, EPOCH_SLOT as usize).await? {
-                break a;
-            }
-        };
-        if bytes.len() < 16 {
-            continue;
-        }
-        let seq = u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes"));
-        let count = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
-        let end = 12 + 12 * count;
-        if end + 4 > bytes.len() {
-            continue;
-        }
-        let crc = u32::from_le_bytes(bytes[end..end + 4].try_into().expect("4 bytes"));
-        if crc32c::crc32c(&bytes[..end]) != crc {
-            continue;
-        }
-        let runs = bytes[12..end]
-            .chunks_exact(12)
-            .map(|c| {
-                (
-                    u32::from_le_bytes(c[0..4].try_into().expect("4 bytes")),
-                    u64::from_le_bytes(c[4..12].try_into().expect("8 bytes")),
-                )
-            })
-            .collect();
-        let Some(cache) = EpochCache::from_runs(runs) else {
-            continue;
-        };
-        if best.as_ref().is_none_or(|(_, s)| seq > *s) {
-            best = Some((cache, seq));
-        }
-    }
-    Ok(best)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -641,7 +476,7 @@ async fn handle_datagram(
     w: &World,
     id: NodeId,
     node: &mut Node,
-    groups: &mut BTreeMap<GroupId, Group>,
+    replicas: &Replicas,
     pending: &mut Vec<Pending>,
     ep: &Endpoint,
     now: u64,
@@ -692,8 +527,8 @@ async fn handle_datagram(
                     wire::response(wire::READ_RESP, req.req, wire::NOT_LEADER, &hint)
                 }
                 Some(hw) => {
-                    let g = &groups[&req.group];
-                    match read_checked(&g.log, from_offset, 16 * 1024, hw).await {
+                    match read_checked(&replicas[&req.group].log, from_offset, 16 * 1024, hw).await
+                    {
                         Ok(r) => wire::response(wire::READ_RESP, req.req, wire::OK, &r.bytes),
                         Err(f) => {
                             w.event(format!(
@@ -716,132 +551,8 @@ async fn handle_datagram(
     }
 }
 
-/// Carries out what the node asks: hard state first, then messages, then storage (so a
-/// protocol that acknowledged before its fsync would be caught by a crash in between).
-async fn drive(
-    w: &World,
-    id: NodeId,
-    node: &mut Node,
-    groups: &mut BTreeMap<GroupId, Group>,
-    (meta, epochs_file): (&corelog_storage::SimFile, &corelog_storage::SimFile),
-    ep: &Endpoint,
-) -> Result<(), String> {
-    for _ in 0..64 {
-        let NodeReady { work, envelopes } = node.take_ready();
-        if work.is_empty() && envelopes.is_empty() {
-            break;
-        }
-        for gw in &work {
-            if let Some(hs) = gw.hard_state {
-                let g = groups.get_mut(&gw.group).expect("known group");
-                w.disk_latency().await;
-                save_hard_state(meta, gw.group, hs, g.hard_seq)
-                    .await
-                    .map_err(|e| format!("save hard state: {e}"))?;
-                g.hard_seq += 1;
-            }
-        }
-        for (to, env) in envelopes {
-            if std::env::var_os("CORELOG_SIM_DEBUG").is_some() {
-                for (g, m) in &env.items {
-                    let m = match m {
-                        corelog_replication::Message::Append(a) => format!(
-                            "Append t{} prev {}/t{} commit {} n={}",
-                            a.term,
-                            a.prev_end,
-                            a.prev_term,
-                            a.commit,
-                            a.entries.len()
-                        ),
-                        other => format!("{other:?}"),
-                    };
-                    eprintln!("{:>7} {id}->{to} g{g} {m}", w.sim_ms());
-                }
-            }
-            let mut bytes = vec![wire::RAFT];
-            bytes.extend_from_slice(&frame::encode(&env));
-            let _ = ep.send_to(addr(to), 0, &bytes).await;
-        }
-        for gw in work {
-            let g = groups.get_mut(&gw.group).expect("known group");
-            let mut reads = Vec::new();
-            let mut wrote = false;
-            // The term history goes to disk before the first append that needs it (and
-            // after any truncation before that), so it always covers the log on disk.
-            let mut epochs = gw.epochs;
-            for op in gw.storage {
-                let now = w.now_ms(id);
-                match op {
-                    StorageOp::Append(batches) => {
-                        if let Some(e) = epochs.take() {
-                            save_epochs(epochs_file, gw.group, &e, g.epoch_seq)
-                                .await
-                                .map_err(|e| format!("save epochs: {e}"))?;
-                            g.epoch_seq += 1;
-                        }
-                        for b in batches {
-                            let h = BatchHeader::parse(&b).expect("core sends whole batches");
-                            g.log
-                                .append_at(&b, now as i64)
-                                .await
-                                .map_err(|e| format!("append: {e}"))?;
-                            g.mirror.push((
-                                h.base_offset as u64,
-                                h.last_offset() as u64 + 1,
-                                entry_crc(&b, h.partition_leader_epoch as Term),
-                            ));
-                        }
-                        wrote = true;
-                    }
-                    StorageOp::Truncate(offset) => {
-                        g.log
-                            .truncate_to(offset)
-                            .await
-                            .map_err(|e| format!("truncate: {e}"))?;
-                        g.mirror.retain(|&(b, _, _)| b < offset);
-                        wrote = true;
-                    }
-                    StorageOp::Read {
-                        peer,
-                        from,
-                        max_bytes,
-                    } => reads.push((peer, from, max_bytes)),
-                }
-            }
-            if let Some(e) = epochs.take() {
-                save_epochs(epochs_file, gw.group, &e, g.epoch_seq)
-                    .await
-                    .map_err(|e| format!("save epochs: {e}"))?;
-                g.epoch_seq += 1;
-            }
-            if wrote {
-                w.disk_latency().await;
-                let durable = g.log.sync().await.map_err(|e| format!("sync: {e}"))?;
-                node.on_persisted(w.now_ms(id), gw.group, durable);
-            }
-            for (peer, from, max_bytes) in reads {
-                let end = g.log.next_offset();
-                let read = read_checked(&g.log, from, max_bytes, end).await;
-                let Some(raft) = node.group_mut(gw.group) else {
-                    continue;
-                };
-                match read {
-                    Ok(r) => raft.on_read(w.now_ms(id), peer, from, r.bytes),
-                    Err(f) => {
-                        w.event(format!(
-                            "node {id} replication read g{} from {from}: {}",
-                            gw.group, f.error
-                        ));
-                        if f.corrupt_on_disk {
-                            raft.on_storage_corrupt(w.now_ms(id));
-                        }
-                        raft.on_read(w.now_ms(id), peer, from, Vec::new());
-                    }
-                }
-            }
-        }
-    }
-    // Report leadership and commits to the checker.
+/// Reports leadership and commits to the checker, after each drive.
+fn report(w: &World, id: NodeId, node: &Node, groups: &mut BTreeMap<GroupId, Group>) {
     let now = w.sim_ms();
     for (gid, raft) in node.groups() {
         w.status.borrow_mut().insert(
@@ -873,7 +584,6 @@ async fn drive(
             g.checked_commit = commit;
         }
     }
-    Ok(())
 }
 
 async fn answer_pending(

@@ -1,0 +1,577 @@
+//! The replica driver: the one code that carries out what a node's replication groups ask
+//! for, run by the broker (glommio, O_DIRECT files) and by the simulator (madsim, SimDisk)
+//! alike. Bugs live in drivers (the order of hard state, epochs, appends and fsync;
+//! recovery; catch-up reads), so the simulator must test this code, never a copy of it.
+//!
+//! Each group keeps its durable state in its own [`Disk`]: the log, and two small files of
+//! two slots each (the hard state, and the epoch checkpoint, Kafka's
+//! `leader-epoch-checkpoint`), written alternately with a sequence number and a CRC32C so
+//! that a torn write leaves the previous value. [`drive`] turns a [`Node`]'s ready work into
+//! I/O in the order the protocol needs:
+//!
+//! 1. every group's term and vote, durable, before any message leaves;
+//! 2. the messages, handed to the transport (a leader's appends go out while its own disk
+//!    writes, as Raft allows);
+//! 3. per group, truncations and appends in order, the epoch checkpoint before the first
+//!    append that needs it (or after the ops), one fdatasync, then `on_persisted`;
+//! 4. catch-up reads for followers, answered with `on_read`.
+//!
+//! No runtime, no clock and no files but through `Disk`: the clock, the network and the
+//! simulator's observation come in through [`Io`].
+
+use std::collections::BTreeMap;
+
+use corelog_storage::batch::BatchHeader;
+use corelog_storage::{Disk, DiskFile, Log, LogConfig, ReadBatches, StorageError};
+
+use crate::epochs::EpochCache;
+use crate::node::{Envelope, GroupId, Node, NodeReady};
+use crate::raft::{HardState, LogState, StorageOp};
+use crate::{NodeId, Offset, Term};
+
+/// The hard-state file of a group (term and vote, two slots).
+pub const HARD_STATE_FILE: &str = "raft-hard-state";
+/// The epoch checkpoint of a group (its term history, two slots).
+pub const EPOCHS_FILE: &str = "raft-epochs";
+
+const SLOT: u64 = 4096;
+const HARD_LEN: usize = 28;
+/// One epoch-checkpoint slot: room for 5,000 term changes.
+const EPOCH_SLOT: u64 = 64 * 1024;
+
+/// What the driver needs besides the disk: the clock, the transport and, for the
+/// simulator, observation. Hooks with a body do nothing unless a driver needs them.
+#[allow(async_fn_in_trait)]
+pub trait Io {
+    /// Milliseconds on the node's monotonic clock.
+    fn now_ms(&self) -> u64;
+    /// Hands one envelope to the transport. Must not wait on a slow peer: the transport
+    /// queues (bounded) or drops, and Raft retries.
+    async fn send(&mut self, to: NodeId, env: Envelope);
+    /// Before each write that must be durable (hard state, the log's fdatasync): the
+    /// simulator adds disk latency here.
+    async fn before_sync(&mut self) {}
+    /// The wall clock for the index's timestamps of appended batches (milliseconds).
+    fn wall_ms(&self) -> i64 {
+        self.now_ms() as i64
+    }
+    /// A batch was appended to `group`'s log (the simulator mirrors logs for its checker).
+    fn appended(&mut self, _group: GroupId, _batch: &[u8], _term: Term) {}
+    /// `group`'s log was truncated to `offset`.
+    fn truncated(&mut self, _group: GroupId, _offset: Offset) {}
+    /// Something worth a line in the log or the simulator's trace.
+    fn event(&mut self, _what: String) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error("{what}: {source}")]
+    Storage {
+        what: &'static str,
+        #[source]
+        source: StorageError,
+    },
+}
+
+impl DriveError {
+    pub fn storage(&self) -> &StorageError {
+        match self {
+            Self::Storage { source, .. } => source,
+        }
+    }
+}
+
+fn err(what: &'static str) -> impl FnOnce(StorageError) -> DriveError {
+    move |source| DriveError::Storage { what, source }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> DriveError {
+    move |e| DriveError::Storage {
+        what,
+        source: StorageError::Io(e),
+    }
+}
+
+/// One group's durable side on its disk.
+pub struct Replica<D: Disk> {
+    pub log: Log<D>,
+    hard_file: D::File,
+    hard_seq: u64,
+    epochs_file: D::File,
+    epoch_seq: u64,
+}
+
+/// What [`Replica::open`] found.
+pub struct Recovered {
+    pub hard: HardState,
+    /// The log's start and end, and the term history truncated to the log.
+    pub log: LogState,
+    /// The log holds data it cannot vouch for: the caller tells the group
+    /// (`Raft::on_storage_corrupt`), so it neither leads nor serves it.
+    pub damaged: Option<Damage>,
+}
+
+/// Why [`Recovered::damaged`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Damage {
+    /// A read failed as corrupt twice: rot on disk.
+    Corrupt(String),
+    /// A batch's stored epoch (outside the CRC) disagrees with the checkpoint, twice: rot
+    /// in that field, or a broken checkpoint protocol (the simulator tells them apart by
+    /// the faults it injected).
+    EpochMismatch(String),
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Corrupt(m) => write!(f, "corrupt on disk: {m}"),
+            Self::EpochMismatch(m) => write!(f, "epoch mismatch: {m}"),
+        }
+    }
+}
+
+/// A failed read, and whether the data is corrupt on disk.
+pub struct ReadFailure {
+    pub error: StorageError,
+    pub corrupt_on_disk: bool,
+}
+
+/// Reads batches, once more on a `Corrupt` answer: a bit flipped in transit reads right
+/// the second time, rot on disk does not.
+pub async fn read_checked<D: Disk>(
+    log: &Log<D>,
+    from: Offset,
+    max_bytes: usize,
+    end: Offset,
+) -> Result<ReadBatches, ReadFailure> {
+    match log.read_up_to(from, max_bytes, end).await {
+        Err(StorageError::Corrupt { .. }) => {
+            log.read_up_to(from, max_bytes, end)
+                .await
+                .map_err(|e| ReadFailure {
+                    corrupt_on_disk: matches!(e, StorageError::Corrupt { .. }),
+                    error: e,
+                })
+        }
+        other => other.map_err(|e| ReadFailure {
+            corrupt_on_disk: false,
+            error: e,
+        }),
+    }
+}
+
+/// Reads `len` bytes at `at` until two reads agree: a bit flipped in transit must not make
+/// a valid slot look torn (the older slot would bring back an older vote).
+async fn read_stable<F: DiskFile>(f: &F, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    loop {
+        let a = f.read_at(at, len).await?;
+        if a == f.read_at(at, len).await? {
+            return Ok(a);
+        }
+    }
+}
+
+fn encode_hard(hs: HardState, seq: u64) -> Vec<u8> {
+    let mut block = vec![0u8; SLOT as usize];
+    block[0..8].copy_from_slice(&seq.to_le_bytes());
+    block[8..12].copy_from_slice(&hs.term.to_le_bytes());
+    block[12..16].copy_from_slice(&hs.voted_for.unwrap_or(u32::MAX).to_le_bytes());
+    let crc = crc32c::crc32c(&block[..24]);
+    block[24..28].copy_from_slice(&crc.to_le_bytes());
+    block
+}
+
+/// The valid slot with the higher sequence: (hard state, sequence); (default, 0) if none.
+fn decode_hard(slots: [&[u8]; 2]) -> (HardState, u64) {
+    let mut best = (HardState::default(), 0u64);
+    for b in slots {
+        if b.len() < HARD_LEN {
+            continue;
+        }
+        let crc = u32::from_le_bytes(b[24..28].try_into().expect("4 bytes"));
+        if crc32c::crc32c(&b[..24]) != crc || b[..24].iter().all(|&x| x == 0) {
+            continue;
+        }
+        let seq = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
+        let term = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+        let voted = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes"));
+        if seq >= best.1 {
+            best = (
+                HardState {
+                    term,
+                    voted_for: (voted != u32::MAX).then_some(voted),
+                },
+                seq,
+            );
+        }
+    }
+    best
+}
+
+/// `[seq u64][count u32][(term u32, offset u64) x count][crc32c u32]`, zero padded to a
+/// block multiple.
+fn encode_epochs(epochs: &EpochCache, seq: u64) -> Vec<u8> {
+    let mut body = Vec::with_capacity(16 + 12 * epochs.runs().len());
+    body.extend_from_slice(&seq.to_le_bytes());
+    body.extend_from_slice(&(epochs.runs().len() as u32).to_le_bytes());
+    for &(term, offset) in epochs.runs() {
+        body.extend_from_slice(&term.to_le_bytes());
+        body.extend_from_slice(&offset.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&body);
+    body.extend_from_slice(&crc.to_le_bytes());
+    assert!(
+        body.len() as u64 <= EPOCH_SLOT,
+        "epoch checkpoint outgrew its slot"
+    );
+    body.resize(body.len().next_multiple_of(SLOT as usize), 0);
+    body
+}
+
+fn decode_epochs(bytes: &[u8]) -> Option<(EpochCache, u64)> {
+    if bytes.len() < 16 {
+        return None;
+    }
+    let seq = u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes"));
+    let count = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+    let end = 12usize.checked_add(count.checked_mul(12)?)?;
+    if end + 4 > bytes.len() {
+        return None;
+    }
+    let crc = u32::from_le_bytes(bytes[end..end + 4].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&bytes[..end]) != crc {
+        return None;
+    }
+    let runs = bytes[12..end]
+        .chunks_exact(12)
+        .map(|c| {
+            (
+                u32::from_le_bytes(c[0..4].try_into().expect("4 bytes")),
+                u64::from_le_bytes(c[4..12].try_into().expect("8 bytes")),
+            )
+        })
+        .collect();
+    Some((EpochCache::from_runs(runs)?, seq))
+}
+
+impl<D: Disk> Replica<D> {
+    /// Opens a group's state in `disk`: recovers the log, loads term, vote and the term
+    /// history (truncated to the log), and walks every batch from the log start through
+    /// `visit` with its term from the history (the broker rebuilds idempotent-producer
+    /// state from it, the simulator its mirror for the checker). Reads that fail as
+    /// corrupt on disk, or a stored epoch that disagrees with the history, stop the walk
+    /// and are reported in `damaged`.
+    pub async fn open(
+        disk: D,
+        config: LogConfig,
+        mut visit: impl FnMut(&[u8], Term),
+    ) -> Result<(Self, Recovered), DriveError> {
+        let hard_file = disk
+            .open(HARD_STATE_FILE)
+            .await
+            .map_err(io_err("hard state"))?;
+        let epochs_file = disk.open(EPOCHS_FILE).await.map_err(io_err("epochs"))?;
+        disk.sync_dir().await.map_err(io_err("state files"))?;
+        let a = read_stable(&hard_file, 0, HARD_LEN)
+            .await
+            .map_err(io_err("read hard state"))?;
+        let b = read_stable(&hard_file, SLOT, HARD_LEN)
+            .await
+            .map_err(io_err("read hard state"))?;
+        let (hard, hard_seq) = decode_hard([&a, &b]);
+        let mut best: Option<(EpochCache, u64)> = None;
+        for slot in 0..2 {
+            let bytes = read_stable(&epochs_file, slot * EPOCH_SLOT, EPOCH_SLOT as usize)
+                .await
+                .map_err(io_err("read epochs"))?;
+            if let Some((cache, seq)) = decode_epochs(&bytes) {
+                if best.as_ref().is_none_or(|(_, s)| seq > *s) {
+                    best = Some((cache, seq));
+                }
+            }
+        }
+        let (mut epochs, epoch_seq) = best.unwrap_or_default();
+        let log = Log::open(disk, config).await.map_err(err("open log"))?;
+        epochs.truncate(log.next_offset());
+        let damaged = walk(&log, &epochs, &mut visit).await?;
+        let state = LogState {
+            start: log.log_start_offset(),
+            end: log.next_offset(),
+            epochs,
+        };
+        Ok((
+            Self {
+                log,
+                hard_file,
+                hard_seq: hard_seq + 1,
+                epochs_file,
+                epoch_seq: epoch_seq + 1,
+            },
+            Recovered {
+                hard,
+                log: state,
+                damaged,
+            },
+        ))
+    }
+
+    /// Writes a hard state and term history taken from elsewhere (a broker's earlier
+    /// state file) before the first [`Replica::open`] of `disk`; durable on return.
+    pub async fn import(disk: &D, hard: HardState, epochs: &EpochCache) -> Result<(), DriveError> {
+        let h = disk
+            .open(HARD_STATE_FILE)
+            .await
+            .map_err(io_err("hard state"))?;
+        let e = disk.open(EPOCHS_FILE).await.map_err(io_err("epochs"))?;
+        let r = async {
+            h.write_at(SLOT, &encode_hard(hard, 1)).await?;
+            h.sync().await?;
+            e.write_at(EPOCH_SLOT, &encode_epochs(epochs, 1)).await?;
+            e.sync().await?;
+            disk.sync_dir().await
+        }
+        .await;
+        h.close().await.map_err(io_err("hard state"))?;
+        e.close().await.map_err(io_err("epochs"))?;
+        r.map_err(io_err("import state"))
+    }
+
+    async fn save_hard_state(&mut self, hs: HardState) -> Result<(), DriveError> {
+        let seq = self.hard_seq;
+        self.hard_file
+            .write_at((seq % 2) * SLOT, &encode_hard(hs, seq))
+            .await
+            .map_err(io_err("save hard state"))?;
+        self.hard_file
+            .sync()
+            .await
+            .map_err(io_err("save hard state"))?;
+        self.hard_seq += 1;
+        Ok(())
+    }
+
+    async fn save_epochs(&mut self, epochs: &EpochCache) -> Result<(), DriveError> {
+        let seq = self.epoch_seq;
+        self.epochs_file
+            .write_at((seq % 2) * EPOCH_SLOT, &encode_epochs(epochs, seq))
+            .await
+            .map_err(io_err("save epochs"))?;
+        self.epochs_file
+            .sync()
+            .await
+            .map_err(io_err("save epochs"))?;
+        self.epoch_seq += 1;
+        Ok(())
+    }
+
+    /// Closes the state files; the log is the caller's to close or abandon.
+    pub async fn into_log(self) -> Log<D> {
+        let _ = self.hard_file.close().await;
+        let _ = self.epochs_file.close().await;
+        self.log
+    }
+}
+
+/// Walks the log from its start; see [`Replica::open`].
+async fn walk<D: Disk>(
+    log: &Log<D>,
+    epochs: &EpochCache,
+    visit: &mut impl FnMut(&[u8], Term),
+) -> Result<Option<Damage>, DriveError> {
+    let mut from = log.log_start_offset();
+    let end = log.next_offset();
+    let mut rechecked = None;
+    while from < end {
+        let got = match read_checked(log, from, 1 << 20, end).await {
+            Ok(got) => got,
+            Err(f) if f.corrupt_on_disk => return Ok(Some(Damage::Corrupt(f.error.to_string()))),
+            Err(f) => return Err(err("recovery read")(f.error)),
+        };
+        if got.bytes.is_empty() || got.next_offset <= from {
+            break;
+        }
+        let mut rest = got.bytes.as_slice();
+        let mut mismatch = None;
+        let mut seen = Vec::new();
+        while let Ok(h) = BatchHeader::parse(rest) {
+            let base = h.base_offset as Offset;
+            let term = h.partition_leader_epoch as Term;
+            if epochs.term_at(base) != term {
+                mismatch = Some(format!(
+                    "batch {base} has epoch {term}, the checkpoint says {}",
+                    epochs.term_at(base)
+                ));
+                break;
+            }
+            seen.push((
+                rest.as_ptr() as usize - got.bytes.as_ptr() as usize,
+                h.size,
+                term,
+            ));
+            rest = &rest[h.size..];
+        }
+        if let Some(m) = mismatch {
+            // The epoch field lies outside the CRC: read once more before calling it rot.
+            if rechecked != Some(from) {
+                rechecked = Some(from);
+                continue;
+            }
+            for (at, size, term) in seen {
+                visit(&got.bytes[at..at + size], term);
+            }
+            return Ok(Some(Damage::EpochMismatch(m)));
+        }
+        for (at, size, term) in seen {
+            visit(&got.bytes[at..at + size], term);
+        }
+        from = got.next_offset;
+    }
+    Ok(None)
+}
+
+/// Carries out everything `node` has ready, until it has nothing more (at most 64 rounds,
+/// so a driver's loop keeps turning): see the module docs for the order. A storage error
+/// is returned at once; the caller fails the node (the simulator restarts it from its
+/// disks, the broker takes the partition offline or waits out ENOSPC).
+pub async fn drive<D: Disk>(
+    node: &mut Node,
+    replicas: &mut BTreeMap<GroupId, Replica<D>>,
+    io: &mut impl Io,
+) -> Result<(), DriveError> {
+    for _ in 0..64 {
+        let NodeReady { work, envelopes } = node.take_ready();
+        if work.is_empty() && envelopes.is_empty() {
+            break;
+        }
+        for gw in &work {
+            if let Some(hs) = gw.hard_state {
+                let r = replicas.get_mut(&gw.group).expect("a replica per group");
+                io.before_sync().await;
+                r.save_hard_state(hs).await?;
+            }
+        }
+        for (to, env) in envelopes {
+            io.send(to, env).await;
+        }
+        for gw in work {
+            let group = gw.group;
+            let r = replicas.get_mut(&group).expect("a replica per group");
+            let mut reads = Vec::new();
+            let mut wrote = false;
+            // The term history goes to disk before the first append that needs it (and
+            // after any truncation before that), so it always covers the log on disk.
+            let mut epochs = gw.epochs;
+            for op in gw.storage {
+                match op {
+                    StorageOp::Append(batches) => {
+                        if let Some(e) = epochs.take() {
+                            r.save_epochs(&e).await?;
+                        }
+                        for b in batches {
+                            r.log
+                                .append_at(&b, io.wall_ms())
+                                .await
+                                .map_err(err("append"))?;
+                            let term = BatchHeader::parse(&b)
+                                .map_or(0, |h| h.partition_leader_epoch as Term);
+                            io.appended(group, &b, term);
+                        }
+                        wrote = true;
+                    }
+                    StorageOp::Truncate(offset) => {
+                        r.log.truncate_to(offset).await.map_err(err("truncate"))?;
+                        io.truncated(group, offset);
+                        wrote = true;
+                    }
+                    StorageOp::Read {
+                        peer,
+                        from,
+                        max_bytes,
+                    } => reads.push((peer, from, max_bytes)),
+                }
+            }
+            if let Some(e) = epochs.take() {
+                r.save_epochs(&e).await?;
+            }
+            if wrote {
+                io.before_sync().await;
+                let durable = r.log.sync().await.map_err(err("sync"))?;
+                node.on_persisted(io.now_ms(), group, durable);
+            }
+            for (peer, from, max_bytes) in reads {
+                let end = r.log.next_offset();
+                let read = read_checked(&r.log, from, max_bytes, end).await;
+                let Some(raft) = node.group_mut(group) else {
+                    continue;
+                };
+                match read {
+                    Ok(got) => raft.on_read(io.now_ms(), peer, from, got.bytes),
+                    Err(f) => {
+                        io.event(format!(
+                            "replication read g{group} from {from}: {}",
+                            f.error
+                        ));
+                        if f.corrupt_on_disk {
+                            raft.on_storage_corrupt(io.now_ms());
+                        }
+                        raft.on_read(io.now_ms(), peer, from, Vec::new());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hard_state_slots_keep_the_newest_valid_one() {
+        let a = encode_hard(
+            HardState {
+                term: 3,
+                voted_for: Some(2),
+            },
+            1,
+        );
+        let b = encode_hard(
+            HardState {
+                term: 4,
+                voted_for: None,
+            },
+            2,
+        );
+        assert_eq!(decode_hard([&a, &b]).0.term, 4);
+        let mut torn = b.clone();
+        torn[9] ^= 1;
+        assert_eq!(
+            decode_hard([&a, &torn]),
+            (
+                HardState {
+                    term: 3,
+                    voted_for: Some(2)
+                },
+                1
+            )
+        );
+        assert_eq!(decode_hard([&[], &[]]), (HardState::default(), 0));
+    }
+
+    #[test]
+    fn epoch_slots_round_trip_and_refuse_damage() {
+        let e = EpochCache::from_runs(vec![(1, 0), (3, 10), (4, 25)]).unwrap();
+        let bytes = encode_epochs(&e, 7);
+        let (back, seq) = decode_epochs(&bytes).unwrap();
+        assert_eq!((back.runs(), seq), (e.runs(), 7));
+        let mut bad = bytes.clone();
+        bad[14] ^= 1;
+        assert!(decode_epochs(&bad).is_none());
+        // A count that claims more than the slot holds is refused, not read past.
+        let mut huge = bytes;
+        huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_epochs(&huge).is_none());
+    }
+}
