@@ -101,3 +101,9 @@ pub fn check_write(internal: bool) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The free bytes of the last reading, less what this shard accepted since.
+pub fn free_bytes() -> u64 {
+    let (free, _) = STATE.with(|s| s.get());
+    free.saturating_sub(WRITTEN.with(|w| w.get()))
+}

@@ -16,7 +16,7 @@ use corelog_replication::{
     Envelope, EpochCache, GroupId, HardState, Node, NodeId, Raft, RaftConfig,
 };
 use corelog_storage::batch::{self, BatchError, BatchHeader};
-use corelog_storage::{GlommioDisk, Log, StorageError};
+use corelog_storage::{Disk, GlommioDisk, Log, StorageError};
 use event_listener::Event;
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use crate::config::TopicSettings;
 use crate::errors as code;
+use crate::records::Kept;
 use crate::util::{mono_ms, wall_ms};
 
 /// What a connection needs to know without asking the task: updated by the task.
@@ -128,6 +129,9 @@ impl PartitionHandle {
 /// How often a partition that ran out of disk space checks whether it can reopen.
 const REOPEN_CHECK_MS: u64 = 1000;
 
+/// How much more free space than at the ENOSPC a reopen waits for.
+const REOPEN_MARGIN: u64 = 1 << 20;
+
 /// ENOSPC, or the short direct-I/O write a nearly full file system gives instead of it.
 fn is_enospc(e: &StorageError) -> bool {
     use std::io::ErrorKind;
@@ -158,7 +162,11 @@ async fn load(dir: &Path, node_id: i32, settings: &TopicSettings) -> Result<Load
     // A dir from before the replica driver kept term, vote and term history in JSON:
     // carried over once (the JSON goes only after the driver's files are durable).
     if let Some(saved) = RaftFile::load(dir)? {
-        let epochs = EpochCache::from_runs(saved.epochs).unwrap_or_default();
+        let epochs = EpochCache::from_runs(saved.epochs).ok_or_else(|| {
+            at(&format!(
+                "{RAFT_FILE} holds no valid term history; move it away to start this partition's history afresh"
+            ))
+        })?;
         let hard = HardState {
             term: saved.term,
             voted_for: saved.voted_for,
@@ -167,6 +175,9 @@ async fn load(dir: &Path, node_id: i32, settings: &TopicSettings) -> Result<Load
             .await
             .map_err(|e| at(&e))?;
         std::fs::remove_file(dir.join(RAFT_FILE)).map_err(|e| at(&e))?;
+        // The removal durable too: a JSON that came back after a crash would be imported
+        // over newer state (import skips files that hold a valid state, but only then).
+        disk.sync_dir().await.map_err(|e| at(&e))?;
     }
     let mut producers = BTreeMap::new();
     let visit = |b: &[u8], _term| {
@@ -192,8 +203,11 @@ async fn load(dir: &Path, node_id: i32, settings: &TopicSettings) -> Result<Load
         now,
     );
     if let Some(d) = &recovered.damaged {
-        tracing::error!(dir = %dir.display(), "partition log damaged: {d}");
-        raft.on_storage_corrupt(now);
+        // A group of one has no sound copy to hand leadership to: stepping down would take
+        // the whole partition out. It keeps serving; reads of the damaged range fail with
+        // KAFKA_STORAGE_ERROR (nothing failing its CRC is ever served). With replicas,
+        // `on_storage_corrupt` moves leadership to a sound copy instead.
+        tracing::error!(dir = %dir.display(), "partition log damaged: {d}; reads of the damaged range fail");
     }
     raft.on_tick(now);
     let mut node = Node::new(id);
@@ -239,11 +253,17 @@ pub async fn open(
         producers,
         status: status.clone(),
         changed: changed.clone(),
-        out_of_space: false,
+        out_of_space: None,
     };
     // The election of a group of one happened in `on_tick`: persist its term (and the
-    // new leader's first batch) before serving anything.
-    task.drive().await.map_err(|e| e.to_string())?;
+    // new leader's first batch) before serving anything. A full disk at start does not
+    // keep the broker down: the partition waits for space like one that filled up later.
+    if let Err(e) = task.drive().await {
+        if !is_enospc(e.storage()) {
+            return Err(e.to_string());
+        }
+        task.fail(e.storage());
+    }
     task.publish();
     glommio::spawn_local(task.run(rx, retention_check)).detach();
     Ok(PartitionHandle {
@@ -374,6 +394,7 @@ async fn offset_of_max_timestamp(
     high_watermark: i64,
 ) -> Result<(i64, i64), StorageError> {
     let mut best = (-1i64, -1i64); // (offset, timestamp)
+    let start = log.log_start_offset() as i64;
     let mut from = log.log_start_offset();
     let end = (high_watermark.max(0) as u64).min(log.next_offset());
     while from < end {
@@ -386,13 +407,22 @@ async fn offset_of_max_timestamp(
             if (h.base_offset as u64) >= end || h.size > rest.len() {
                 break;
             }
-            if h.max_timestamp > best.1 && !h.is_control() {
-                let offset = batch::record_timestamps(&rest[..h.size])
-                    .and_then(|ts| ts.iter().find(|(_, t)| *t == h.max_timestamp).copied())
-                    .map_or(h.last_offset(), |(delta, _)| {
-                        h.base_offset + i64::from(delta)
-                    });
-                best = (offset, h.max_timestamp);
+            // Records below a DeleteRecords start are gone, even in the batch holding it.
+            if h.max_timestamp > best.1 && !h.is_control() && h.last_offset() >= start {
+                let hit = match batch::record_timestamps(&rest[..h.size]) {
+                    Some(ts) => ts
+                        .into_iter()
+                        .map(|(d, t)| (h.base_offset + i64::from(d), t))
+                        .filter(|(o, t)| *o >= start && *t > best.1)
+                        .fold(None, |m: Option<(i64, i64)>, (o, t)| match m {
+                            Some((_, mt)) if mt >= t => m,
+                            _ => Some((o, t)),
+                        }),
+                    None => Some((h.last_offset(), h.max_timestamp)),
+                };
+                if let Some(hit) = hit {
+                    best = hit;
+                }
             }
             rest = &rest[h.size..];
         }
@@ -407,7 +437,10 @@ struct PartitionTask {
     /// A write failed with ENOSPC (the reserve did not hold: another writer filled the
     /// disk, or `storage_min_free_bytes` is 0). Committed data is still served; writes are
     /// refused until space is back above the reserve and the task reopened its dir.
-    out_of_space: bool,
+    /// Holds the free bytes seen when it happened: reopening waits for more than that, so
+    /// an ENOSPC that free space does not show (no reserve, quotas) cannot make the task
+    /// reopen, and walk its log, every second.
+    out_of_space: Option<u64>,
     /// An internal topic's partition (`__consumer_offsets`): keeps writing into the disk
     /// reserve longer than user topics.
     internal: bool,
@@ -458,8 +491,10 @@ impl PartitionTask {
         let mut next_retention = mono_ms() + retention_check.as_millis() as u64;
         loop {
             let mut wait = next_retention.saturating_sub(mono_ms());
-            if self.out_of_space {
-                if crate::disk_space::check_write(self.internal).is_ok() {
+            if let Some(free_then) = self.out_of_space {
+                if crate::disk_space::check_write(self.internal).is_ok()
+                    && crate::disk_space::free_bytes() > free_then.saturating_add(REOPEN_MARGIN)
+                {
                     self.reopen().await;
                 }
                 wait = wait.min(REOPEN_CHECK_MS);
@@ -554,7 +589,7 @@ impl PartitionTask {
                     base_offset: if ok { p.base } else { -1 },
                     log_start: status.log_start,
                     message: (!ok).then(|| {
-                        if self.out_of_space {
+                        if self.out_of_space.is_some() {
                             "the disk ran out of space; writes resume once space is back".into()
                         } else {
                             "the partition's storage failed".to_string()
@@ -588,7 +623,7 @@ impl PartitionTask {
             ));
             return None;
         }
-        if self.out_of_space {
+        if self.out_of_space.is_some() {
             let _ = reply.send(refuse(
                 code::KAFKA_STORAGE_ERROR,
                 "the disk ran out of space; writes resume once space is back above the reserve"
@@ -846,10 +881,12 @@ impl PartitionTask {
             // Not a failing device: what is committed is durable and still served; the
             // unwritten tail and the uncommitted entries are dropped by reopening the
             // dir once space is back (as a restart would, without one).
-            if !self.out_of_space {
+            if self.out_of_space.is_none() {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "partition out of disk space: writes refused until space is back above the reserve");
+                // No reading yet (u64::MAX): wait for nothing but the reserve.
+                let free = crate::disk_space::free_bytes();
+                self.out_of_space = Some(if free == u64::MAX { 0 } else { free });
             }
-            self.out_of_space = true;
             return;
         }
         tracing::error!(dir = %self.dir.display(), error = %e, "partition storage failed; taking it offline");
@@ -877,7 +914,7 @@ impl PartitionTask {
                 }
                 match self.drive().await {
                     Ok(()) => {
-                        self.out_of_space = false;
+                        self.out_of_space = None;
                         self.publish();
                         tracing::info!(dir = %self.dir.display(), end = self.log().next_offset(), "partition reopened after running out of disk space: writes resume");
                     }
@@ -908,6 +945,14 @@ impl PartitionTask {
             return;
         };
         let mut log = replica.into_log().await;
+        if self.out_of_space.is_some() {
+            // Its in-memory tail is what reopening would have dropped: none of it may
+            // reach the disk now.
+            if let Err(e) = log.abandon().await {
+                tracing::debug!(dir = %self.dir.display(), error = %e, "closing the log");
+            }
+            return;
+        }
         if let Err(e) = log.sync().await {
             tracing::error!(dir = %self.dir.display(), error = %e, "final sync failed");
         }
@@ -974,8 +1019,16 @@ fn split_batches(
         let recompress = settings
             .compression
             .filter(|to| to.codec != h.compression());
+        // What recompression may hold of one batch, decompressed: what may be stored when
+        // it is stored uncompressed, else 32 times the limit (a producer's batch is
+        // bounded by its own batch size, a bomb is not).
+        let keep_limit = match recompress {
+            Some(to) if to.codec == 0 => max_message_bytes,
+            _ => max_message_bytes.saturating_mul(32),
+        };
         let (walked, decompressed) = if recompress.is_some() {
-            crate::records::validate_keeping(&rest[..size], &h)
+            crate::records::validate_keeping(&rest[..size], &h, keep_limit)
+                .map(|(w, k)| (w, Some(k)))
         } else {
             crate::records::validate(&rest[..size], &h).map(|w| (w, None))
         }
@@ -998,12 +1051,24 @@ fn split_batches(
         let rebuilt = match recompress {
             None => None,
             Some(to) => {
-                let plain = decompressed
-                    .as_deref()
-                    .unwrap_or(&rest[batch::HEADER_LEN..size]);
-                let records = crate::records::compress(to, plain)
-                    .map_err(|e| (code::UNKNOWN_SERVER_ERROR, format!("recompressing: {e}")))?;
-                let b = batch::rewrap(&rest[..size], to.codec, &records);
+                let plain = match &decompressed {
+                    Some(Kept::TooLarge) | None => {
+                        return Err((
+                            code::MESSAGE_TOO_LARGE,
+                            format!(
+                                "the batch decompresses to more than {keep_limit} bytes, more than compression.type lets the broker recompress (max.message.bytes {max_message_bytes})"
+                            ),
+                        ));
+                    }
+                    Some(kept) => kept.records_or(&rest[..size]),
+                };
+                let b = if to.codec == 0 {
+                    batch::rewrap(&rest[..size], 0, plain)
+                } else {
+                    let records = crate::records::compress(to, plain)
+                        .map_err(|e| (code::UNKNOWN_SERVER_ERROR, format!("recompressing: {e}")))?;
+                    batch::rewrap(&rest[..size], to.codec, &records)
+                };
                 // Kafka checks the batch it stores, not the one it was sent.
                 if b.len() > max_message_bytes {
                     return Err((

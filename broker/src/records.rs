@@ -42,28 +42,53 @@ fn bad(why: impl Into<String>) -> BadRecords {
 /// Walks every record of a batch already checked by `batch::validate` (framing, CRC,
 /// count against lastOffsetDelta).
 pub fn validate(bytes: &[u8], h: &BatchHeader) -> Result<Walked, BadRecords> {
-    walk(bytes, h, false).map(|(w, _)| w)
+    walk(bytes, h, None).map(|(w, _)| w)
 }
 
-/// [`validate`], also returning the records decompressed when the batch is compressed
-/// (`None` when it is not: they are the batch's own bytes after the header), for a topic
-/// whose `compression.type` makes the broker recompress.
+/// The records [`validate_keeping`] kept, for a broker that recompresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    /// The batch is uncompressed: its records are its own bytes after the header.
+    Plain,
+    /// The records, decompressed (length-prefixed, as in an uncompressed batch).
+    Records(Vec<u8>),
+    /// They decompress to more than the limit: nothing past it was kept (the walk went on
+    /// holding one record at a time, so the batch was still validated).
+    TooLarge,
+}
+
+impl Kept {
+    /// The records of `batch` this stands for (panics on `TooLarge`: nothing was kept).
+    pub fn records_or<'a>(&'a self, batch: &'a [u8]) -> &'a [u8] {
+        match self {
+            Self::Plain => &batch[HEADER_LEN..],
+            Self::Records(r) => r,
+            Self::TooLarge => panic!("the records were not kept: past the limit"),
+        }
+    }
+}
+
+/// [`validate`], also keeping the records decompressed when the batch is compressed, up to
+/// `limit` bytes, for a topic whose `compression.type` makes the broker recompress.
 pub fn validate_keeping(
     bytes: &[u8],
     h: &BatchHeader,
-) -> Result<(Walked, Option<Vec<u8>>), BadRecords> {
-    walk(bytes, h, true)
+    limit: usize,
+) -> Result<(Walked, Kept), BadRecords> {
+    walk(bytes, h, Some(limit))
 }
 
-fn walk(
-    bytes: &[u8],
-    h: &BatchHeader,
-    keep: bool,
-) -> Result<(Walked, Option<Vec<u8>>), BadRecords> {
+/// The walk; with `keep`, the decompressed records too (`Plain` when not kept).
+fn walk(bytes: &[u8], h: &BatchHeader, keep: Option<usize>) -> Result<(Walked, Kept), BadRecords> {
     let records = &bytes[HEADER_LEN..];
     let mut w = Walker::new(h);
-    if keep && h.compression() != 0 {
-        w.kept = Some(Vec::with_capacity(records.len() * 4));
+    if let Some(limit) = keep.filter(|_| h.compression() != 0) {
+        w.keep_limit = limit;
+        w.kept = Some(Some(Vec::with_capacity(
+            (records.len() * 4)
+                .min(limit)
+                .min(MAX_DECOMPRESSED as usize),
+        )));
     }
     match h.compression() {
         0 => {
@@ -102,7 +127,11 @@ fn walk(
         }
         c => return Err(bad(format!("unknown compression codec {c}"))),
     }
-    let kept = w.kept.take();
+    let kept = match w.kept.take() {
+        None => Kept::Plain,
+        Some(Some(r)) => Kept::Records(r),
+        Some(None) => Kept::TooLarge,
+    };
     Ok((w.done(), kept))
 }
 
@@ -112,8 +141,10 @@ struct Walker {
     min_ts: i64,
     max_ts: i64,
     buf: Vec<u8>,
-    /// The decompressed records (length-prefixed as in a batch), when asked for.
-    kept: Option<Vec<u8>>,
+    /// The decompressed records (length-prefixed as in a batch), when asked for; `None`
+    /// inside once they pass `keep_limit`.
+    kept: Option<Option<Vec<u8>>>,
+    keep_limit: usize,
 }
 
 impl Walker {
@@ -125,6 +156,7 @@ impl Walker {
             max_ts: i64::MIN,
             buf: Vec::new(),
             kept: None,
+            keep_limit: 0,
         }
     }
 
@@ -162,9 +194,15 @@ impl Walker {
                 )));
             }
             self.record(i, &buf)?;
-            if let Some(kept) = &mut self.kept {
-                put_varint(kept, len as i64);
-                kept.extend_from_slice(&buf);
+            if let Some(slot) = &mut self.kept {
+                if let Some(kept) = slot {
+                    if kept.len() + buf.len() + 10 > self.keep_limit {
+                        *slot = None; // past the limit: stop holding, keep validating
+                    } else {
+                        put_varint(kept, len as i64);
+                        kept.extend_from_slice(&buf);
+                    }
+                }
             }
             self.buf = buf;
         }
@@ -277,6 +315,7 @@ pub fn compress(to: Recompress, plain: &[u8]) -> Result<Vec<u8>, String> {
             // Independent 64 KiB blocks, no content size: the frame Kafka's Java reader
             // (KafkaLZ4BlockInputStream) accepts. lz4_flex has one (fast) level.
             let info = lz4_flex::frame::FrameInfo::new()
+                .block_size(lz4_flex::frame::BlockSize::Max64KB)
                 .block_mode(lz4_flex::frame::BlockMode::Independent);
             let mut e = lz4_flex::frame::FrameEncoder::with_frame_info(
                 info,
@@ -530,8 +569,8 @@ mod tests {
         );
         for src in &sources {
             let h = corelog_storage::batch::validate(src, usize::MAX).unwrap();
-            let (_, kept) = validate_keeping(src, &h).unwrap();
-            let decompressed = kept.as_deref().unwrap_or(&src[HEADER_LEN..]);
+            let kept = validate_keeping(src, &h, 1 << 30).unwrap().1;
+            let decompressed = kept.records_or(src);
             assert_eq!(decompressed, records, "codec {}", h.compression());
             for codec in 0..=4 {
                 let to = Recompress {
@@ -561,9 +600,9 @@ mod tests {
                         h.base_sequence
                     )
                 );
-                let (_, again) = validate_keeping(&out, &oh).unwrap();
+                let again = validate_keeping(&out, &oh, 1 << 30).unwrap().1;
                 assert_eq!(
-                    again.as_deref().unwrap_or(&out[HEADER_LEN..]),
+                    again.records_or(&out),
                     records,
                     "{} -> {codec}",
                     h.compression()
@@ -578,6 +617,10 @@ mod tests {
                 }
             }
         }
+        // Past the limit nothing more is held, and the batch still validates.
+        let z = build::with_codec(&plain, 4, &zstd(records));
+        let h = corelog_storage::batch::validate(&z, usize::MAX).unwrap();
+        assert_eq!(validate_keeping(&z, &h, 10_000).unwrap().1, Kept::TooLarge);
         // Snappy is written xerial-framed, in 32 KiB blocks, as Kafka's broker writes it.
         let s = compress(Recompress { codec: 2, level: 0 }, records).unwrap();
         assert!(s.starts_with(XERIAL_MAGIC));

@@ -317,7 +317,9 @@ impl<D: Disk> Replica<D> {
     }
 
     /// Writes a hard state and term history taken from elsewhere (a broker's earlier
-    /// state file) before the first [`Replica::open`] of `disk`; durable on return.
+    /// state file) before the first [`Replica::open`] of `disk`; durable on return. Does
+    /// nothing if `disk` already holds a valid hard state (an import that ran before, and
+    /// perhaps newer elections since).
     pub async fn import(disk: &D, hard: HardState, epochs: &EpochCache) -> Result<(), DriveError> {
         let h = disk
             .open(HARD_STATE_FILE)
@@ -325,6 +327,11 @@ impl<D: Disk> Replica<D> {
             .map_err(io_err("hard state"))?;
         let e = disk.open(EPOCHS_FILE).await.map_err(io_err("epochs"))?;
         let r = async {
+            let a = read_stable(&h, 0, HARD_LEN).await?;
+            let b = read_stable(&h, SLOT, HARD_LEN).await?;
+            if decode_hard([&a, &b]).1 > 0 {
+                return Ok(());
+            }
             h.write_at(SLOT, &encode_hard(hard, 1)).await?;
             h.sync().await?;
             e.write_at(EPOCH_SLOT, &encode_epochs(epochs, 1)).await?;

@@ -164,14 +164,21 @@ impl<D: Disk> Log<D> {
         let (start_seq, start) = start_checkpoint::load(&disk, &names)
             .await?
             .unwrap_or((0, 0));
-        Ok(Self {
+        let mut log = Self {
             disk,
             config,
             segments,
             durable_offset,
             start,
             start_seq,
-        })
+        };
+        // A start past the end (a crash inside a truncation below it) would hide every
+        // record appended from here: it comes down to the end.
+        if log.start > log.next_offset() {
+            let end = log.next_offset();
+            log.set_start(end).await?;
+        }
+        Ok(log)
     }
 
     /// The first offset a reader may ask for: the first stored one, or the later start
@@ -525,12 +532,8 @@ impl<D: Disk> Log<D> {
         if offset >= self.next_offset() {
             return Ok(());
         }
-        if offset < self.start {
-            // The records from `offset` on are gone and new ones will take their offsets:
-            // a start above them would hide those.
-            self.set_start(offset).await?;
-        }
         if offset <= self.log_start_offset() {
+            // Kafka's truncateFullyAndStartAt: nothing below the start may come back.
             while let Some(seg) = self.segments.pop_back() {
                 self.remove_segment_files(seg).await?;
             }
@@ -542,6 +545,12 @@ impl<D: Disk> Log<D> {
             )
             .await?;
             self.segments.push_back(seg);
+            // Only now, with the records gone: new ones will take their offsets, and a
+            // start above them would hide those. (A crash before this leaves a start past
+            // the end, which `open` lowers.)
+            if self.start > offset {
+                self.set_start(offset).await?;
+            }
         } else {
             while self.active().base >= offset {
                 let seg = self.segments.pop_back().expect("never empty");
@@ -590,14 +599,16 @@ impl<D: Disk> Log<D> {
 
     /// Moves the log start up to `offset` (DeleteRecords): offsets below it are no longer
     /// served, whole segments below it are deleted, and the start survives a crash the
-    /// moment this returns. `offset` must not pass [`Log::next_offset`]; a start at or
+    /// moment this returns. `offset` must not pass [`Log::durable_offset`]; a start at or
     /// below the current one changes nothing. Returns the log start.
     pub async fn advance_start(&mut self, offset: u64) -> Result<u64, StorageError> {
-        if offset > self.next_offset() {
+        // Only up to what is durable: a start past records a crash could lose would lie
+        // past the end after it.
+        if offset > self.durable_offset {
             return Err(StorageError::OffsetOutOfRange {
                 offset,
                 start: self.log_start_offset(),
-                end: self.next_offset(),
+                end: self.durable_offset,
             });
         }
         if offset > self.log_start_offset() {

@@ -40,16 +40,17 @@ fuzz_target!(|data: &[u8]| {
     );
     // Recompression, for what validation accepts: the records must come back byte for byte.
     if let Ok(h) = batch::validate(&b, usize::MAX) {
-        if let Ok((_, kept)) = records::validate_keeping(&b, &h) {
-            let plain = kept.as_deref().unwrap_or(&b[batch::HEADER_LEN..]);
+        if let Ok((_, kept)) = records::validate_keeping(&b, &h, usize::MAX) {
+            let plain = kept.records_or(&b);
             let to = records::Recompress {
                 codec: (data[0] / 5) % 5,
                 level: 1,
             };
             let out = batch::rewrap(&b, to.codec, &records::compress(to, plain).unwrap());
             let oh = batch::validate(&out, usize::MAX).expect("a recompressed batch is valid");
-            let (_, again) = records::validate_keeping(&out, &oh).expect("and its records too");
-            assert_eq!(again.as_deref().unwrap_or(&out[batch::HEADER_LEN..]), plain);
+            let (_, again) =
+                records::validate_keeping(&out, &oh, usize::MAX).expect("and its records too");
+            assert_eq!(again.records_or(&out), plain);
         }
     }
 });

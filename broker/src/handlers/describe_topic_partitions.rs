@@ -50,8 +50,11 @@ pub fn handle(
         Some(c) => (c.partition_index, Some(c.topic_name.0.to_string())),
         None => (0, None),
     };
+    // Named topics must include the cursor's; listing all, a cursor topic deleted between
+    // pages is fine: the next page starts at the first topic after it (Kafka's rules).
     if let Some(t) = &cursor_topic {
-        if !names.contains(t) || first_partition < 0 {
+        let named = !req.topics.is_empty();
+        if (named && !names.contains(t)) || first_partition < 0 {
             let e = format!("the cursor ({t}, {first_partition}) names no requested partition");
             tracing::debug!("describe topic partitions refused: {e}");
             // Kafka fails the whole request (InvalidRequestException): a top-level
@@ -68,7 +71,16 @@ pub fn handle(
         }
     }
     let mut budget = req.response_partition_limit.clamp(1, MAX_PARTITIONS);
-    let start = cursor_topic.map_or(0, |t| names.iter().position(|n| *n == t).unwrap_or(0));
+    let start = match &cursor_topic {
+        None => 0,
+        Some(t) => {
+            let at = names.partition_point(|n| n < t);
+            if names.get(at) != Some(t) {
+                first_partition = 0;
+            }
+            at
+        }
+    };
     for (i, name) in names.iter().enumerate().skip(start) {
         let topic_name = TopicName(StrBytes::from_string(name.clone()));
         let Some(meta) = topics.get(name) else {

@@ -211,5 +211,12 @@ def test_describe_topic_partitions_pages_with_a_cursor(broker):
         # As in Kafka, a page that fills up points at the next topic, here the missing one,
         # which gets a page of its own.
         assert pages == 4 and missing == 1
+        # Listing all topics, a cursor on a topic that no longer exists starts the page at
+        # the next topic by name, from its first partition.
+        r = k.describe_topic_partitions([], response_partition_limit=3,
+                                        cursor={"topic_name": "dtp-b0", "partition_index": 2})
+        got = [t["name"] for t in r["topics"]]
+        assert got and got == sorted(got) and got[0] > "dtp-b0", got
+        assert r["topics"][0]["partitions"][0]["partition_index"] == 0
     finally:
         k.close()
