@@ -203,11 +203,10 @@ async fn load(dir: &Path, node_id: i32, settings: &TopicSettings) -> Result<Load
         now,
     );
     if let Some(d) = &recovered.damaged {
-        // A group of one has no sound copy to hand leadership to: stepping down would take
-        // the whole partition out. It keeps serving; reads of the damaged range fail with
-        // KAFKA_STORAGE_ERROR (nothing failing its CRC is ever served). With replicas,
-        // `on_storage_corrupt` moves leadership to a sound copy instead.
-        tracing::error!(dir = %dir.display(), "partition log damaged: {d}; reads of the damaged range fail");
+        // Reads of the damaged range fail with KAFKA_STORAGE_ERROR; the group decides
+        // whether to hand leadership to a sound copy (a group of one keeps it).
+        tracing::error!(dir = %dir.display(), "partition log damaged: {d}");
+        raft.on_storage_corrupt(now);
     }
     raft.on_tick(now);
     let mut node = Node::new(id);

@@ -768,5 +768,11 @@ mod tests {
         assert_eq!(r.term(), 2);
         assert_eq!(r.commit(), 5);
         assert_eq!(r.read_high_watermark(0), Some(5));
+        // Damage found in its log does not silence it: there is no other copy to lead.
+        r.on_storage_corrupt(0);
+        assert_eq!(r.role(), crate::raft::Role::Leader);
+        r.on_tick(10_000);
+        assert_eq!(r.role(), crate::raft::Role::Leader);
+        assert!(r.propose(10_000, build::batch(&[b"w"], 0)).is_ok());
     }
 }

@@ -172,6 +172,18 @@ async fn read_stable<F: DiskFile>(f: &F, at: u64, len: usize) -> std::io::Result
     }
 }
 
+/// Writes `bytes` into the slot sequence `seq` picks (of two, `slot_len` apart) and syncs
+/// it: the other slot keeps the previous value through a torn write.
+async fn write_slot<F: DiskFile>(
+    f: &F,
+    slot_len: u64,
+    seq: u64,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    f.write_at((seq % 2) * slot_len, bytes).await?;
+    f.sync().await
+}
+
 fn encode_hard(hs: HardState, seq: u64) -> Vec<u8> {
     let mut block = vec![0u8; SLOT as usize];
     block[0..8].copy_from_slice(&seq.to_le_bytes());
@@ -332,10 +344,8 @@ impl<D: Disk> Replica<D> {
             if decode_hard([&a, &b]).1 > 0 {
                 return Ok(());
             }
-            h.write_at(SLOT, &encode_hard(hard, 1)).await?;
-            h.sync().await?;
-            e.write_at(EPOCH_SLOT, &encode_epochs(epochs, 1)).await?;
-            e.sync().await?;
+            write_slot(&h, SLOT, 1, &encode_hard(hard, 1)).await?;
+            write_slot(&e, EPOCH_SLOT, 1, &encode_epochs(epochs, 1)).await?;
             disk.sync_dir().await
         }
         .await;
@@ -346,12 +356,7 @@ impl<D: Disk> Replica<D> {
 
     async fn save_hard_state(&mut self, hs: HardState) -> Result<(), DriveError> {
         let seq = self.hard_seq;
-        self.hard_file
-            .write_at((seq % 2) * SLOT, &encode_hard(hs, seq))
-            .await
-            .map_err(io_err("save hard state"))?;
-        self.hard_file
-            .sync()
+        write_slot(&self.hard_file, SLOT, seq, &encode_hard(hs, seq))
             .await
             .map_err(io_err("save hard state"))?;
         self.hard_seq += 1;
@@ -360,14 +365,14 @@ impl<D: Disk> Replica<D> {
 
     async fn save_epochs(&mut self, epochs: &EpochCache) -> Result<(), DriveError> {
         let seq = self.epoch_seq;
-        self.epochs_file
-            .write_at((seq % 2) * EPOCH_SLOT, &encode_epochs(epochs, seq))
-            .await
-            .map_err(io_err("save epochs"))?;
-        self.epochs_file
-            .sync()
-            .await
-            .map_err(io_err("save epochs"))?;
+        write_slot(
+            &self.epochs_file,
+            EPOCH_SLOT,
+            seq,
+            &encode_epochs(epochs, seq),
+        )
+        .await
+        .map_err(io_err("save epochs"))?;
         self.epoch_seq += 1;
         Ok(())
     }

@@ -485,8 +485,13 @@ impl Raft {
     /// written). The entries are still this replica's (they were written and synced), so
     /// its votes stay sound; but a leader that cannot read an entry cannot replicate it.
     /// It steps down and stops campaigning for the life of this process, so a replica
-    /// with a sound copy leads. (A group of one cannot route around this.)
+    /// with a sound copy leads. A sole voter has no sound copy to hand over to: stepping
+    /// down would only take the group out, so it keeps leading, and reads of the damaged
+    /// range fail on their own (storage never serves what fails its checks).
     pub fn on_storage_corrupt(&mut self, now: u64) {
+        if self.sole_voter() {
+            return;
+        }
         self.damaged = true;
         if self.role != Role::Follower {
             self.become_follower(now, self.hard.term, None);
