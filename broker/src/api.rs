@@ -29,6 +29,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::config::topic_default;
 use crate::errors as code;
+use crate::partition::{Answer, Query};
 use crate::shard::{AdminOp, AdminResult, Shard};
 use crate::topic_configs::{self, TOPIC_CONFIGS};
 use crate::topics::TopicMeta;
@@ -486,7 +487,14 @@ async fn list_offsets(shard: &Rc<Shard>, c: i32, version: i16, req: ListOffsetsR
             async move {
                 let mut r = ListOffsetsPartitionResponse::default().with_partition_index(index);
                 let answer = if known {
-                    shard.list_offset(&name, index, ts).await
+                    match shard
+                        .query(&name, index, Query::ListOffset { timestamp: ts })
+                        .await
+                    {
+                        Ok(Answer::Offset { offset, timestamp }) => Ok((offset, timestamp)),
+                        Ok(_) => Err(code::UNKNOWN_SERVER_ERROR),
+                        Err((e, _)) => Err(e),
+                    }
                 } else {
                     Err(code::UNKNOWN_TOPIC_OR_PARTITION)
                 };

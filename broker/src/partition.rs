@@ -64,11 +64,6 @@ pub enum Cmd {
         max_bytes: usize,
         reply: oneshot::Sender<FetchOutcome>,
     },
-    /// ListOffsets: Ok((offset, timestamp)).
-    ListOffset {
-        timestamp: i64,
-        reply: oneshot::Sender<Result<(i64, i64), i16>>,
-    },
     /// Admin requests about one partition (DeleteRecords, DescribeProducers).
     Query {
         query: Query,
@@ -87,6 +82,8 @@ pub enum Cmd {
 /// An admin question for a partition task, carried across shards as is.
 #[derive(Debug, Clone, Copy)]
 pub enum Query {
+    /// ListOffsets: the offset for a timestamp or one of Kafka's special values.
+    ListOffset { timestamp: i64 },
     /// Move the log start to `offset` (-1: the high watermark).
     DeleteRecords { offset: i64 },
     /// The idempotent producers with batches in the log.
@@ -95,6 +92,11 @@ pub enum Query {
 
 #[derive(Debug)]
 pub enum Answer {
+    /// ListOffsets' offset and timestamp.
+    Offset {
+        offset: i64,
+        timestamp: i64,
+    },
     /// The log start after DeleteRecords (Kafka's low watermark).
     LogStart(i64),
     Producers(Vec<ProducerInfo>),
@@ -728,36 +730,15 @@ impl PartitionTask {
                 }
                 let _ = reply.send(out);
             }
-            Cmd::ListOffset { timestamp, reply } => {
-                let hw = status.high_watermark;
-                let answer = match timestamp {
-                    _ if !status.online => Err(code::KAFKA_STORAGE_ERROR),
-                    -1 => Ok((hw, -1)),
-                    // EARLIEST, and EARLIEST_LOCAL (KIP-1005): no tiered storage, so the
-                    // local log is the whole log.
-                    -2 | -4 => Ok((status.log_start, -1)),
-                    // LATEST_TIERED (KIP-1005): nothing is tiered, Kafka answers -1.
-                    -5 => Ok((-1, -1)),
-                    // MAX_TIMESTAMP (KIP-734).
-                    -3 => match offset_of_max_timestamp(self.log(), hw).await {
-                        Ok(hit) => Ok(hit),
-                        Err(e) => {
-                            tracing::error!(dir = %self.dir.display(), error = %e, "list offsets failed");
-                            Err(code::KAFKA_STORAGE_ERROR)
-                        }
-                    },
-                    t if t < 0 => Err(code::INVALID_REQUEST),
-                    t => match self.log().offset_for_timestamp(t).await {
-                        Ok(Some(hit)) if (hit.offset as i64) < hw => {
-                            Ok((hit.offset as i64, hit.timestamp))
-                        }
-                        Ok(_) => Ok((-1, -1)),
-                        Err(e) => {
-                            tracing::error!(dir = %self.dir.display(), error = %e, "list offsets failed");
-                            Err(code::KAFKA_STORAGE_ERROR)
-                        }
-                    },
-                };
+            Cmd::Query {
+                query: Query::ListOffset { timestamp },
+                reply,
+            } => {
+                let answer = self
+                    .list_offset(timestamp)
+                    .await
+                    .map(|(offset, timestamp)| Answer::Offset { offset, timestamp })
+                    .map_err(|e| (e, "list offsets failed".to_string()));
                 let _ = reply.send(answer);
             }
             Cmd::Query {
@@ -775,6 +756,38 @@ impl PartitionTask {
                 let _ = reply.send(answer);
             }
             _ => {}
+        }
+    }
+
+    /// ListOffsets for one partition: Ok((offset, timestamp)), or a Kafka error code.
+    async fn list_offset(&self, timestamp: i64) -> Result<(i64, i64), i16> {
+        let status = self.status.get();
+        let hw = status.high_watermark;
+        match timestamp {
+            _ if !status.online => Err(code::KAFKA_STORAGE_ERROR),
+            -1 => Ok((hw, -1)),
+            // EARLIEST, and EARLIEST_LOCAL (KIP-1005): no tiered storage, so the
+            // local log is the whole log.
+            -2 | -4 => Ok((status.log_start, -1)),
+            // LATEST_TIERED (KIP-1005): nothing is tiered, Kafka answers -1.
+            -5 => Ok((-1, -1)),
+            // MAX_TIMESTAMP (KIP-734).
+            -3 => match offset_of_max_timestamp(self.log(), hw).await {
+                Ok(hit) => Ok(hit),
+                Err(e) => {
+                    tracing::error!(dir = %self.dir.display(), error = %e, "list offsets failed");
+                    Err(code::KAFKA_STORAGE_ERROR)
+                }
+            },
+            t if t < 0 => Err(code::INVALID_REQUEST),
+            t => match self.log().offset_for_timestamp(t).await {
+                Ok(Some(hit)) if (hit.offset as i64) < hw => Ok((hit.offset as i64, hit.timestamp)),
+                Ok(_) => Ok((-1, -1)),
+                Err(e) => {
+                    tracing::error!(dir = %self.dir.display(), error = %e, "list offsets failed");
+                    Err(code::KAFKA_STORAGE_ERROR)
+                }
+            },
         }
     }
 

@@ -51,13 +51,7 @@ pub enum ShardMsg {
         wait_ms: u64,
         reply: oneshot::Sender<()>,
     },
-    ListOffset {
-        topic: String,
-        partition: i32,
-        timestamp: i64,
-        reply: oneshot::Sender<Result<(i64, i64), i16>>,
-    },
-    /// An admin question for a partition (DeleteRecords, DescribeProducers).
+    /// A question for a partition (ListOffsets, DeleteRecords, DescribeProducers).
     Query {
         topic: String,
         partition: i32,
@@ -448,46 +442,6 @@ impl Shard {
             }
         }
         let _ = reply.send(());
-    }
-
-    pub async fn list_offset(
-        &self,
-        topic: &str,
-        partition: i32,
-        timestamp: i64,
-    ) -> Result<(i64, i64), i16> {
-        let (tx, rx) = oneshot::channel();
-        let owner = owner_shard(topic, partition, self.count);
-        if owner == self.id {
-            self.local_list_offset(topic, partition, timestamp, tx)
-                .await;
-        } else {
-            let msg = ShardMsg::ListOffset {
-                topic: topic.to_string(),
-                partition,
-                timestamp,
-                reply: tx,
-            };
-            self.forward(owner, msg).await;
-        }
-        rx.await.unwrap_or(Err(code::NOT_LEADER_OR_FOLLOWER))
-    }
-
-    async fn local_list_offset(
-        &self,
-        topic: &str,
-        partition: i32,
-        timestamp: i64,
-        reply: oneshot::Sender<Result<(i64, i64), i16>>,
-    ) {
-        match self.handle(topic, partition) {
-            Some(h) => {
-                h.send(Cmd::ListOffset { timestamp, reply }).await;
-            }
-            None => {
-                let _ = reply.send(Err(code::UNKNOWN_TOPIC_OR_PARTITION));
-            }
-        }
     }
 
     /// Asks a partition's task an admin question, on whichever shard owns it.
@@ -926,18 +880,6 @@ impl Shard {
             } => {
                 self.relay(from, reply, async |tx| {
                     self.local_wait(&topic, partition, offset, wait_ms, tx)
-                        .await
-                })
-                .await
-            }
-            ShardMsg::ListOffset {
-                topic,
-                partition,
-                timestamp,
-                reply,
-            } => {
-                self.relay(from, reply, async |tx| {
-                    self.local_list_offset(&topic, partition, timestamp, tx)
                         .await
                 })
                 .await

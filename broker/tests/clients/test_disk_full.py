@@ -34,29 +34,44 @@ def small_fs():
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_full_disk_refuses_writes_keeps_reads_and_recovers(small_fs, topic):
-    # Space the operator can give back later.
-    filler = small_fs / "filler"
+def make_filler(fs):
+    """24 MiB the operator can give back later."""
+    filler = fs / "filler"
     with open(filler, "wb") as f:
         f.write(b"\0" * (24 << 20))
         os.fsync(f.fileno())
-    cfg = small_fs / "corelog.toml"
-    cfg.write_text(f"storage_min_free_bytes = {RESERVE}\n")
-    b = Broker(small_fs / "data", extra_args=["--config", str(cfg)]).start()
+    return filler
+
+
+def start_broker(fs, reserve):
+    cfg = fs / "corelog.toml"
+    cfg.write_text(f"storage_min_free_bytes = {reserve}\n")
+    return Broker(fs / "data", extra_args=["--config", str(cfg)]).start()
+
+
+def fill(b, topic, seconds):
+    """Produces 200 KB records until one is refused: (acked offsets, errors, the value)."""
+    acked, failed = [], []
+
+    def done(err, msg):
+        (failed if err else acked).append(err if err else msg.offset())
+
+    p = Producer({"bootstrap.servers": b.bootstrap, "message.timeout.ms": 4000,
+                  "linger.ms": 5, "compression.type": "none"})
+    value = os.urandom(200_000)
+    deadline = time.time() + seconds
+    while not failed and time.time() < deadline:
+        for _ in range(10):
+            p.produce(topic, value=value, on_delivery=done)
+        p.flush(30)
+    return acked, failed, value
+
+
+def test_full_disk_refuses_writes_keeps_reads_and_recovers(small_fs, topic):
+    filler = make_filler(small_fs)
+    b = start_broker(small_fs, RESERVE)
     try:
-        acked, failed = [], []
-
-        def done(err, msg):
-            (failed if err else acked).append(err if err else msg.offset())
-
-        p = Producer({"bootstrap.servers": b.bootstrap, "message.timeout.ms": 4000,
-                      "linger.ms": 5, "compression.type": "none"})
-        value = os.urandom(200_000)
-        deadline = time.time() + 60
-        while not failed and time.time() < deadline:
-            for _ in range(10):
-                p.produce(topic, value=value, on_delivery=done)
-            p.flush(30)
+        acked, failed, value = fill(b, topic, 60)
         assert failed, "the disk never filled"
         assert acked, "nothing was acknowledged before the disk filled"
         assert "disk space below the reserve" in b.log()
@@ -94,27 +109,10 @@ def test_real_enospc_keeps_reads_and_recovers_without_a_restart(small_fs, topic)
     """With no reserve (storage_min_free_bytes = 0) writes run into ENOSPC itself: the
     partition keeps serving what was acknowledged, refuses writes, and reopens by itself
     once space is back; nothing acknowledged is lost."""
-    filler = small_fs / "filler"
-    with open(filler, "wb") as f:
-        f.write(b"\0" * (24 << 20))
-        os.fsync(f.fileno())
-    cfg = small_fs / "corelog.toml"
-    cfg.write_text("storage_min_free_bytes = 0\n")
-    b = Broker(small_fs / "data", extra_args=["--config", str(cfg)]).start()
+    filler = make_filler(small_fs)
+    b = start_broker(small_fs, 0)
     try:
-        acked, failed = [], []
-
-        def done(err, msg):
-            (failed if err else acked).append(err if err else msg.offset())
-
-        p = Producer({"bootstrap.servers": b.bootstrap, "message.timeout.ms": 4000,
-                      "linger.ms": 5, "compression.type": "none"})
-        value = os.urandom(200_000)
-        deadline = time.time() + 90
-        while not failed and time.time() < deadline:
-            for _ in range(10):
-                p.produce(topic, value=value, on_delivery=done)
-            p.flush(30)
+        acked, failed, value = fill(b, topic, 90)
         assert failed, "the disk never filled"
         assert "partition out of disk space" in b.log(), b.log()[-3000:]
         assert b.proc.poll() is None
