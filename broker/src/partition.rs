@@ -5,13 +5,14 @@
 //! commit).
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use corelog_replication::driver::{self, DriveError, Io, Replica};
+use corelog_replication::producers::SeqCheck;
 use corelog_replication::{
     Envelope, EpochCache, GroupId, HardState, Node, NodeId, Raft, RaftConfig,
 };
@@ -155,7 +156,6 @@ const GROUP: GroupId = 1;
 struct Loaded {
     node: Node,
     replicas: BTreeMap<GroupId, Replica<GlommioDisk>>,
-    producers: BTreeMap<i64, ProducerState>,
 }
 
 async fn load(dir: &Path, node_id: i32, settings: &TopicSettings) -> Result<Loaded, String> {
@@ -181,15 +181,8 @@ async fn load(dir: &Path, node_id: i32, settings: &TopicSettings) -> Result<Load
         // over newer state (import skips files that hold a valid state, but only then).
         disk.sync_dir().await.map_err(|e| at(&e))?;
     }
-    let mut producers = BTreeMap::new();
-    let visit = |b: &[u8], _term| {
-        if let Ok(h) = BatchHeader::parse(b) {
-            if h.producer_id >= 0 && !h.is_control() {
-                remember(&mut producers, &h, h.base_offset);
-            }
-        }
-    };
-    let (replica, recovered) = Replica::open(disk, settings.log.clone(), visit)
+    // The driver rebuilds the idempotent producers from the log as it recovers it.
+    let (replica, recovered) = Replica::open(disk, settings.log.clone(), |_, _| {})
         .await
         .map_err(|e| at(&e))?;
     let id = node_id.max(0) as u32;
@@ -216,7 +209,6 @@ async fn load(dir: &Path, node_id: i32, settings: &TopicSettings) -> Result<Load
     Ok(Loaded {
         node,
         replicas: BTreeMap::from([(GROUP, replica)]),
-        producers,
     })
 }
 
@@ -227,11 +219,7 @@ pub async fn open(
     settings: TopicSettings,
     retention_check: Duration,
 ) -> Result<PartitionHandle, String> {
-    let Loaded {
-        node,
-        replicas,
-        producers,
-    } = load(&dir, node_id, &settings).await?;
+    let Loaded { node, replicas } = load(&dir, node_id, &settings).await?;
     let log = &replicas[&GROUP].log;
     let status = Rc::new(Cell::new(Status {
         high_watermark: 0,
@@ -251,7 +239,6 @@ pub async fn open(
         node,
         replicas,
         settings,
-        producers,
         status: status.clone(),
         changed: changed.clone(),
         out_of_space: None,
@@ -294,94 +281,6 @@ impl RaftFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(format!("{}: {e}", dir.display())),
         }
-    }
-}
-
-/// Idempotent-producer state of one producer id on this partition (Kafka keeps the last
-/// five batches to answer retries of any in-flight one).
-#[derive(Debug, Clone, Default)]
-struct ProducerState {
-    epoch: i16,
-    /// (first sequence, last sequence, base offset) of recent batches, oldest first.
-    recent: VecDeque<(i32, i32, i64)>,
-    /// The newest batch's max timestamp (DescribeProducers).
-    last_timestamp: i64,
-}
-
-const PRODUCER_HISTORY: usize = 5;
-
-enum SeqCheck {
-    Append,
-    Duplicate(i64),
-    Reject(i16, String),
-}
-
-fn check_sequence(producers: &BTreeMap<i64, ProducerState>, h: &BatchHeader) -> SeqCheck {
-    let Some(state) = producers.get(&h.producer_id) else {
-        // A new producer id, or one whose batches retention deleted: accept from here.
-        return SeqCheck::Append;
-    };
-    if h.producer_epoch < state.epoch {
-        return SeqCheck::Reject(
-            code::INVALID_PRODUCER_EPOCH,
-            format!(
-                "producer epoch {} is older than {}",
-                h.producer_epoch, state.epoch
-            ),
-        );
-    }
-    if h.producer_epoch > state.epoch {
-        return if h.base_sequence == 0 {
-            SeqCheck::Append
-        } else {
-            SeqCheck::Reject(
-                code::OUT_OF_ORDER_SEQUENCE_NUMBER,
-                format!(
-                    "a new producer epoch must start at sequence 0, not {}",
-                    h.base_sequence
-                ),
-            )
-        };
-    }
-    let last_seq = h.base_sequence.wrapping_add(h.last_offset_delta);
-    if let Some(&(_, _, base)) = state
-        .recent
-        .iter()
-        .find(|(first, last, _)| *first == h.base_sequence && *last == last_seq)
-    {
-        return SeqCheck::Duplicate(base);
-    }
-    let expected = state.recent.back().map_or(
-        0,
-        |(_, last, _)| if *last == i32::MAX { 0 } else { last + 1 },
-    );
-    if h.base_sequence == expected {
-        SeqCheck::Append
-    } else {
-        SeqCheck::Reject(
-            code::OUT_OF_ORDER_SEQUENCE_NUMBER,
-            format!(
-                "sequence {} out of order: expected {expected}",
-                h.base_sequence
-            ),
-        )
-    }
-}
-
-fn remember(producers: &mut BTreeMap<i64, ProducerState>, h: &BatchHeader, base: i64) {
-    let state = producers.entry(h.producer_id).or_default();
-    if h.producer_epoch != state.epoch {
-        state.epoch = h.producer_epoch;
-        state.recent.clear();
-    }
-    state.last_timestamp = h.max_timestamp;
-    state.recent.push_back((
-        h.base_sequence,
-        h.base_sequence.wrapping_add(h.last_offset_delta),
-        base,
-    ));
-    while state.recent.len() > PRODUCER_HISTORY {
-        state.recent.pop_front();
     }
 }
 
@@ -450,7 +349,6 @@ struct PartitionTask {
     node: Node,
     replicas: BTreeMap<GroupId, Replica<GlommioDisk>>,
     settings: TopicSettings,
-    producers: BTreeMap<i64, ProducerState>,
     status: Rc<Cell<Status>>,
     changed: Rc<Event>,
 }
@@ -650,17 +548,19 @@ impl PartitionTask {
         let mut end = 0;
         let mut check = None;
         for (range, h, rebuilt) in batches {
-            if h.producer_id >= 0 {
-                match check_sequence(&self.producers, &h) {
-                    SeqCheck::Append => {}
-                    SeqCheck::Duplicate(base) => {
-                        first_base.get_or_insert(base);
-                        continue;
-                    }
-                    SeqCheck::Reject(error, message) => {
-                        let _ = reply.send(refuse(error, message));
-                        return None;
-                    }
+            match self.replica().producers.check(&h) {
+                SeqCheck::Append => {}
+                SeqCheck::Duplicate(base) => {
+                    first_base.get_or_insert(base as i64);
+                    continue;
+                }
+                SeqCheck::Fenced(message) => {
+                    let _ = reply.send(refuse(code::INVALID_PRODUCER_EPOCH, message));
+                    return None;
+                }
+                SeqCheck::OutOfOrder(message) => {
+                    let _ = reply.send(refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER, message));
+                    return None;
                 }
             }
             let bytes =
@@ -668,9 +568,9 @@ impl PartitionTask {
             let term = self.raft().term();
             match self.raft_mut().propose(mono_ms(), bytes) {
                 Ok((base, batch_end)) => {
-                    if h.producer_id >= 0 {
-                        remember(&mut self.producers, &h, base as i64);
-                    }
+                    // Known before it is appended, so the next request in this round
+                    // sees it; the driver's remember on append is then a no-op.
+                    self.replica_mut().producers.remember(&h, base);
                     first_base.get_or_insert(base as i64);
                     end = batch_end;
                     check = Some((base, term));
@@ -810,14 +710,9 @@ impl PartitionTask {
                 format!("offset {offset} is outside [0, high watermark {hw}]"),
             ));
         }
-        match self.log_mut().advance_start(offset as u64).await {
+        // Producers whose every batch is gone are forgotten, as Kafka does.
+        match self.replica_mut().advance_start(offset as u64).await {
             Ok(start) => {
-                // Producers whose every batch is gone are forgotten, as Kafka does.
-                self.producers.retain(|_, p| {
-                    p.recent.back().is_some_and(|&(first, last, base)| {
-                        base + i64::from(last.wrapping_sub(first)) >= start as i64
-                    })
-                });
                 self.publish();
                 tracing::info!(dir = %self.dir.display(), start, "log start moved (DeleteRecords)");
                 Ok(Answer::LogStart(start as i64))
@@ -830,14 +725,14 @@ impl PartitionTask {
     }
 
     fn producer_infos(&self) -> Vec<ProducerInfo> {
-        self.producers
+        self.replica()
+            .producers
             .iter()
-            .filter_map(|(&producer_id, p)| {
-                let &(_, last_sequence, _) = p.recent.back()?;
+            .filter_map(|(producer_id, p)| {
                 Some(ProducerInfo {
                     producer_id,
                     epoch: p.epoch,
-                    last_sequence,
+                    last_sequence: p.last_sequence()?,
                     last_timestamp: p.last_timestamp,
                 })
             })
@@ -851,8 +746,18 @@ impl PartitionTask {
         driver::drive(&mut self.node, &mut self.replicas, &mut BrokerIo).await
     }
 
+    fn replica(&self) -> &Replica<GlommioDisk> {
+        &self.replicas[&GROUP]
+    }
+
+    fn replica_mut(&mut self) -> &mut Replica<GlommioDisk> {
+        self.replicas
+            .get_mut(&GROUP)
+            .expect("the partition's group")
+    }
+
     fn log(&self) -> &Log<GlommioDisk> {
-        &self.replicas[&GROUP].log
+        &self.replica().log
     }
 
     fn log_mut(&mut self) -> &mut Log<GlommioDisk> {
@@ -917,7 +822,6 @@ impl PartitionTask {
             Ok(fresh) => {
                 let old = std::mem::replace(&mut self.replicas, fresh.replicas);
                 self.node = fresh.node;
-                self.producers = fresh.producers;
                 // Its files only: nothing of its state may reach the disk any more.
                 for (_, r) in old {
                     if let Err(e) = r.into_log().await.abandon().await {
@@ -942,7 +846,7 @@ impl PartitionTask {
     }
 
     async fn retention(&mut self) {
-        match self.log_mut().enforce_retention(wall_ms()).await {
+        match self.replica_mut().enforce_retention(wall_ms()).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(dir = %self.dir.display(), segments = n, start = self.log().log_start_offset(), "retention deleted segments");
@@ -1104,42 +1008,6 @@ fn split_batches(
 mod tests {
     use super::*;
     use corelog_storage::batch::build;
-
-    fn header(producer_id: i64, epoch: i16, seq: i32, count: i32) -> BatchHeader {
-        let values: Vec<Vec<u8>> = (0..count).map(|i| vec![i as u8]).collect();
-        let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
-        let b = build::batch(&refs, 0);
-        BatchHeader {
-            producer_id,
-            producer_epoch: epoch,
-            base_sequence: seq,
-            ..BatchHeader::parse(&b).unwrap()
-        }
-    }
-
-    #[test]
-    fn sequences_accept_in_order_and_answer_duplicates_with_the_first_offset() {
-        let mut p = BTreeMap::new();
-        let a = header(7, 0, 0, 2);
-        assert!(matches!(check_sequence(&p, &a), SeqCheck::Append));
-        remember(&mut p, &a, 100);
-        assert!(matches!(check_sequence(&p, &a), SeqCheck::Duplicate(100)));
-        let gap = header(7, 0, 5, 1);
-        assert!(matches!(
-            check_sequence(&p, &gap),
-            SeqCheck::Reject(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)
-        ));
-        let next = header(7, 0, 2, 1);
-        assert!(matches!(check_sequence(&p, &next), SeqCheck::Append));
-        remember(&mut p, &next, 102);
-        let bumped = header(7, 1, 0, 1);
-        assert!(matches!(check_sequence(&p, &bumped), SeqCheck::Append));
-        remember(&mut p, &bumped, 103);
-        assert!(matches!(
-            check_sequence(&p, &header(7, 0, 3, 1)),
-            SeqCheck::Reject(code::INVALID_PRODUCER_EPOCH, _)
-        ));
-    }
 
     fn limits(max_message_bytes: usize) -> TopicSettings {
         let mut t =

@@ -26,6 +26,7 @@ use corelog_storage::{Disk, DiskFile, Log, LogConfig, ReadBatches, StorageError}
 
 use crate::epochs::EpochCache;
 use crate::node::{Envelope, GroupId, Node, NodeReady};
+use crate::producers::ProducerTable;
 use crate::raft::{HardState, LogState, StorageOp};
 use crate::{NodeId, Offset, Term};
 
@@ -92,9 +93,12 @@ fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> DriveError {
     }
 }
 
-/// One group's durable side on its disk.
+/// One group's durable side on its disk, and the Kafka state derived from its log.
 pub struct Replica<D: Disk> {
     pub log: Log<D>,
+    /// Idempotent producers of the batches in `log`: kept by every append and truncation
+    /// this driver makes and rebuilt at open, so every replica (a follower too) knows them.
+    pub producers: ProducerTable,
     hard_file: D::File,
     hard_seq: u64,
     epochs_file: D::File,
@@ -271,7 +275,8 @@ impl<D: Disk> Replica<D> {
     /// Opens a group's state in `disk`: recovers the log, loads term, vote and the term
     /// history (truncated to the log), and walks every batch from the log start through
     /// `visit` with its term from the history (the broker rebuilds idempotent-producer
-    /// state from it, the simulator its mirror for the checker). Reads that fail as
+    /// state from it, the simulator its mirror for the checker). The producer table is
+    /// rebuilt by the same walk. Reads that fail as
     /// corrupt on disk, or a stored epoch that disagrees with the history, stop the walk
     /// and are reported in `damaged`.
     pub async fn open(
@@ -306,7 +311,12 @@ impl<D: Disk> Replica<D> {
         let (mut epochs, epoch_seq) = best.unwrap_or_default();
         let log = Log::open(disk, config).await.map_err(err("open log"))?;
         epochs.truncate(log.next_offset());
-        let damaged = walk(&log, &epochs, &mut visit).await?;
+        let mut producers = ProducerTable::default();
+        let damaged = walk(&log, &epochs, &mut |b, term| {
+            producers.on_batch(b);
+            visit(b, term);
+        })
+        .await?;
         let state = LogState {
             start: log.log_start_offset(),
             end: log.next_offset(),
@@ -315,6 +325,7 @@ impl<D: Disk> Replica<D> {
         Ok((
             Self {
                 log,
+                producers,
                 hard_file,
                 hard_seq: hard_seq + 1,
                 epochs_file,
@@ -374,6 +385,42 @@ impl<D: Disk> Replica<D> {
         .await
         .map_err(io_err("save epochs"))?;
         self.epoch_seq += 1;
+        Ok(())
+    }
+
+    /// Moves the log start up to `offset` (DeleteRecords), forgetting producers whose
+    /// batches are all below it. Returns the new start.
+    pub async fn advance_start(&mut self, offset: Offset) -> Result<Offset, StorageError> {
+        let start = self.log.advance_start(offset).await?;
+        self.producers.forget_below(start);
+        Ok(start)
+    }
+
+    /// Deletes segments past retention, forgetting producers whose batches went with
+    /// them. Returns the number of segments deleted.
+    pub async fn enforce_retention(&mut self, now_ms: i64) -> Result<usize, StorageError> {
+        let n = self.log.enforce_retention(now_ms).await?;
+        if n > 0 {
+            self.producers.forget_below(self.log.log_start_offset());
+        }
+        Ok(n)
+    }
+
+    /// Truncates the log to `offset` and the producer table with it; a truncation below
+    /// what the table remembers rebuilds it from the log.
+    async fn truncate(&mut self, offset: Offset, io: &mut impl Io) -> Result<(), DriveError> {
+        self.log
+            .truncate_to(offset)
+            .await
+            .map_err(err("truncate"))?;
+        if !self.producers.truncate(offset) {
+            let mut fresh = ProducerTable::default();
+            if let Some(d) = walk_batches(&self.log, &mut |b| fresh.on_batch(b)).await? {
+                // What could not be read cannot be deduplicated against; the rest is.
+                io.event(format!("rebuilding producer state after truncation: {d}"));
+            }
+            self.producers = fresh;
+        }
         Ok(())
     }
 
@@ -442,6 +489,36 @@ async fn walk<D: Disk>(
     Ok(None)
 }
 
+/// Visits every batch from the log start; stops at a range that reads as corrupt on disk
+/// and says where.
+async fn walk_batches<D: Disk>(
+    log: &Log<D>,
+    visit: &mut impl FnMut(&[u8]),
+) -> Result<Option<String>, DriveError> {
+    let mut from = log.log_start_offset();
+    let end = log.next_offset();
+    while from < end {
+        let got = match read_checked(log, from, 1 << 20, end).await {
+            Ok(got) => got,
+            Err(f) if f.corrupt_on_disk => return Ok(Some(f.error.to_string())),
+            Err(f) => return Err(err("producer state read")(f.error)),
+        };
+        if got.bytes.is_empty() || got.next_offset <= from {
+            break;
+        }
+        let mut rest = got.bytes.as_slice();
+        while let Ok(h) = BatchHeader::parse(rest) {
+            if h.size > rest.len() {
+                break;
+            }
+            visit(&rest[..h.size]);
+            rest = &rest[h.size..];
+        }
+        from = got.next_offset;
+    }
+    Ok(None)
+}
+
 /// Carries out everything `node` has ready, until it has nothing more (at most 64 rounds,
 /// so a driver's loop keeps turning): see the module docs for the order. A storage error
 /// is returned at once; the caller fails the node (the simulator restarts it from its
@@ -485,6 +562,7 @@ pub async fn drive<D: Disk>(
                                 .append_at(&b, io.wall_ms())
                                 .await
                                 .map_err(err("append"))?;
+                            r.producers.on_batch(&b);
                             let term = BatchHeader::parse(&b)
                                 .map_or(0, |h| h.partition_leader_epoch as Term);
                             io.appended(group, &b, term);
@@ -492,7 +570,7 @@ pub async fn drive<D: Disk>(
                         wrote = true;
                     }
                     StorageOp::Truncate(offset) => {
-                        r.log.truncate_to(offset).await.map_err(err("truncate"))?;
+                        r.truncate(offset, io).await?;
                         io.truncated(group, offset);
                         wrote = true;
                     }

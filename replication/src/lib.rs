@@ -23,6 +23,7 @@ pub mod epochs;
 pub mod frame;
 pub mod message;
 pub mod node;
+pub mod producers;
 pub mod raft;
 
 #[cfg(test)]

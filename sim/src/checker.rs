@@ -7,6 +7,9 @@
 //! - each offset of a partition bound to one batch forever, with contiguous offsets;
 //! - replicas never diverge at or below their commit index (every committed batch is
 //!   compared with the first commit of that offset by any node);
+//! - no record twice in a partition: clients produce idempotently and retry a batch until
+//!   it is acknowledged, so the producer state every replica keeps must catch each retry,
+//!   across failovers and truncations;
 //! - at most one leader per term;
 //! - every broker that applied the controller log to the same offset holds the same
 //!   cluster metadata;
@@ -20,6 +23,18 @@ use corelog_replication::{GroupId, NodeId, Offset, Term};
 /// or the checksum of any other batch (control batches).
 pub type Identity = String;
 
+/// The head of an identity (workload values are padded to a kilobyte).
+fn short(id: &str) -> &str {
+    let mut end = id.len().min(32);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    &id[..end]
+}
+
+/// The controller group, whose writes are not idempotent.
+const CONTROLLER: GroupId = corelog_replication::controller::CONTROLLER_GROUP;
+
 #[derive(Default)]
 pub struct History {
     hash: u64,
@@ -28,6 +43,9 @@ pub struct History {
     attempted: BTreeSet<String>,
     acked: BTreeMap<String, (GroupId, Offset)>,
     bound: BTreeMap<(GroupId, Offset), Identity>,
+    /// Where each workload record of a partition was first seen: every partition write is
+    /// an idempotent produce, so a record at two offsets is a duplicate the broker let in.
+    placed: BTreeMap<Identity, (GroupId, Offset)>,
     committed: BTreeMap<(GroupId, Offset), (Offset, u32, NodeId)>,
     leaders: BTreeMap<(GroupId, Term), NodeId>,
     /// Controller offset applied -> (metadata fingerprint, first node to report it).
@@ -86,8 +104,10 @@ impl History {
                 self.violate(
                     now_ms,
                     format!(
-                        "{value} acknowledged at g{group}@{offset} and at g{}@{}",
-                        prev.0, prev.1
+                        "{} acknowledged at g{group}@{offset} and at g{}@{}",
+                        short(value),
+                        prev.0,
+                        prev.1
                     ),
                 );
             }
@@ -100,11 +120,31 @@ impl History {
                 let old = old.clone();
                 self.violate(
                     now_ms,
-                    format!("offset g{group}@{offset} holds {id}, earlier {old}"),
+                    format!(
+                        "offset g{group}@{offset} holds {}, earlier {}",
+                        short(&id),
+                        short(&old)
+                    ),
                 );
             }
             Some(_) => {}
             None => {
+                let workload = group != CONTROLLER && !id.starts_with("batch:");
+                if workload {
+                    match self.placed.get(&id) {
+                        Some(&(g, o)) if (g, o) != (group, offset) => self.violate(
+                            now_ms,
+                            format!(
+                                "{} is in the log twice: g{g}@{o} and g{group}@{offset} (an idempotent retry was appended again)",
+                                short(&id)
+                            ),
+                        ),
+                        Some(_) => {}
+                        None => {
+                            self.placed.insert(id.clone(), (group, offset));
+                        }
+                    }
+                }
                 self.bound.insert((group, offset), id);
             }
         }
@@ -139,7 +179,10 @@ impl History {
             if *data && !self.attempted.contains(id) {
                 self.violate(
                     now_ms,
-                    format!("read {id} at g{group}@{base}, which no client wrote"),
+                    format!(
+                        "read {} at g{group}@{base}, which no client wrote",
+                        short(id)
+                    ),
                 );
             }
             self.bind(now_ms, group, *base, id.clone());
@@ -230,7 +273,11 @@ impl History {
                 .unwrap_or_else(|| "nothing".into());
             self.violate(
                 now_ms,
-                format!("acknowledged {v} at g{g}@{o} is lost (found {found})"),
+                format!(
+                    "acknowledged {} at g{g}@{o} is lost (found {})",
+                    short(&v),
+                    short(&found)
+                ),
             );
         }
     }

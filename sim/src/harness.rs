@@ -14,6 +14,7 @@ use bytes::Bytes;
 use corelog_replication::controller::{self, CONTROLLER_GROUP, ClusterMetadata, MetadataCommand};
 use corelog_replication::driver::{self, Damage, Io, Replica, read_checked};
 use corelog_replication::frame;
+use corelog_replication::producers::SeqCheck;
 use corelog_replication::{Envelope, GroupId, Node, NodeId, Offset, Raft, RaftConfig, Role, Term};
 use corelog_storage::batch::{self, BatchHeader, build};
 use corelog_storage::{Disk, FaultConfig, LogConfig, SimDisk};
@@ -390,7 +391,7 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
                 &w,
                 id,
                 &mut node,
-                &replicas,
+                &mut replicas,
                 &mut pending,
                 &ep,
                 now,
@@ -476,7 +477,7 @@ async fn handle_datagram(
     w: &World,
     id: NodeId,
     node: &mut Node,
-    replicas: &Replicas,
+    replicas: &mut Replicas,
     pending: &mut Vec<Pending>,
     ep: &Endpoint,
     now: u64,
@@ -492,24 +493,70 @@ async fn handle_datagram(
             let Some(req) = wire::parse_request(&bytes) else {
                 return;
             };
-            let Some(raft) = node.group_mut(req.group) else {
+            let (Some(raft), Some(replica)) =
+                (node.group_mut(req.group), replicas.get_mut(&req.group))
+            else {
                 return;
             };
+            let not_leader = |raft: &Raft| {
+                let hint = raft.leader().unwrap_or(0).to_le_bytes();
+                wire::response(wire::PRODUCE_RESP, req.req, wire::NOT_LEADER, &hint)
+            };
+            if raft.role() != Role::Leader {
+                let _ = ep.send_to(from, 0, &not_leader(raft)).await;
+                return;
+            }
+            let Ok(h) = BatchHeader::parse(req.rest) else {
+                return;
+            };
+            // The broker's own idempotence check, on the table the driver keeps.
+            match replica.producers.check(&h) {
+                SeqCheck::Append => {}
+                SeqCheck::Duplicate(base) => {
+                    let end = base + h.last_offset_delta as u64 + 1;
+                    pending.push(Pending {
+                        group: req.group,
+                        base,
+                        end,
+                        term: raft.epochs().term_at(base),
+                        client: from,
+                        req: req.req,
+                        deadline: now + 2_000,
+                    });
+                    return;
+                }
+                SeqCheck::Fenced(why) | SeqCheck::OutOfOrder(why) => {
+                    // Clients retry each batch until it is acknowledged and never skip a
+                    // sequence: the table lost track of what the log holds.
+                    let t = w.sim_ms();
+                    w.history.borrow_mut().invariant(
+                        t,
+                        format!(
+                            "node {id} g{} refuses producer {} seq {}: {why}",
+                            req.group, h.producer_id, h.base_sequence
+                        ),
+                    );
+                    let resp = wire::response(wire::PRODUCE_RESP, req.req, wire::FAILED, &[]);
+                    let _ = ep.send_to(from, 0, &resp).await;
+                    return;
+                }
+            }
             let term = raft.term();
             match raft.propose(now, req.rest.to_vec()) {
-                Ok((base, end)) => pending.push(Pending {
-                    group: req.group,
-                    base,
-                    end,
-                    term,
-                    client: from,
-                    req: req.req,
-                    deadline: now + 2_000,
-                }),
+                Ok((base, end)) => {
+                    replica.producers.remember(&h, base);
+                    pending.push(Pending {
+                        group: req.group,
+                        base,
+                        end,
+                        term,
+                        client: from,
+                        req: req.req,
+                        deadline: now + 2_000,
+                    })
+                }
                 Err(_) => {
-                    let hint = raft.leader().unwrap_or(0).to_le_bytes();
-                    let resp = wire::response(wire::PRODUCE_RESP, req.req, wire::NOT_LEADER, &hint);
-                    let _ = ep.send_to(from, 0, &resp).await;
+                    let _ = ep.send_to(from, 0, &not_leader(raft)).await;
                 }
             }
         }
@@ -691,6 +738,11 @@ async fn client_main(cid: u32) {
     let mut rng = SplitMix64(w.seed ^ 0x00c1_1e47 ^ (u64::from(cid) << 32));
     let mut leader_guess: BTreeMap<GroupId, NodeId> = BTreeMap::new();
     let mut read_from: BTreeMap<GroupId, Offset> = BTreeMap::new();
+    // Each client is an idempotent producer (id = its number) with a sequence per
+    // partition; a batch not yet acknowledged is sent again, unchanged, the next time the
+    // client writes to that partition, as Kafka producers retry.
+    let mut next_seq: BTreeMap<GroupId, i32> = BTreeMap::new();
+    let mut unacked: BTreeMap<GroupId, (Vec<u8>, Identity)> = BTreeMap::new();
     let mut seq = 0u64;
     *w.clients_running.borrow_mut() += 1;
     while !*w.stop_clients.borrow() {
@@ -713,14 +765,28 @@ async fn client_main(cid: u32) {
                     &format!("c{cid}-{seq}"),
                     w.sim_ms() as i64,
                 )
+            } else if let Some(retry) = unacked.get(&g) {
+                retry.clone()
             } else {
                 // Padded to 0-1000 bytes so that logs roll segments within a run.
                 let value = format!("c{cid}-{seq}-{}", "x".repeat(rng.below(1000) as usize));
-                (build::batch(&[value.as_bytes()], w.sim_ms() as i64), value)
+                let s = next_seq.entry(g).or_insert(0);
+                let b = build::idempotent(
+                    &build::batch(&[value.as_bytes()], w.sim_ms() as i64),
+                    i64::from(cid),
+                    0,
+                    *s,
+                );
+                *s += 1;
+                unacked.insert(g, (b.clone(), value.clone()));
+                (b, value)
             };
             w.history.borrow_mut().attempt(&value);
             match produce(&ep, target, req, g, &batch).await {
-                Ok(base) => w.history.borrow_mut().ack(w.sim_ms(), &value, g, base),
+                Ok(base) => {
+                    unacked.remove(&g);
+                    w.history.borrow_mut().ack(w.sim_ms(), &value, g, base)
+                }
                 Err(other) => {
                     leader_guess.insert(g, next_guess(other, &mut rng, w.opts.nodes));
                 }
@@ -1172,8 +1238,10 @@ async fn liveness_and_final_check(w: &Rc<World>, healed_at: u64) {
         let (batch, value) = if g == CONTROLLER_GROUP {
             metadata_op(&mut rng, w.opts.nodes, "final", w.sim_ms() as i64)
         } else {
+            // Retried until committed: idempotent, as the checker's own producer.
             let value = format!("final-{g}");
-            (build::batch(&[value.as_bytes()], w.sim_ms() as i64), value)
+            let plain = build::batch(&[value.as_bytes()], w.sim_ms() as i64);
+            (build::idempotent(&plain, 1 << 40, 0, 0), value)
         };
         w.history.borrow_mut().attempt(&value);
         let mut target = 1;

@@ -303,6 +303,18 @@ pub mod build {
         super::rewrap(plain, codec, records)
     }
 
+    /// `batch` as an idempotent producer sends it: producer id, epoch and base sequence
+    /// set, CRC recomputed.
+    pub fn idempotent(batch: &[u8], producer_id: i64, epoch: i16, base_sequence: i32) -> Vec<u8> {
+        let mut out = batch.to_vec();
+        out[43..51].copy_from_slice(&producer_id.to_be_bytes());
+        out[51..53].copy_from_slice(&epoch.to_be_bytes());
+        out[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+        let crc = crc32c::crc32c(&out[CRC_START..]);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+
     /// One uncompressed batch of (key, value) records with the given attributes.
     pub fn with_records(
         records_in: &[(Option<&[u8]>, &[u8])],
