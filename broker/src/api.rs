@@ -190,22 +190,19 @@ pub fn api_versions(correlation_id: i32, version: i16) -> Reply {
     respond(correlation_id, version, &resp)
 }
 
-fn broker_endpoint(shard: &Shard) -> (i32, String, i32) {
-    let (host, port) = shard.cfg.advertised();
-    (shard.cfg.node_id, host, port)
-}
-
 async fn metadata(shard: &Rc<Shard>, c: i32, version: i16, req: MetadataRequest) -> Reply {
-    let (node, host, port) = broker_endpoint(shard);
     let mut resp = MetadataResponse::default();
-    resp.brokers = vec![
-        MetadataResponseBroker::default()
-            .with_node_id(BrokerId(node))
-            .with_host(s(host))
-            .with_port(port),
-    ];
+    resp.brokers = crate::handlers::brokers(shard)
+        .into_iter()
+        .map(|(node, host, port)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(node))
+                .with_host(s(host))
+                .with_port(port)
+        })
+        .collect();
     resp.cluster_id = Some(s(shard.cluster_id.clone()));
-    resp.controller_id = BrokerId(node);
+    resp.controller_id = BrokerId(crate::handlers::controller_id(shard));
     let all = match &req.topics {
         None => true,
         Some(t) => version == 0 && t.is_empty(),
@@ -270,6 +267,7 @@ async fn metadata(shard: &Rc<Shard>, c: i32, version: i16, req: MetadataRequest)
                         .map(|p| {
                             let at = crate::handlers::placement(shard, &m.name, p);
                             MetadataResponsePartition::default()
+                                .with_error_code(at.error)
                                 .with_partition_index(p)
                                 .with_leader_id(BrokerId(at.leader))
                                 .with_leader_epoch(at.leader_epoch)
@@ -320,7 +318,7 @@ async fn produce(shard: &Rc<Shard>, c: i32, version: i16, req: ProduceRequest) -
                 if !known {
                     return (name, index, code::UNKNOWN_TOPIC_OR_PARTITION, -1, -1, None);
                 }
-                let out = shard.produce(&name, index, records).await;
+                let out = shard.produce(&name, index, records, acks).await;
                 if out.error != code::NONE {
                     tracing::debug!(topic = %name, partition = index, error = out.error, message = ?out.message, "produce refused");
                 }
@@ -970,16 +968,18 @@ async fn incremental_alter_configs(
 }
 
 fn describe_cluster(shard: &Rc<Shard>, c: i32, version: i16) -> Reply {
-    let (node, host, port) = broker_endpoint(shard);
     let mut resp = DescribeClusterResponse::default();
     resp.cluster_id = s(shard.cluster_id.clone());
-    resp.controller_id = BrokerId(node);
+    resp.controller_id = BrokerId(crate::handlers::controller_id(shard));
     resp.endpoint_type = 1;
-    resp.brokers = vec![
-        DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(node))
-            .with_host(s(host))
-            .with_port(port),
-    ];
+    resp.brokers = crate::handlers::brokers(shard)
+        .into_iter()
+        .map(|(node, host, port)| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(node))
+                .with_host(s(host))
+                .with_port(port)
+        })
+        .collect();
     respond(c, version, &resp)
 }

@@ -17,6 +17,15 @@ pub struct Config {
     /// Executors (one per core, pinned); defaults to the number of cores.
     pub shards: Option<usize>,
     pub node_id: i32,
+    /// Address the broker-to-broker (replication) listener binds; required with `voters`.
+    pub rpc_listen: Option<String>,
+    /// The cluster's initial members: `ID@HOST:PORT` of each broker's RPC listener, this
+    /// broker's among them (KRaft's `controller.quorum.voters`). Empty, or this broker
+    /// alone: a single-node broker.
+    pub voters: Vec<String>,
+    /// Replicas of topics created without a replication factor (`-1`), capped at the
+    /// number of brokers (Kafka's `default.replication.factor`).
+    pub default_replication_factor: i16,
     /// Largest record batch accepted (Kafka `message.max.bytes`).
     pub max_message_bytes: usize,
     /// Largest request frame read from a socket (Kafka `socket.request.max.bytes`).
@@ -73,6 +82,9 @@ impl Default for Config {
             data_dir: PathBuf::from("./corelog-data"),
             shards: None,
             node_id: 1,
+            rpc_listen: None,
+            voters: Vec::new(),
+            default_replication_factor: 1,
             max_message_bytes: 1_048_588,
             max_request_bytes: 100 * 1024 * 1024,
             max_connections_per_shard: 10_000,
@@ -142,7 +154,61 @@ impl Config {
         (host.to_string(), port.parse().unwrap_or(9092))
     }
 
+    /// The voters as (node id, RPC address), checked: ids positive and distinct, this
+    /// broker among them with its `rpc_listen`.
+    pub fn voter_list(&self) -> Result<Vec<(u32, String)>, String> {
+        let mut out: Vec<(u32, String)> = Vec::new();
+        for v in &self.voters {
+            for one in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let (id, addr) = one.split_once('@').ok_or_else(|| {
+                    format!("voter {one:?} is not ID@HOST:PORT (e.g. 1@127.0.0.1:9192)")
+                })?;
+                let id: u32 = id
+                    .parse()
+                    .ok()
+                    .filter(|i| *i > 0 && *i < i32::MAX as u32)
+                    .ok_or_else(|| format!("voter {one:?}: the id must be a positive integer"))?;
+                if !addr
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                {
+                    return Err(format!("voter {one:?}: {addr:?} is not HOST:PORT"));
+                }
+                if out.iter().any(|(i, _)| *i == id) {
+                    return Err(format!("voter id {id} appears twice"));
+                }
+                out.push((id, addr.to_string()));
+            }
+        }
+        if out.len() > 1 {
+            let me = out
+                .iter()
+                .find(|(i, _)| *i as i32 == self.node_id)
+                .ok_or_else(|| format!("node_id {} is not among the voters", self.node_id))?;
+            if self.rpc_listen.is_none() {
+                return Err(format!(
+                    "a cluster member needs rpc_listen (its voter entry says {})",
+                    me.1
+                ));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether this broker is one of several (a cluster), not a single node.
+    pub fn clustered(&self) -> bool {
+        self.voter_list().is_ok_and(|v| v.len() > 1)
+    }
+
     pub fn check(&self) -> Result<(), String> {
+        self.voter_list()?;
+        if self.node_id < 0 {
+            return Err("node_id must not be negative".into());
+        }
+        if self.default_replication_factor < 1 {
+            return Err("default_replication_factor must be at least 1".into());
+        }
         if self.default_partitions < 1 {
             return Err("default_partitions must be at least 1".into());
         }

@@ -673,6 +673,7 @@ impl Shard {
                     OFFSETS_TOPIC,
                     offsets_partition(group),
                     Some(Bytes::from(bytes)),
+                    -1,
                 )
                 .await;
             if out.error != code::NONE {

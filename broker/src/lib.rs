@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod coordinator;

@@ -38,6 +38,16 @@ enum Cmd {
         shards: Option<usize>,
         #[arg(long)]
         node_id: Option<i32>,
+        /// HOST:PORT of the broker-to-broker (replication) listener.
+        #[arg(long)]
+        rpc_listen: Option<String>,
+        /// The cluster's brokers: ID@HOST:PORT of each one's RPC listener, comma-separated
+        /// (like KRaft's controller.quorum.voters). Omit for a single-node broker.
+        #[arg(long)]
+        voters: Option<String>,
+        /// Replicas of topics created without a replication factor.
+        #[arg(long)]
+        default_replication_factor: Option<i16>,
     },
     /// Inspect consumer groups: members, assignments, committed offsets, lag.
     Group {
@@ -108,6 +118,9 @@ fn main() -> ExitCode {
             advertised_listener,
             shards,
             node_id,
+            rpc_listen,
+            voters,
+            default_replication_factor,
         } => (|| {
             let mut cfg = match config {
                 Some(path) => {
@@ -133,6 +146,15 @@ fn main() -> ExitCode {
             }
             if let Some(v) = node_id {
                 cfg.node_id = v;
+            }
+            if let Some(v) = rpc_listen {
+                cfg.rpc_listen = Some(v);
+            }
+            if let Some(v) = voters {
+                cfg.voters = vec![v];
+            }
+            if let Some(v) = default_replication_factor {
+                cfg.default_replication_factor = v;
             }
             corelog_broker::server::run(cfg)
         })(),

@@ -11,10 +11,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corelog_replication::driver::{self, DriveError, Io, Replica};
+use corelog_replication::driver::{self, DriveError, Replica};
 use corelog_replication::producers::SeqCheck;
 use corelog_replication::{
-    Envelope, EpochCache, GroupId, HardState, Node, NodeId, Raft, RaftConfig,
+    Envelope, EpochCache, GroupId, HardState, Message, Node, NodeId, Raft, RaftConfig, Role,
 };
 use corelog_storage::batch::{self, BatchError, BatchHeader};
 use corelog_storage::{Disk, GlommioDisk, Log, StorageError};
@@ -23,6 +23,7 @@ use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use serde::Deserialize;
 
+use crate::cluster::RpcIo;
 use crate::config::TopicSettings;
 use crate::errors as code;
 use crate::records::Kept;
@@ -37,6 +38,43 @@ pub struct Status {
     pub online: bool,
     /// Bytes the log holds on disk.
     pub size_bytes: u64,
+    /// This replica leads the partition and its lease holds: it may serve reads.
+    pub is_leader: bool,
+}
+
+/// Who leads a partition as this replica sees it: what Metadata reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    /// -1: no leader known.
+    pub leader: i32,
+    /// The leader's term (Kafka's leader epoch); -1 with no leader.
+    pub epoch: i32,
+    /// The in-sync replicas: the leader's own account; a follower names the leader and
+    /// itself while it hears from it.
+    pub isr: Vec<i32>,
+}
+
+/// Where a partition's replication group runs: its group id, its voters (the replica
+/// set; this broker alone for a single-node broker) and the transport to the others.
+#[derive(Clone)]
+pub struct Membership {
+    pub group: GroupId,
+    pub voters: Vec<NodeId>,
+    pub peers: Option<Rc<crate::cluster::transport::Peers>>,
+    /// Told whenever the view (leader, epoch, ISR) changes.
+    pub on_view: Option<Rc<dyn Fn(GroupId, View)>>,
+}
+
+impl Membership {
+    /// A partition of a single-node broker: a group of one.
+    pub fn solo(node_id: i32) -> Self {
+        Self {
+            group: SOLO_GROUP,
+            voters: vec![node_id.max(0) as NodeId],
+            peers: None,
+            on_view: None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -58,7 +96,14 @@ pub struct FetchOutcome {
 pub enum Cmd {
     Produce {
         records: Option<Bytes>,
+        /// -1 (all): answered once committed; 1: once the leader's copy is durable.
+        acks: i16,
         reply: oneshot::Sender<ProduceOutcome>,
+    },
+    /// Replication messages from a peer broker.
+    Raft {
+        from: NodeId,
+        items: Vec<Message>,
     },
     Fetch {
         offset: i64,
@@ -127,6 +172,12 @@ impl PartitionHandle {
         let mut tx = self.tx.clone();
         futures::SinkExt::send(&mut tx, cmd).await.is_ok()
     }
+
+    /// Queues a command without waiting: dropped when the queue is full (replication
+    /// messages, which Raft retransmits).
+    pub fn offer(&self, cmd: Cmd) {
+        let _ = self.tx.clone().try_send(cmd);
+    }
 }
 
 /// How often a partition that ran out of disk space checks whether it can reopen.
@@ -145,9 +196,15 @@ fn is_enospc(e: &StorageError) -> bool {
 /// Queue bound per partition: beyond it producers wait (back-pressure).
 const QUEUE: usize = 1024;
 
-/// The partition's group id on its node. One group per partition task until partitions
-/// are replicated and a shard's groups share one node (and one heartbeat per peer).
-const GROUP: GroupId = 1;
+/// The group id of a single-node broker's partitions (each task runs its own node, so
+/// ids need not differ; a cluster's come from the controller).
+const SOLO_GROUP: GroupId = 1;
+
+/// A produce waits at most this long for its commit (Kafka's request timeout default).
+const PRODUCE_TIMEOUT_MS: u64 = 30_000;
+
+/// How far behind a follower may fall and stay in the ISR (`replica.lag.time.max.ms`).
+const ISR_LAG_MS: u64 = 10_000;
 
 /// What a partition task runs on, read back from its dir by the replica driver (the same
 /// code the simulator runs): the recovered log with its term, vote and term history, the
@@ -158,7 +215,12 @@ struct Loaded {
     replicas: BTreeMap<GroupId, Replica<GlommioDisk>>,
 }
 
-async fn load(dir: &Path, node_id: i32, settings: &TopicSettings) -> Result<Loaded, String> {
+async fn load(
+    dir: &Path,
+    node_id: i32,
+    settings: &TopicSettings,
+    membership: &Membership,
+) -> Result<Loaded, String> {
     let at = |e: &dyn std::fmt::Display| format!("{}: {e}", dir.display());
     let disk = GlommioDisk::open_dir(dir).await.map_err(|e| at(&e))?;
     // A dir from before the replica driver kept term, vote and term history in JSON:
@@ -190,8 +252,8 @@ async fn load(dir: &Path, node_id: i32, settings: &TopicSettings) -> Result<Load
     let mut raft = Raft::new(
         RaftConfig::new(
             id,
-            vec![id],
-            u64::from(crc32c::crc32c(dir.as_os_str().as_encoded_bytes())),
+            membership.voters.clone(),
+            u64::from(crc32c::crc32c(dir.as_os_str().as_encoded_bytes())) ^ now,
         ),
         recovered.hard,
         recovered.log,
@@ -205,10 +267,10 @@ async fn load(dir: &Path, node_id: i32, settings: &TopicSettings) -> Result<Load
     }
     raft.on_tick(now);
     let mut node = Node::new(id);
-    node.add_group(GROUP, raft);
+    node.add_group(membership.group, raft);
     Ok(Loaded {
         node,
-        replicas: BTreeMap::from([(GROUP, replica)]),
+        replicas: BTreeMap::from([(membership.group, replica)]),
     })
 }
 
@@ -218,14 +280,16 @@ pub async fn open(
     node_id: i32,
     settings: TopicSettings,
     retention_check: Duration,
+    membership: Membership,
 ) -> Result<PartitionHandle, String> {
-    let Loaded { node, replicas } = load(&dir, node_id, &settings).await?;
-    let log = &replicas[&GROUP].log;
+    let Loaded { node, replicas } = load(&dir, node_id, &settings, &membership).await?;
+    let log = &replicas[&membership.group].log;
     let status = Rc::new(Cell::new(Status {
         high_watermark: 0,
         log_start: log.log_start_offset() as i64,
         online: true,
         size_bytes: log.size_bytes(),
+        is_leader: false,
     }));
     let changed = Rc::new(Event::new());
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -242,6 +306,12 @@ pub async fn open(
         status: status.clone(),
         changed: changed.clone(),
         out_of_space: None,
+        io: RpcIo {
+            peers: membership.peers.clone(),
+        },
+        membership,
+        pending: Vec::new(),
+        view: View::default(),
     };
     // The election of a group of one happened in `on_tick`: persist its term (and the
     // new leader's first batch) before serving anything. A full disk at start does not
@@ -351,37 +421,23 @@ struct PartitionTask {
     settings: TopicSettings,
     status: Rc<Cell<Status>>,
     changed: Rc<Event>,
-}
-
-/// The driver's I/O for a partition task: the broker's clocks; no peers yet.
-struct BrokerIo;
-
-impl Io for BrokerIo {
-    fn now_ms(&self) -> u64 {
-        mono_ms()
-    }
-
-    fn wall_ms(&self) -> i64 {
-        wall_ms()
-    }
-
-    async fn send(&mut self, to: NodeId, _env: Envelope) {
-        // A group of one has no peer to address; the RPC transport comes with replicated
-        // partitions.
-        tracing::error!(to, "a partition of one broker addressed a peer");
-    }
-
-    fn event(&mut self, what: String) {
-        tracing::warn!("{what}");
-    }
+    membership: Membership,
+    io: RpcIo,
+    /// Produces waiting for their batches to commit (or, acks=1, to be durable here).
+    pending: Vec<Pending>,
+    /// The view last published.
+    view: View,
 }
 
 /// A produce waiting for its batch to commit.
 struct Pending {
     end: u64,
     base: i64,
-    /// The last batch proposed and the term it was proposed in (None: all duplicates).
+    /// The last batch proposed (or found as a duplicate) and its term: the answer is
+    /// success only if that offset still holds an entry of that term.
     check: Option<(u64, u32)>,
+    acks: i16,
+    deadline_ms: u64,
     reply: oneshot::Sender<ProduceOutcome>,
 }
 
@@ -390,6 +446,13 @@ impl PartitionTask {
         let mut next_retention = mono_ms() + retention_check.as_millis() as u64;
         loop {
             let mut wait = next_retention.saturating_sub(mono_ms());
+            if self.replicated() {
+                // Heartbeats, elections and retransmits run on the group's deadlines.
+                wait = wait.min(self.node.next_deadline().saturating_sub(mono_ms()));
+                if !self.pending.is_empty() {
+                    wait = wait.min(1000);
+                }
+            }
             if let Some(free_then) = self.out_of_space {
                 if crate::disk_space::check_write(self.internal).is_ok()
                     && crate::disk_space::free_bytes() > free_then.saturating_add(REOPEN_MARGIN)
@@ -428,17 +491,31 @@ impl PartitionTask {
         }
     }
 
-    /// Handles one round of commands: appends first, one sync, then reads (which see the
-    /// new data). Returns the reply of a Close, after which the task ends.
+    /// Handles one round of commands: replication messages and appends first, one drive
+    /// of the group (one sync), then reads (which see the new data). Returns the reply of
+    /// a Close, after which the task ends.
     async fn round(&mut self, cmds: Vec<Cmd>) -> Option<oneshot::Sender<()>> {
-        let mut pending = Vec::new();
         let mut reads = Vec::new();
         let mut close = None;
         for cmd in cmds {
             match cmd {
-                Cmd::Produce { records, reply } => {
-                    if let Some(p) = self.produce(records, reply).await {
-                        pending.push(p);
+                Cmd::Raft { from, items } => {
+                    let group = self.membership.group;
+                    self.node.on_envelope(
+                        mono_ms(),
+                        Envelope {
+                            from,
+                            items: items.into_iter().map(|m| (group, m)).collect(),
+                        },
+                    );
+                }
+                Cmd::Produce {
+                    records,
+                    acks,
+                    reply,
+                } => {
+                    if let Some(p) = self.produce(records, acks, reply).await {
+                        self.pending.push(p);
                     }
                 }
                 Cmd::Configure(s) => {
@@ -467,45 +544,89 @@ impl PartitionTask {
                 other => reads.push(other),
             }
         }
-        if !pending.is_empty() {
-            if let Err(e) = self.drive().await {
-                self.fail(e.storage());
-            }
-            self.publish();
-            let status = self.status.get();
-            for p in pending {
-                // Committed, and still ours: the entry there is of the term we proposed in.
-                let ok = status.online
-                    && self.raft().commit() >= p.end
-                    && p.check
-                        .is_none_or(|(base, term)| self.raft().epochs().term_at(base) == term);
-                let _ = p.reply.send(ProduceOutcome {
-                    error: if ok {
-                        code::NONE
-                    } else {
-                        code::KAFKA_STORAGE_ERROR
-                    },
-                    base_offset: if ok { p.base } else { -1 },
-                    log_start: status.log_start,
-                    message: (!ok).then(|| {
-                        if self.out_of_space.is_some() {
-                            "the disk ran out of space; writes resume once space is back".into()
-                        } else {
-                            "the partition's storage failed".to_string()
-                        }
-                    }),
-                });
-            }
+        if self.replicated() {
+            self.node.on_tick(mono_ms());
         }
+        if let Err(e) = self.drive().await {
+            self.fail(e.storage());
+        }
+        self.publish();
+        self.resolve_pending();
         for cmd in reads {
             self.read(cmd).await;
         }
         close
     }
 
+    /// Whether the group has other voters (a replicated partition).
+    fn replicated(&self) -> bool {
+        self.membership.voters.len() > 1
+    }
+
+    /// Answers the produces whose fate is known: committed (acks=all) or durable here
+    /// (acks=1) at an entry of the term proposed in; or lost with the leadership, the
+    /// storage, or the request timeout.
+    fn resolve_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let status = self.status.get();
+        let now = mono_ms();
+        let (commit, durable, term, leader) = {
+            let r = self.raft();
+            (
+                r.commit(),
+                r.durable_end(),
+                r.term(),
+                r.role() == Role::Leader,
+            )
+        };
+        let out_of_space = self.out_of_space.is_some();
+        let pending = std::mem::take(&mut self.pending);
+        for p in pending {
+            let reached = if p.acks == 1 { durable } else { commit };
+            let ours = p
+                .check
+                .is_none_or(|(base, t)| self.raft().epochs().term_at(base) == t);
+            let (error, message) = if !status.online || out_of_space {
+                (
+                    code::KAFKA_STORAGE_ERROR,
+                    Some(if out_of_space {
+                        "the disk ran out of space; writes resume once space is back".to_string()
+                    } else {
+                        "the partition's storage failed".to_string()
+                    }),
+                )
+            } else if reached >= p.end && ours {
+                (code::NONE, None)
+            } else if !ours || !leader || p.check.is_some_and(|(_, t)| t != term && commit < p.end)
+            {
+                (
+                    code::NOT_LEADER_OR_FOLLOWER,
+                    Some("leadership moved before the batch committed; retry".to_string()),
+                )
+            } else if now >= p.deadline_ms {
+                (
+                    code::REQUEST_TIMED_OUT,
+                    Some("the batch did not commit in time".to_string()),
+                )
+            } else {
+                self.pending.push(p);
+                continue;
+            };
+            let _ = p.reply.send(ProduceOutcome {
+                error,
+                base_offset: if error == code::NONE { p.base } else { -1 },
+                log_start: status.log_start,
+                message,
+            });
+        }
+    }
+
     async fn produce(
         &mut self,
         records: Option<Bytes>,
+        acks: i16,
         reply: oneshot::Sender<ProduceOutcome>,
     ) -> Option<Pending> {
         let status = self.status.get();
@@ -519,6 +640,14 @@ impl PartitionTask {
             let _ = reply.send(refuse(
                 code::KAFKA_STORAGE_ERROR,
                 "the partition's storage failed".into(),
+            ));
+            return None;
+        }
+        if self.raft().role() != Role::Leader {
+            let leader = self.raft().leader();
+            let _ = reply.send(refuse(
+                code::NOT_LEADER_OR_FOLLOWER,
+                format!("this broker does not lead the partition (leader: {leader:?})"),
             ));
             return None;
         }
@@ -551,7 +680,13 @@ impl PartitionTask {
             match self.replica().producers.check(&h) {
                 SeqCheck::Append => {}
                 SeqCheck::Duplicate(base) => {
+                    // Answered once the original is committed, as the original is.
                     first_base.get_or_insert(base as i64);
+                    let dup_end = base + h.last_offset_delta.max(0) as u64 + 1;
+                    if dup_end > end {
+                        end = dup_end;
+                        check = Some((base, self.raft().epochs().term_at(base)));
+                    }
                     continue;
                 }
                 SeqCheck::Fenced(message) => {
@@ -589,6 +724,8 @@ impl PartitionTask {
             end,
             base: first_base.unwrap_or(-1),
             check,
+            acks,
+            deadline_ms: mono_ms() + PRODUCE_TIMEOUT_MS,
             reply,
         })
     }
@@ -610,6 +747,8 @@ impl PartitionTask {
                 };
                 if !status.online {
                     out.error = code::KAFKA_STORAGE_ERROR;
+                } else if !status.is_leader {
+                    out.error = code::NOT_LEADER_OR_FOLLOWER;
                 } else if offset < status.log_start || offset > hw {
                     out.error = code::OFFSET_OUT_OF_RANGE;
                 } else if offset < hw {
@@ -629,6 +768,12 @@ impl PartitionTask {
                     }
                 }
                 let _ = reply.send(out);
+            }
+            Cmd::Query { reply, .. } if status.online && !status.is_leader => {
+                let _ = reply.send(Err((
+                    code::NOT_LEADER_OR_FOLLOWER,
+                    "this broker does not lead the partition".to_string(),
+                )));
             }
             Cmd::Query {
                 query: Query::ListOffset { timestamp },
@@ -702,6 +847,20 @@ impl PartitionTask {
                 "the partition's storage failed".into(),
             ));
         }
+        if !status.is_leader {
+            return Err((
+                code::NOT_LEADER_OR_FOLLOWER,
+                "this broker does not lead the partition".into(),
+            ));
+        }
+        if self.replicated() {
+            // The log start is not replicated yet: moved on the leader alone, it would
+            // come back with the next leader.
+            return Err((
+                code::POLICY_VIOLATION,
+                "DeleteRecords on a replicated partition is not supported yet".into(),
+            ));
+        }
         let hw = status.high_watermark;
         let offset = if offset == -1 { hw } else { offset };
         if offset < 0 || offset > hw {
@@ -743,16 +902,16 @@ impl PartitionTask {
     /// durable first, then truncations and appends with the epoch checkpoint, one
     /// fdatasync, `on_persisted`.
     async fn drive(&mut self) -> Result<(), DriveError> {
-        driver::drive(&mut self.node, &mut self.replicas, &mut BrokerIo).await
+        driver::drive(&mut self.node, &mut self.replicas, &mut self.io).await
     }
 
     fn replica(&self) -> &Replica<GlommioDisk> {
-        &self.replicas[&GROUP]
+        &self.replicas[&self.membership.group]
     }
 
     fn replica_mut(&mut self) -> &mut Replica<GlommioDisk> {
         self.replicas
-            .get_mut(&GROUP)
+            .get_mut(&self.membership.group)
             .expect("the partition's group")
     }
 
@@ -763,33 +922,79 @@ impl PartitionTask {
     fn log_mut(&mut self) -> &mut Log<GlommioDisk> {
         &mut self
             .replicas
-            .get_mut(&GROUP)
+            .get_mut(&self.membership.group)
             .expect("the partition's group")
             .log
     }
 
     fn raft(&self) -> &Raft {
-        self.node.group(GROUP).expect("the partition's group")
+        self.node
+            .group(self.membership.group)
+            .expect("the partition's group")
     }
 
     fn raft_mut(&mut self) -> &mut Raft {
-        self.node.group_mut(GROUP).expect("the partition's group")
+        self.node
+            .group_mut(self.membership.group)
+            .expect("the partition's group")
     }
 
-    /// Makes the high watermark visible to the shard and wakes long polls.
-    fn publish(&self) {
+    /// Makes the high watermark and the leadership visible to the shard and wakes long
+    /// polls.
+    fn publish(&mut self) {
         let mut s = self.status.get();
+        let now = mono_ms();
         let raft = self.raft();
-        let hw = raft.read_high_watermark(mono_ms()).unwrap_or(raft.commit()) as i64;
+        let served = raft.read_high_watermark(now);
+        let hw = served.unwrap_or(raft.commit()) as i64;
+        let view = match raft.leader() {
+            Some(l) if raft.role() == Role::Leader => View {
+                leader: l as i32,
+                epoch: raft.term() as i32,
+                isr: raft
+                    .in_sync(now, ISR_LAG_MS)
+                    .into_iter()
+                    .map(|n| n as i32)
+                    .collect(),
+            },
+            Some(l) => View {
+                leader: l as i32,
+                epoch: raft.term() as i32,
+                isr: {
+                    let mut v = vec![l as i32, raft.id() as i32];
+                    v.sort_unstable();
+                    v
+                },
+            },
+            None => View {
+                leader: -1,
+                epoch: -1,
+                isr: Vec::new(),
+            },
+        };
         let log = self.log();
         s.size_bytes = log.size_bytes();
-        if hw != s.high_watermark || s.log_start != log.log_start_offset() as i64 {
+        let was_leader = s.is_leader;
+        s.is_leader = served.is_some();
+        if hw != s.high_watermark
+            || s.log_start != log.log_start_offset() as i64
+            || was_leader != s.is_leader
+        {
             s.high_watermark = hw;
             s.log_start = log.log_start_offset() as i64;
             self.status.set(s);
             self.changed.notify(usize::MAX);
         } else {
             self.status.set(s);
+        }
+        if view != self.view {
+            if self.replicated() {
+                tracing::info!(dir = %self.dir.display(), leader = view.leader, epoch = view.epoch, isr = ?view.isr, "partition view");
+            }
+            if let Some(f) = &self.membership.on_view {
+                f(self.membership.group, view.clone());
+            }
+            self.view = view;
         }
     }
 
@@ -818,7 +1023,7 @@ impl PartitionTask {
     /// exactly what a broker restart does for this partition. Stays out of space, to try
     /// again, if that fails.
     async fn reopen(&mut self) {
-        match load(&self.dir, self.node_id, &self.settings).await {
+        match load(&self.dir, self.node_id, &self.settings, &self.membership).await {
             Ok(fresh) => {
                 let old = std::mem::replace(&mut self.replicas, fresh.replicas);
                 self.node = fresh.node;
@@ -857,7 +1062,7 @@ impl PartitionTask {
     }
 
     async fn close(mut self) {
-        let Some(replica) = self.replicas.remove(&GROUP) else {
+        let Some(replica) = self.replicas.remove(&self.membership.group) else {
             return;
         };
         let mut log = replica.into_log().await;
@@ -1090,13 +1295,20 @@ mod tests {
         let p = path.clone();
         let epoch = glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
-                let h = open(p, 1, limits(1 << 20), Duration::from_secs(3600))
-                    .await
-                    .unwrap();
+                let h = open(
+                    p,
+                    1,
+                    limits(1 << 20),
+                    Duration::from_secs(3600),
+                    Membership::solo(1),
+                )
+                .await
+                .unwrap();
                 let (tx, rx) = oneshot::channel();
                 let b = build::batch(&[b"x"], wall_ms());
                 h.send(Cmd::Produce {
                     records: Some(Bytes::from(b)),
+                    acks: -1,
                     reply: tx,
                 })
                 .await;

@@ -113,13 +113,15 @@ pub fn apply(cfg: &mut Config, pairs: &[(String, String)]) -> Result<Vec<String>
                 }
             }
             "num.partitions" => cfg.default_partitions = int()? as i32,
-            "default.replication.factor" | "offsets.topic.replication.factor" => {
-                if int()? > 1 {
-                    warnings.push(format!(
-                        "{key}={value}: this broker has no peers yet, so data is kept on this node only (replication factor 1)"
-                    ));
-                }
+            "default.replication.factor" => {
+                cfg.default_replication_factor = int()?.clamp(1, 1000) as i16;
             }
+            "offsets.topic.replication.factor" => {
+                warnings.push(format!(
+                    "{key}={value}: corelog gives the offsets topic min(3, brokers) replicas"
+                ));
+            }
+            "controller.quorum.voters" => cfg.voters = vec![value.clone()],
             "log.retention.ms" => retention.0 = Some(int()?),
             "log.retention.minutes" => retention.1 = Some(int()?),
             "log.retention.hours" => retention.2 = Some(int()?),
@@ -169,6 +171,12 @@ pub fn apply(cfg: &mut Config, pairs: &[(String, String)]) -> Result<Vec<String>
     }
     if let Some(ms) = roll.0.or(roll.1.map(|h| h * HOUR)) {
         cfg.segment_ms = Some(ms.max(1));
+    }
+    if cfg.default_replication_factor > 1 && !cfg.clustered() {
+        warnings.push(format!(
+            "default.replication.factor={}: this broker has no peers (no controller.quorum.voters), so data is kept on this node only",
+            cfg.default_replication_factor
+        ));
     }
     Ok(warnings)
 }

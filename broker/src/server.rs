@@ -10,9 +10,12 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 
+use crate::cluster::transport::{self, Peers};
+use crate::cluster::{ClusterCtx, controller};
 use crate::config::Config;
 use crate::conn;
 use crate::shard::{Shard, ShardMsg};
+use corelog_replication::NodeId;
 
 /// Capacity of each shard-to-shard channel; senders wait when it is full.
 const MESH_CAPACITY: usize = 1024;
@@ -165,7 +168,40 @@ async fn shard_main(
         .join()
         .await
         .map_err(|e| format!("shard mesh join failed: {e}"))?;
-    let shard = Shard::start(cfg.clone(), senders).await?;
+    let cluster = if cfg.clustered() {
+        let voters = cfg.voter_list()?;
+        let me = cfg.node_id as NodeId;
+        let (host, port) = cfg.advertised();
+        let peers = Peers::start(me, &voters, (host, port as u16));
+        Some(Rc::new(ClusterCtx { me, voters, peers }))
+    } else {
+        None
+    };
+    let shard = Shard::start(cfg.clone(), senders, cluster.clone()).await?;
+    if let Some(c) = &cluster {
+        let rpc = cfg.rpc_listen.clone().expect("checked by voter_list");
+        transport::listen(&rpc, Rc::new(c.voter_ids()), c.me, shard.clone()).await?;
+        glommio::spawn_local(shard.clone().relay_views()).detach();
+        if shard.id == 0 {
+            let (host, port) = cfg.advertised();
+            let weak = Rc::downgrade(&shard);
+            let handle = controller::start(
+                cfg.data_dir.join("cluster").join("controller"),
+                c.me,
+                c.voter_ids(),
+                c.peers.clone(),
+                (host, port as u16),
+                Rc::new(move |meta, leader| {
+                    if let Some(s) = weak.upgrade() {
+                        s.on_metadata(meta, leader);
+                    }
+                }),
+            )
+            .await?;
+            shard.set_controller(handle);
+            tracing::info!(node = c.me, rpc = %rpc, voters = ?c.voters, "cluster member");
+        }
+    }
     for (from, rx) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -280,5 +316,8 @@ async fn shard_main(
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     shard.close_all().await;
+    if let Some(c) = &cluster {
+        c.peers.stop();
+    }
     Ok(())
 }

@@ -13,13 +13,20 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 
+use crate::cluster::ClusterCtx;
+use crate::cluster::controller::ControllerHandle;
+use crate::cluster::transport::Hello;
 use crate::config::{Config, topic_settings};
 use crate::errors as code;
-use crate::partition::{self, Answer, Cmd, FetchOutcome, PartitionHandle, ProduceOutcome, Query};
+use crate::partition::{
+    self, Answer, Cmd, FetchOutcome, Membership, PartitionHandle, ProduceOutcome, Query, View,
+};
 use crate::topic_configs::validate as validate_topic_config;
 use crate::topics::{
     MetaFile, TopicMeta, owner_shard, partition_dir, random_topic_id, validate_topic_name,
 };
+use corelog_replication::controller::ClusterMetadata;
+use corelog_replication::{GroupId, Message, NodeId};
 
 /// Messages between shards. Everything in them is `Send`. A request carries the oneshot
 /// its sender awaits; the serving shard never completes it itself but sends a `Deliver`
@@ -34,7 +41,27 @@ pub enum ShardMsg {
         topic: String,
         partition: i32,
         records: Option<Bytes>,
+        acks: i16,
         reply: oneshot::Sender<ProduceOutcome>,
+    },
+    /// Replication messages from peer broker `from` for `group`, which this shard owns.
+    Raft {
+        from: NodeId,
+        group: GroupId,
+        items: Vec<Message>,
+    },
+    /// To shard 0: a peer broker connected and said who it is.
+    Hello(Hello),
+    /// A partition's leader, epoch and ISR as its replica on this broker sees them.
+    View {
+        topic: String,
+        partition: i32,
+        view: View,
+    },
+    /// From shard 0: the registered brokers and the controller leader.
+    Cluster {
+        brokers: BTreeMap<NodeId, (String, u16)>,
+        controller: Option<NodeId>,
     },
     Fetch {
         topic: String,
@@ -143,13 +170,35 @@ pub struct Shard {
     pub commits_in_flight: Cell<usize>,
     /// Per offsets partition: size at which it is compacted next.
     pub compact_at: RefCell<BTreeMap<i32, u64>>,
+    /// On a cluster: the transport and voters; None on a single-node broker.
+    pub cluster: Option<Rc<ClusterCtx>>,
+    /// Group id -> partition, for routing replication messages (every shard's copy).
+    pub(crate) routes: RefCell<HashMap<GroupId, (String, i32)>>,
+    /// Leader, epoch and ISR of the partitions this broker holds replicas of.
+    pub views: Rc<RefCell<HashMap<(String, i32), View>>>,
+    /// Views changed by this shard's partitions, to tell the other shards.
+    pub(crate) view_outbox: Rc<RefCell<Vec<(String, i32, View)>>>,
+    pub(crate) view_ready: Rc<event_listener::Event>,
+    /// Registered brokers (id -> Kafka host, port) and the controller leader.
+    pub brokers: RefCell<BTreeMap<NodeId, (String, u16)>>,
+    pub controller_leader: Cell<Option<NodeId>>,
+    /// Shard 0 of a clustered broker: the controller group.
+    pub(crate) ctl: RefCell<Option<ControllerHandle>>,
+    /// Shard 0: the newest applied metadata not reconciled yet, and whether a
+    /// reconciliation runs.
+    pub(crate) latest_meta: RefCell<Option<(Rc<ClusterMetadata>, Option<NodeId>)>>,
+    pub(crate) reconciling: Cell<bool>,
 }
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
 
 impl Shard {
     /// Loads the metadata and opens the partitions this shard owns.
-    pub async fn start(cfg: Rc<Config>, senders: Senders<ShardMsg>) -> Result<Rc<Self>, String> {
+    pub async fn start(
+        cfg: Rc<Config>,
+        senders: Senders<ShardMsg>,
+        cluster: Option<Rc<ClusterCtx>>,
+    ) -> Result<Rc<Self>, String> {
         let id = senders.peer_id();
         let count = senders.nr_consumers();
         let meta = MetaFile::load_or_create(&cfg.data_dir)
@@ -158,10 +207,14 @@ impl Shard {
             next_producer_id: meta.producer_id_reserved,
             meta: meta.clone(),
         });
+        let cluster_id = match &cluster {
+            Some(c) => crate::cluster::cluster_id(&c.voters),
+            None => meta.cluster_id.clone(),
+        };
         let shard = Rc::new(Self {
             id,
             count,
-            cluster_id: meta.cluster_id.clone(),
+            cluster_id,
             topics: RefCell::new(BTreeMap::new()),
             partitions: RefCell::new(HashMap::new()),
             senders,
@@ -177,9 +230,22 @@ impl Shard {
             commits_in_flight: Cell::new(0),
             compact_at: RefCell::new(BTreeMap::new()),
             cfg,
+            cluster,
+            routes: RefCell::new(HashMap::new()),
+            views: Rc::new(RefCell::new(HashMap::new())),
+            view_outbox: Rc::new(RefCell::new(Vec::new())),
+            view_ready: Rc::new(event_listener::Event::new()),
+            brokers: RefCell::new(BTreeMap::new()),
+            controller_leader: Cell::new(None),
+            ctl: RefCell::new(None),
+            latest_meta: RefCell::new(None),
+            reconciling: Cell::new(false),
         });
-        for t in meta.topics.values() {
-            shard.apply_upsert(t.clone()).await?;
+        // A cluster's topics come from the controller's log, not the local file.
+        if shard.cluster.is_none() {
+            for t in meta.topics.values() {
+                shard.apply_upsert(t.clone()).await?;
+            }
         }
         shard.load_offsets().await?;
         Ok(shard)
@@ -230,6 +296,7 @@ impl Shard {
             self.cfg.node_id,
             topic_settings(&self.cfg, &overrides),
             Duration::from_millis(self.cfg.retention_check_interval_ms.max(100)),
+            Membership::solo(self.cfg.node_id),
         )
         .await?;
         self.partitions
@@ -267,6 +334,11 @@ impl Shard {
         self.reply_to(from, rx.await.ok(), reply).await;
     }
 
+    /// Sends to another shard without waiting: false when its channel is full.
+    pub(crate) fn offer(&self, to: usize, msg: ShardMsg) -> bool {
+        self.senders.try_send_to(to, msg).is_ok()
+    }
+
     pub(crate) async fn forward(&self, to: usize, msg: ShardMsg) {
         if self.senders.send_to(to, msg).await.is_err() {
             tracing::error!(to, "shard mesh closed");
@@ -280,16 +352,19 @@ impl Shard {
         topic: &str,
         partition: i32,
         records: Option<Bytes>,
+        acks: i16,
     ) -> ProduceOutcome {
         let (tx, rx) = oneshot::channel();
         let owner = owner_shard(topic, partition, self.count);
         if owner == self.id {
-            self.local_produce(topic, partition, records, tx).await;
+            self.local_produce(topic, partition, records, acks, tx)
+                .await;
         } else {
             let msg = ShardMsg::Produce {
                 topic: topic.to_string(),
                 partition,
                 records,
+                acks,
                 reply: tx,
             };
             self.forward(owner, msg).await;
@@ -307,11 +382,17 @@ impl Shard {
         topic: &str,
         partition: i32,
         records: Option<Bytes>,
+        acks: i16,
         reply: oneshot::Sender<ProduceOutcome>,
     ) {
         match self.handle(topic, partition) {
             Some(h) => {
-                h.send(Cmd::Produce { records, reply }).await;
+                h.send(Cmd::Produce {
+                    records,
+                    acks,
+                    reply,
+                })
+                .await;
             }
             None => {
                 let _ = reply.send(ProduceOutcome {
@@ -367,7 +448,7 @@ impl Shard {
                 // Nothing to read past the high watermark: answer without queueing behind
                 // appends.
                 let s = h.status.get();
-                if s.online && offset == s.high_watermark {
+                if s.online && s.is_leader && offset == s.high_watermark {
                     let _ = reply.send(FetchOutcome {
                         error: code::NONE,
                         high_watermark: s.high_watermark,
@@ -506,6 +587,9 @@ impl Shard {
     }
 
     async fn controller_op(self: &Rc<Self>, op: AdminOp) -> AdminResult {
+        if self.cluster.is_some() && !matches!(op, AdminOp::AllocProducerId) {
+            return self.cluster_op(op).await;
+        }
         match op {
             AdminOp::AllocProducerId => {
                 let mut guard = self.controller.borrow_mut();
@@ -520,6 +604,11 @@ impl Shard {
                 }
                 let id = c.next_producer_id;
                 c.next_producer_id += 1;
+                if self.cluster.is_some() {
+                    // Unique across the cluster without asking anyone: the node id
+                    // (unique among brokers) above this broker's own durable counter.
+                    return AdminResult::ProducerId((i64::from(self.cfg.node_id) << 32) | id);
+                }
                 AdminResult::ProducerId(id)
             }
             AdminOp::CreateTopic {
@@ -564,6 +653,8 @@ impl Shard {
                     id: random_topic_id(),
                     partitions,
                     configs,
+                    replicas: Vec::new(),
+                    groups: Vec::new(),
                 };
                 {
                     let mut guard = self.controller.borrow_mut();
@@ -732,7 +823,7 @@ impl Shard {
 
     /// Every shard closes and deletes the partitions `from..` of `meta` it owns (`from` 0:
     /// the whole topic, which it also forgets).
-    async fn broadcast_remove(self: &Rc<Self>, meta: &TopicMeta, from: i32) {
+    pub(crate) async fn broadcast_remove(self: &Rc<Self>, meta: &TopicMeta, from: i32) {
         let mut waits = Vec::new();
         for to in 0..self.count {
             if to == self.id {
@@ -756,7 +847,7 @@ impl Shard {
         }
     }
 
-    async fn broadcast_upsert(self: &Rc<Self>, meta: &TopicMeta) -> Result<(), String> {
+    pub(crate) async fn broadcast_upsert(self: &Rc<Self>, meta: &TopicMeta) -> Result<(), String> {
         let mut waits = Vec::new();
         for to in 0..self.count {
             if to == self.id {
@@ -791,6 +882,11 @@ impl Shard {
         self.topics
             .borrow_mut()
             .insert(meta.name.clone(), meta.clone());
+        for (p, g) in meta.groups.iter().enumerate() {
+            self.routes
+                .borrow_mut()
+                .insert(*g, (meta.name.clone(), p as i32));
+        }
         for p in 0..meta.partitions {
             if owner_shard(&meta.name, p, self.count) != self.id {
                 continue;
@@ -799,11 +895,16 @@ impl Shard {
                 h.send(Cmd::Configure(settings.clone())).await;
                 continue;
             }
+            let membership = match self.membership(&meta, p) {
+                Some(m) => m,
+                None => continue, // a cluster partition without a replica here
+            };
             let h = partition::open(
                 self.data_dir(&meta.name, p),
                 self.cfg.node_id,
                 settings.clone(),
                 Duration::from_millis(self.cfg.retention_check_interval_ms.max(100)),
+                membership,
             )
             .await
             .map_err(|e| {
@@ -820,6 +921,12 @@ impl Shard {
     async fn apply_remove(&self, meta: &TopicMeta, from: i32) {
         if from == 0 {
             self.topics.borrow_mut().remove(&meta.name);
+        }
+        for (p, g) in meta.groups.iter().enumerate().skip(from.max(0) as usize) {
+            self.routes.borrow_mut().remove(g);
+            self.views
+                .borrow_mut()
+                .remove(&(meta.name.clone(), p as i32));
         }
         for p in from..meta.partitions {
             let h = self.partitions.borrow_mut().remove(&(meta.name.clone(), p));
@@ -851,12 +958,34 @@ impl Shard {
                 topic,
                 partition,
                 records,
+                acks,
                 reply,
             } => {
                 self.relay(from, reply, async |tx| {
-                    self.local_produce(&topic, partition, records, tx).await
+                    self.local_produce(&topic, partition, records, acks, tx)
+                        .await
                 })
                 .await
+            }
+            ShardMsg::Raft {
+                from: node,
+                group,
+                items,
+            } => self.deliver_local(node, group, items),
+            ShardMsg::Hello(h) => self.deliver_hello(h),
+            ShardMsg::View {
+                topic,
+                partition,
+                view,
+            } => {
+                self.views.borrow_mut().insert((topic, partition), view);
+            }
+            ShardMsg::Cluster {
+                brokers,
+                controller,
+            } => {
+                *self.brokers.borrow_mut() = brokers;
+                self.controller_leader.set(controller);
             }
             ShardMsg::Fetch {
                 topic,

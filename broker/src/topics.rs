@@ -15,6 +15,12 @@ pub struct TopicMeta {
     pub id: [u8; 16],
     pub partitions: i32,
     pub configs: BTreeMap<String, String>,
+    /// On a cluster: each partition's replica set (leader preference first) and its
+    /// replication group, from the controller. Empty on a single-node broker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<Vec<i32>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -140,6 +146,8 @@ mod tests {
                 id: random_topic_id(),
                 partitions: 3,
                 configs: BTreeMap::new(),
+                replicas: Vec::new(),
+                groups: Vec::new(),
             },
         );
         m.save(dir.path()).unwrap();

@@ -400,6 +400,28 @@ mod tests {
         assert!(c.raft(leader, 1).read_high_watermark(c.now).is_some());
     }
 
+    /// Kafka's ISR: a stopped follower leaves it once it lags past the bound; restarted
+    /// and caught up, it returns.
+    #[test]
+    fn a_restarted_follower_returns_to_the_in_sync_replicas() {
+        let mut c = Cluster::new(3, &[1], 4);
+        let leader = elect(&mut c, 1);
+        c.run_for(200);
+        assert_eq!(c.raft(leader, 1).in_sync(c.now, 1000), vec![1, 2, 3]);
+        let follower = (1..=3).find(|&i| i != leader).unwrap();
+        c.stop(follower);
+        for i in 0..10u8 {
+            c.propose(1, &[b'v', b'a', b'l', b'0', b'0' + i]).unwrap();
+            c.step();
+        }
+        c.run_for(1500);
+        assert!(!c.raft(leader, 1).in_sync(c.now, 1000).contains(&follower));
+        c.start(follower);
+        c.run_for(1500);
+        assert_eq!(c.leader_of(1), Some(leader));
+        assert_eq!(c.raft(leader, 1).in_sync(c.now, 1000), vec![1, 2, 3]);
+    }
+
     #[test]
     fn five_replicas_survive_leader_isolation_and_truncate_its_uncommitted_tail() {
         let mut c = Cluster::new(5, &[1], 2);
@@ -592,6 +614,7 @@ mod tests {
         let partitions = controller::assign_replicas(&[1, 2, 3], 6, 3, 0).unwrap();
         cmds.push(MetadataCommand::CreateTopic {
             name: "orders".into(),
+            id: [7; 16],
             partitions,
             configs: vec![],
         });

@@ -36,12 +36,24 @@ pub enum MetadataCommand {
     },
     CreateTopic {
         name: String,
+        /// Kafka's topic id (a UUID), chosen by the proposer.
+        id: [u8; 16],
         /// Replica set of each partition, leader preference first.
         partitions: Vec<Vec<NodeId>>,
         configs: Vec<(String, String)>,
     },
     DeleteTopic {
         name: String,
+    },
+    /// Replaces a topic's config overrides.
+    SetTopicConfigs {
+        name: String,
+        configs: Vec<(String, String)>,
+    },
+    /// Adds partitions (CreatePartitions), with their replica sets.
+    AddPartitions {
+        name: String,
+        partitions: Vec<Vec<NodeId>>,
     },
 }
 
@@ -122,6 +134,7 @@ pub struct PartitionInfo {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicInfo {
+    pub id: [u8; 16],
     pub partitions: Vec<PartitionInfo>,
     pub configs: BTreeMap<String, String>,
 }
@@ -174,6 +187,7 @@ impl ClusterMetadata {
             }
             MetadataCommand::CreateTopic {
                 name,
+                id,
                 partitions,
                 configs,
             } => {
@@ -184,31 +198,13 @@ impl ClusterMetadata {
                 if partitions.is_empty() {
                     return Err(MetadataError::InvalidAssignment("zero partitions".into()));
                 }
-                for replicas in partitions {
-                    if replicas.is_empty() {
-                        return Err(MetadataError::InvalidAssignment(
-                            "a partition without replicas".into(),
-                        ));
-                    }
-                    if let Some(b) = replicas.iter().find(|b| !self.brokers.contains_key(b)) {
-                        return Err(MetadataError::UnknownBroker(*b));
-                    }
-                }
-                let partitions = partitions
-                    .iter()
-                    .map(|replicas| {
-                        let group = self.next_group;
-                        self.next_group += 1;
-                        PartitionInfo {
-                            group,
-                            replicas: replicas.clone(),
-                        }
-                    })
-                    .collect();
+                self.check_replicas(partitions)?;
+                let partitions = self.new_groups(partitions);
                 let configs = configs.iter().cloned().collect();
                 self.topics.insert(
                     name.clone(),
                     TopicInfo {
+                        id: *id,
                         partitions,
                         configs,
                     },
@@ -219,8 +215,56 @@ impl ClusterMetadata {
                     return Err(MetadataError::UnknownTopic(name.clone()));
                 }
             }
+            MetadataCommand::SetTopicConfigs { name, configs } => {
+                let t = self
+                    .topics
+                    .get_mut(name)
+                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
+                t.configs = configs.iter().cloned().collect();
+            }
+            MetadataCommand::AddPartitions { name, partitions } => {
+                if !self.topics.contains_key(name) {
+                    return Err(MetadataError::UnknownTopic(name.clone()));
+                }
+                self.check_replicas(partitions)?;
+                let added = self.new_groups(partitions);
+                self.topics
+                    .get_mut(name)
+                    .expect("checked")
+                    .partitions
+                    .extend(added);
+            }
         }
         Ok(())
+    }
+
+    fn check_replicas(&self, partitions: &[Vec<NodeId>]) -> Result<(), MetadataError> {
+        for replicas in partitions {
+            if replicas.is_empty() {
+                return Err(MetadataError::InvalidAssignment(
+                    "a partition without replicas".into(),
+                ));
+            }
+            if let Some(b) = replicas.iter().find(|b| !self.brokers.contains_key(b)) {
+                return Err(MetadataError::UnknownBroker(*b));
+            }
+        }
+        Ok(())
+    }
+
+    /// A fresh replication group for each partition.
+    fn new_groups(&mut self, partitions: &[Vec<NodeId>]) -> Vec<PartitionInfo> {
+        partitions
+            .iter()
+            .map(|replicas| {
+                let group = self.next_group;
+                self.next_group += 1;
+                PartitionInfo {
+                    group,
+                    replicas: replicas.clone(),
+                }
+            })
+            .collect()
     }
 
     /// A hash of the whole state (FNV-1a over a canonical rendering): equal on replicas
@@ -302,6 +346,7 @@ mod tests {
     fn commands_round_trip_through_a_record_batch() {
         let cmd = MetadataCommand::CreateTopic {
             name: "orders".into(),
+            id: [7; 16],
             partitions: vec![vec![1, 2, 3], vec![2, 3, 1]],
             configs: vec![("retention.ms".into(), "1000".into())],
         };
@@ -324,26 +369,31 @@ mod tests {
             broker(2),
             MetadataCommand::CreateTopic {
                 name: "a".into(),
+                id: [7; 16],
                 partitions: vec![vec![1, 2]; 3],
                 configs: vec![],
             },
             MetadataCommand::CreateTopic {
                 name: "a".into(),
+                id: [7; 16],
                 partitions: vec![vec![1]],
                 configs: vec![],
             },
             MetadataCommand::CreateTopic {
                 name: "b".into(),
+                id: [7; 16],
                 partitions: vec![vec![9]],
                 configs: vec![],
             },
             MetadataCommand::CreateTopic {
                 name: "bad/name".into(),
+                id: [7; 16],
                 partitions: vec![vec![1]],
                 configs: vec![],
             },
             MetadataCommand::CreateTopic {
                 name: "c".into(),
+                id: [7; 16],
                 partitions: vec![vec![2, 1]],
                 configs: vec![],
             },
@@ -377,6 +427,7 @@ mod tests {
         fn damaged_values_are_refused_or_valid(at in 0usize..400, flip in 1u8..=255) {
             let cmd = MetadataCommand::CreateTopic {
                 name: "orders".into(),
+                id: [7; 16],
                 partitions: vec![vec![1, 2, 3]; 4],
                 configs: vec![("retention.ms".into(), "60000".into())],
             };

@@ -286,6 +286,35 @@ impl Raft {
             .then_some(self.commit)
     }
 
+    /// The voters a leader knows to be in sync at `now` (itself included): heard from
+    /// within `max_lag_ms` and holding everything committed, or making progress within
+    /// that time (Kafka's ISR, `replica.lag.time.max.ms`). Empty unless leader.
+    pub fn in_sync(&self, now: u64, max_lag_ms: u64) -> Vec<NodeId> {
+        if self.role != Role::Leader {
+            return Vec::new();
+        }
+        let mut out: Vec<NodeId> = self
+            .progress
+            .iter()
+            .filter(|(_, p)| {
+                p.acked_sent_ms
+                    .is_some_and(|t| now.saturating_sub(t) <= max_lag_ms)
+                    && (p.matched >= self.commit
+                        || now.saturating_sub(p.last_progress_ms) <= max_lag_ms)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        out.push(self.cfg.id);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Every voter of the group.
+    pub fn voters(&self) -> &[NodeId] {
+        &self.cfg.voters
+    }
+
     /// The next time `on_tick` must be called.
     pub fn next_deadline(&self) -> u64 {
         match self.role {

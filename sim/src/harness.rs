@@ -722,6 +722,7 @@ fn metadata_op(rng: &mut SplitMix64, nodes: u32, nonce: &str, now_ms: i64) -> (V
         .expect("valid assignment");
         MetadataCommand::CreateTopic {
             name: format!("topic-{nonce}"),
+            id: [7; 16],
             partitions,
             configs: vec![],
         }

@@ -98,6 +98,7 @@ pub fn handle(
             .map(|p| {
                 let at = placement(shard, name, p);
                 DescribeTopicPartitionsResponsePartition::default()
+                    .with_error_code(at.error)
                     .with_partition_index(p)
                     .with_leader_id(BrokerId(at.leader))
                     .with_leader_epoch(at.leader_epoch)

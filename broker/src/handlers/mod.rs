@@ -11,6 +11,8 @@ use crate::shard::Shard;
 /// Who leads and holds a partition, as Metadata and DescribeTopicPartitions report it:
 /// one place, so the two answers never disagree.
 pub struct Placement {
+    /// LEADER_NOT_AVAILABLE while the partition has no known leader.
+    pub error: i16,
     pub leader: i32,
     /// -1: no epoch validation (OffsetForLeaderEpoch) is needed on a single broker.
     pub leader_epoch: i32,
@@ -18,13 +20,77 @@ pub struct Placement {
     pub isr: Vec<i32>,
 }
 
-/// Every partition lives on this broker alone until partitions are replicated.
-pub fn placement(shard: &Shard, _topic: &str, _partition: i32) -> Placement {
+/// On a single-node broker every partition lives here alone. On a cluster: the replica
+/// set from the controller's metadata, and the leader, epoch and ISR as this broker's
+/// replica of the partition sees them (a partition it holds no replica of has no view
+/// here yet: its first replica is named, and a client that finds it is not the leader
+/// asks again).
+pub fn placement(shard: &Shard, topic: &str, partition: i32) -> Placement {
     let node = shard.cfg.node_id;
-    Placement {
-        leader: node,
-        leader_epoch: -1,
-        replicas: vec![node],
-        isr: vec![node],
+    if shard.cluster.is_none() {
+        return Placement {
+            error: crate::errors::NONE,
+            leader: node,
+            leader_epoch: -1,
+            replicas: vec![node],
+            isr: vec![node],
+        };
     }
+    let replicas = shard
+        .topic(topic)
+        .and_then(|m| m.replicas.get(partition as usize).cloned())
+        .unwrap_or_default();
+    match shard.views.borrow().get(&(topic.to_string(), partition)) {
+        Some(v) if v.leader >= 0 => Placement {
+            error: crate::errors::NONE,
+            leader: v.leader,
+            leader_epoch: v.epoch,
+            replicas,
+            isr: v.isr.clone(),
+        },
+        Some(_) => Placement {
+            error: crate::errors::LEADER_NOT_AVAILABLE,
+            leader: -1,
+            leader_epoch: -1,
+            replicas,
+            isr: Vec::new(),
+        },
+        None => Placement {
+            error: crate::errors::NONE,
+            leader: replicas.first().copied().unwrap_or(-1),
+            leader_epoch: -1,
+            isr: Vec::new(),
+            replicas,
+        },
+    }
+}
+
+/// The brokers Metadata names: the registered ones on a cluster (this one at least),
+/// this one alone otherwise. (id, host, port)
+pub fn brokers(shard: &Shard) -> Vec<(i32, String, i32)> {
+    let (host, port) = shard.cfg.advertised();
+    let me = (shard.cfg.node_id, host, port);
+    if shard.cluster.is_none() {
+        return vec![me];
+    }
+    let mut out: Vec<(i32, String, i32)> = shard
+        .brokers
+        .borrow()
+        .iter()
+        .map(|(id, (h, p))| (*id as i32, h.clone(), i32::from(*p)))
+        .collect();
+    if !out.iter().any(|b| b.0 == me.0) {
+        out.push(me);
+        out.sort();
+    }
+    out
+}
+
+/// The controller Metadata names: the controller group's leader on a cluster (this
+/// broker while none is known), this broker otherwise.
+pub fn controller_id(shard: &Shard) -> i32 {
+    shard
+        .controller_leader
+        .get()
+        .map_or(shard.cfg.node_id, |l| l as i32)
 }

@@ -1,0 +1,403 @@
+//! A clustered broker's shards and the controller: admin operations become controller
+//! proposals, the applied metadata is reconciled into every shard (partitions opened with
+//! their replica sets), replication messages are routed to the shard owning their group,
+//! and the leadership each replica sees is shared among the shards for Metadata.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use corelog_replication::controller::{
+    CONTROLLER_GROUP, ClusterMetadata, MetadataCommand, TopicInfo, assign_replicas,
+};
+use corelog_replication::{GroupId, Message, NodeId};
+
+use super::controller::CtlCmd;
+use super::transport::{Deliver, Hello};
+use crate::errors as code;
+use crate::partition::{Cmd, Membership, View};
+use crate::shard::{AdminOp, AdminResult, Shard, ShardMsg};
+use crate::topic_configs::validate as validate_topic_config;
+use crate::topics::{TopicMeta, owner_shard, random_topic_id, validate_topic_name};
+
+/// A topic of the applied metadata as the shards hold it.
+pub fn topic_meta(name: &str, t: &TopicInfo) -> TopicMeta {
+    TopicMeta {
+        name: name.to_string(),
+        id: t.id,
+        partitions: t.partitions.len() as i32,
+        configs: t.configs.clone(),
+        replicas: t
+            .partitions
+            .iter()
+            .map(|p| p.replicas.iter().map(|r| *r as i32).collect())
+            .collect(),
+        groups: t.partitions.iter().map(|p| p.group).collect(),
+    }
+}
+
+impl Shard {
+    /// Where partition `p` of `meta` replicates: None when this broker holds no replica.
+    pub(crate) fn membership(&self, meta: &TopicMeta, p: i32) -> Option<Membership> {
+        let Some(c) = &self.cluster else {
+            return Some(Membership::solo(self.cfg.node_id));
+        };
+        let replicas = meta.replicas.get(p as usize)?;
+        if !replicas.contains(&(c.me as i32)) {
+            return None;
+        }
+        let (views, outbox, ready) = (
+            self.views.clone(),
+            self.view_outbox.clone(),
+            self.view_ready.clone(),
+        );
+        let topic = meta.name.clone();
+        Some(Membership {
+            group: *meta.groups.get(p as usize)?,
+            voters: replicas.iter().map(|r| *r as NodeId).collect(),
+            peers: Some(c.peers.clone()),
+            on_view: Some(Rc::new(move |_g: GroupId, v: View| {
+                views.borrow_mut().insert((topic.clone(), p), v.clone());
+                outbox.borrow_mut().push((topic.clone(), p, v));
+                ready.notify(1);
+            })),
+        })
+    }
+
+    /// Tells the other shards the views this shard's partitions published (a task per
+    /// shard of a clustered broker).
+    pub async fn relay_views(self: Rc<Self>) {
+        while !self.stopping.get() {
+            let l = self.view_ready.listen();
+            let batch: Vec<(String, i32, View)> =
+                std::mem::take(&mut *self.view_outbox.borrow_mut());
+            if batch.is_empty() {
+                futures_lite::future::or(l, glommio::timer::sleep(Duration::from_millis(500)))
+                    .await;
+                continue;
+            }
+            for to in (0..self.count).filter(|&t| t != self.id) {
+                for (topic, partition, view) in &batch {
+                    self.forward(
+                        to,
+                        ShardMsg::View {
+                            topic: topic.clone(),
+                            partition: *partition,
+                            view: view.clone(),
+                        },
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// Shard 0: the controller applied new metadata, or its leader changed.
+    pub fn on_metadata(self: &Rc<Self>, meta: Rc<ClusterMetadata>, leader: Option<NodeId>) {
+        *self.latest_meta.borrow_mut() = Some((meta, leader));
+        if !self.reconciling.get() {
+            self.reconciling.set(true);
+            glommio::spawn_local(self.clone().reconcile()).detach();
+        }
+    }
+
+    /// Brings every shard to the newest applied metadata: brokers and controller leader,
+    /// then topics opened, changed or removed.
+    async fn reconcile(self: Rc<Self>) {
+        loop {
+            let Some((meta, leader)) = self.latest_meta.borrow_mut().take() else {
+                break;
+            };
+            let brokers: BTreeMap<NodeId, (String, u16)> = meta
+                .brokers
+                .iter()
+                .map(|(id, b)| (*id, (b.host.clone(), b.port)))
+                .collect();
+            for to in (0..self.count).filter(|&t| t != self.id) {
+                self.forward(
+                    to,
+                    ShardMsg::Cluster {
+                        brokers: brokers.clone(),
+                        controller: leader,
+                    },
+                )
+                .await;
+            }
+            *self.brokers.borrow_mut() = brokers;
+            self.controller_leader.set(leader);
+            for (name, t) in &meta.topics {
+                let tm = topic_meta(name, t);
+                if self.topic(name).as_ref() != Some(&tm) {
+                    if let Err(e) = self.broadcast_upsert(&tm).await {
+                        tracing::error!(topic = %name, error = %e, "cannot open the topic's partitions here");
+                    }
+                }
+            }
+            let gone: Vec<TopicMeta> = self
+                .topics
+                .borrow()
+                .values()
+                .filter(|t| !meta.topics.contains_key(&t.name))
+                .cloned()
+                .collect();
+            for t in gone {
+                self.broadcast_remove(&t, 0).await;
+            }
+        }
+        self.reconciling.set(false);
+    }
+
+    /// Admin operations of a clustered broker (shard 0): proposals to the controller
+    /// group, answered once applied here and taken into the shards.
+    pub(crate) async fn cluster_op(self: &Rc<Self>, op: AdminOp) -> AdminResult {
+        let Some(ctl) = self.ctl.borrow().clone() else {
+            return AdminResult::Err(
+                code::NOT_CONTROLLER,
+                "the controller is not running yet".into(),
+            );
+        };
+        if self.controller_leader.get() != Some(self.cfg.node_id as NodeId) {
+            return AdminResult::Err(
+                code::NOT_CONTROLLER,
+                format!(
+                    "broker {} is not the controller (the controller is {:?})",
+                    self.cfg.node_id,
+                    self.controller_leader.get()
+                ),
+            );
+        }
+        let brokers: Vec<NodeId> = self.brokers.borrow().keys().copied().collect();
+        let (name, cmd, validate_only) = match op {
+            AdminOp::AllocProducerId => unreachable!("allocated locally"),
+            AdminOp::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                configs,
+                validate_only,
+            } => {
+                if let Err(e) = validate_topic_name(&name) {
+                    return AdminResult::Err(code::INVALID_TOPIC_EXCEPTION, e);
+                }
+                if name == crate::group::OFFSETS_TOPIC {
+                    return AdminResult::Err(
+                        code::INVALID_TOPIC_EXCEPTION,
+                        format!("'{name}' is reserved for committed offsets"),
+                    );
+                }
+                if !(1..=100_000).contains(&partitions) {
+                    return AdminResult::Err(
+                        code::INVALID_PARTITIONS,
+                        format!(
+                            "number of partitions must be between 1 and 100000, not {partitions}"
+                        ),
+                    );
+                }
+                let rf = if replication_factor == -1 {
+                    self.cfg.default_replication_factor
+                } else {
+                    replication_factor
+                };
+                if rf < 1 || rf as usize > brokers.len() {
+                    return AdminResult::Err(
+                        code::INVALID_REPLICATION_FACTOR,
+                        format!(
+                            "replication factor {rf} is not within 1..={} (the registered brokers)",
+                            brokers.len()
+                        ),
+                    );
+                }
+                for (k, v) in &configs {
+                    if let Err(e) = validate_topic_config(k, v) {
+                        return AdminResult::Err(code::INVALID_CONFIG, e);
+                    }
+                }
+                if self.topic(&name).is_some() {
+                    return AdminResult::Err(
+                        code::TOPIC_ALREADY_EXISTS,
+                        format!("topic '{name}' already exists"),
+                    );
+                }
+                // Leaders of consecutive topics start on different brokers.
+                let start = crc32c::crc32c(name.as_bytes());
+                let replicas = match assign_replicas(&brokers, partitions as u32, rf as u32, start)
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return AdminResult::Err(code::INVALID_REPLICATION_FACTOR, e.to_string());
+                    }
+                };
+                (
+                    name.clone(),
+                    MetadataCommand::CreateTopic {
+                        name,
+                        id: random_topic_id(),
+                        partitions: replicas,
+                        configs: configs.into_iter().collect(),
+                    },
+                    validate_only,
+                )
+            }
+            AdminOp::DeleteTopic { name } => {
+                if self.topic(&name).is_none() {
+                    return AdminResult::Err(
+                        code::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("topic '{name}' does not exist"),
+                    );
+                }
+                (name.clone(), MetadataCommand::DeleteTopic { name }, false)
+            }
+            AdminOp::SetConfigs {
+                name,
+                configs,
+                validate_only,
+            } => {
+                for (k, v) in &configs {
+                    if let Err(e) = validate_topic_config(k, v) {
+                        return AdminResult::Err(code::INVALID_CONFIG, e);
+                    }
+                }
+                if self.topic(&name).is_none() {
+                    return AdminResult::Err(
+                        code::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("topic '{name}' does not exist"),
+                    );
+                }
+                (
+                    name.clone(),
+                    MetadataCommand::SetTopicConfigs {
+                        name,
+                        configs: configs.into_iter().collect(),
+                    },
+                    validate_only,
+                )
+            }
+            AdminOp::AddPartitions {
+                name,
+                count,
+                validate_only,
+            } => {
+                let Some(t) = self.topic(&name) else {
+                    return AdminResult::Err(
+                        code::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("topic '{name}' does not exist"),
+                    );
+                };
+                if count <= t.partitions || count > 100_000 {
+                    return AdminResult::Err(
+                        code::INVALID_PARTITIONS,
+                        format!(
+                            "topic '{name}' has {} partitions; the new count must be larger and at most 100000, not {count}",
+                            t.partitions
+                        ),
+                    );
+                }
+                let rf = t.replicas.first().map_or(1, Vec::len) as u32;
+                let start = crc32c::crc32c(name.as_bytes()).wrapping_add(t.partitions as u32);
+                let added =
+                    match assign_replicas(&brokers, (count - t.partitions) as u32, rf, start) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            return AdminResult::Err(
+                                code::INVALID_REPLICATION_FACTOR,
+                                e.to_string(),
+                            );
+                        }
+                    };
+                (
+                    name.clone(),
+                    MetadataCommand::AddPartitions {
+                        name,
+                        partitions: added,
+                    },
+                    validate_only,
+                )
+            }
+        };
+        let before = self.topic(&name);
+        if validate_only {
+            return AdminResult::Ok(before);
+        }
+        if let Err((c, m)) = ctl.propose(cmd).await {
+            return AdminResult::Err(c, m);
+        }
+        // Answered once this broker's shards took the change in, so the client's next
+        // Metadata request sees it.
+        for _ in 0..1000 {
+            let now = self.topic(&name);
+            if now != before && !self.reconciling.get() {
+                return AdminResult::Ok(now.or(before));
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        AdminResult::Ok(self.topic(&name).or(before))
+    }
+
+    /// Hands replication messages to the group `group` on this shard.
+    pub(crate) fn deliver_local(&self, from: NodeId, group: GroupId, items: Vec<Message>) {
+        if group == CONTROLLER_GROUP {
+            if let Some(c) = self.ctl.borrow().as_ref() {
+                c.offer(CtlCmd::Raft { from, items });
+            }
+            return;
+        }
+        let route = self.routes.borrow().get(&group).cloned();
+        match route.and_then(|(t, p)| self.handle(&t, p)) {
+            Some(h) => h.offer(Cmd::Raft { from, items }),
+            None => tracing::trace!(group, from, "replication message for a group not here"),
+        }
+    }
+
+    pub(crate) fn deliver_hello(&self, h: Hello) {
+        if let Some(c) = self.ctl.borrow().as_ref() {
+            c.offer(CtlCmd::Hello(h));
+        }
+    }
+
+    pub fn set_controller(&self, handle: super::controller::ControllerHandle) {
+        *self.ctl.borrow_mut() = Some(handle);
+    }
+}
+
+impl Deliver for Shard {
+    fn deliver(&self, from: NodeId, items: Vec<(GroupId, Message)>) {
+        let mut by_group: BTreeMap<GroupId, Vec<Message>> = BTreeMap::new();
+        for (g, m) in items {
+            by_group.entry(g).or_default().push(m);
+        }
+        for (group, msgs) in by_group {
+            let owner = if group == CONTROLLER_GROUP {
+                0
+            } else {
+                match self.routes.borrow().get(&group) {
+                    Some((t, p)) => owner_shard(t, *p, self.count),
+                    None => continue,
+                }
+            };
+            if owner == self.id {
+                self.deliver_local(from, group, msgs);
+            } else if !self.offer(
+                owner,
+                ShardMsg::Raft {
+                    from,
+                    group,
+                    items: msgs,
+                },
+            ) {
+                tracing::trace!(group, "mesh full; replication message dropped");
+            }
+        }
+    }
+
+    fn hello(&self, hello: Hello) {
+        if self.id == 0 {
+            self.deliver_hello(hello);
+        } else {
+            let _ = self.offer(0, ShardMsg::Hello(hello));
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.get()
+    }
+}

@@ -1,0 +1,489 @@
+//! Broker-to-broker traffic: `frame.rs` envelopes over TCP on the RPC listener.
+//!
+//! Every shard keeps one outgoing connection to each peer broker, written by one task per
+//! peer from a bounded queue ([`Peers`]); the Raft groups of the shard hand envelopes to
+//! it and never wait: when a peer is slow or gone its queue fills and further envelopes
+//! are dropped (Raft retransmits), so a dead peer costs nothing but its own queue. The
+//! writer merges everything queued into one envelope per write, so the heartbeats of
+//! every group the shard shares with that peer leave in one frame.
+//!
+//! Connections are one-way: a broker reads only on the connections peers opened to it.
+//! Every shard accepts on the RPC address (SO_REUSEPORT), reads a hello naming the peer,
+//! then frames; each item goes to the shard that owns its group (over the mesh when that
+//! is another shard) and into the group's queue, again without waiting. A malformed
+//! frame, a hello from a node that is not a voter, or an envelope that claims another
+//! sender closes that connection only, and is logged.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use corelog_replication::{Envelope, GroupId, Message, NodeId, frame};
+use event_listener::Event;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+/// First bytes of every RPC connection, then a version byte, the sender's node id and
+/// its advertised Kafka address (`[u8 len][host][u16 LE port]`): how the controller
+/// leader learns the address to register for each broker.
+pub const HELLO_MAGIC: &[u8; 4] = b"CLRP";
+pub const HELLO_VERSION: u8 = 1;
+const HELLO_FIXED: usize = 10;
+
+/// Bytes of envelopes queued toward one peer (per shard) before new ones are dropped.
+const QUEUE_BYTES: usize = 16 << 20;
+/// Envelopes queued toward one peer (per shard): bounds the small ones too.
+const QUEUE_ENVELOPES: usize = 4096;
+/// Entry bytes merged into one frame.
+const FRAME_TARGET: usize = 8 << 20;
+/// Largest frame read from a peer: bounds what one connection can make us buffer.
+const MAX_FRAME: usize = 32 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A write that makes no progress for this long (a peer that stopped reading) drops the
+/// connection: the queue behind it would only be stale by then.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection silent this long is dead (writers send a keepalive every `KEEPALIVE`).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const KEEPALIVE: Duration = Duration::from_secs(5);
+/// Incoming RPC connections per shard (peers need one each).
+const MAX_INBOUND: usize = 64;
+
+fn env_bytes(env: &Envelope) -> usize {
+    env.items
+        .iter()
+        .map(|(_, m)| match m {
+            Message::Append(a) => 64 + a.entries.iter().map(Bytes::len).sum::<usize>(),
+            _ => 32,
+        })
+        .sum()
+}
+
+/// One peer's queue on this shard.
+struct Link {
+    addr: String,
+    queue: RefCell<VecDeque<Envelope>>,
+    bytes: Cell<usize>,
+    wake: Event,
+    dropped: Cell<u64>,
+}
+
+/// This shard's outgoing side: a queue and a writer task per peer broker.
+pub struct Peers {
+    me: NodeId,
+    links: BTreeMap<NodeId, Rc<Link>>,
+    stopping: Rc<Cell<bool>>,
+}
+
+/// What a peer says about itself when it connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub node: NodeId,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Peers {
+    /// Starts a writer per peer (every voter but `me`); each connection opens with a
+    /// hello naming `me` and its Kafka address.
+    pub fn start(me: NodeId, voters: &[(NodeId, String)], kafka: (String, u16)) -> Rc<Self> {
+        let hello = Rc::new(encode_hello(&Hello {
+            node: me,
+            host: kafka.0,
+            port: kafka.1,
+        }));
+        let stopping = Rc::new(Cell::new(false));
+        let mut links = BTreeMap::new();
+        for (id, addr) in voters {
+            if *id == me {
+                continue;
+            }
+            let link = Rc::new(Link {
+                addr: addr.clone(),
+                queue: RefCell::new(VecDeque::new()),
+                bytes: Cell::new(0),
+                wake: Event::new(),
+                dropped: Cell::new(0),
+            });
+            links.insert(*id, link.clone());
+            glommio::spawn_local(writer(me, *id, link, stopping.clone(), hello.clone())).detach();
+        }
+        Rc::new(Self {
+            me,
+            links,
+            stopping,
+        })
+    }
+
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// Queues `env` for `to`; never waits. Dropped when the peer's queue is full or the
+    /// peer unknown: Raft retransmits what matters.
+    pub fn send(&self, to: NodeId, env: Envelope) {
+        let Some(link) = self.links.get(&to) else {
+            tracing::debug!(to, "no RPC link to this node");
+            return;
+        };
+        let n = env_bytes(&env);
+        if link.bytes.get() + n > QUEUE_BYTES || link.queue.borrow().len() >= QUEUE_ENVELOPES {
+            let d = link.dropped.get() + 1;
+            link.dropped.set(d);
+            if d.is_power_of_two() {
+                tracing::debug!(to, dropped = d, "RPC queue full; dropping envelopes");
+            }
+            return;
+        }
+        link.bytes.set(link.bytes.get() + n);
+        link.queue.borrow_mut().push_back(env);
+        link.wake.notify(1);
+    }
+
+    pub fn stop(&self) {
+        self.stopping.set(true);
+        for l in self.links.values() {
+            l.wake.notify(usize::MAX);
+        }
+    }
+}
+
+/// Takes everything queued (up to `FRAME_TARGET` entry bytes) as one envelope.
+fn merge(me: NodeId, link: &Link) -> Option<Envelope> {
+    let mut q = link.queue.borrow_mut();
+    let first = q.pop_front()?;
+    let mut size = env_bytes(&first);
+    let mut items = first.items;
+    while let Some(next) = q.front() {
+        let n = env_bytes(next);
+        if size + n > FRAME_TARGET {
+            break;
+        }
+        size += n;
+        items.extend(q.pop_front().expect("peeked").items);
+    }
+    link.bytes.set(link.bytes.get().saturating_sub(size));
+    Some(Envelope { from: me, items })
+}
+
+pub fn encode_hello(h: &Hello) -> Vec<u8> {
+    let host = &h.host.as_bytes()[..h.host.len().min(255)];
+    let mut out = Vec::with_capacity(HELLO_FIXED + host.len() + 2);
+    out.extend_from_slice(HELLO_MAGIC);
+    out.push(HELLO_VERSION);
+    out.extend_from_slice(&h.node.to_le_bytes());
+    out.push(host.len() as u8);
+    out.extend_from_slice(host);
+    out.extend_from_slice(&h.port.to_le_bytes());
+    out
+}
+
+/// Parses the fixed part of a hello: (node, host length).
+fn hello_head(b: &[u8; HELLO_FIXED]) -> Result<(NodeId, usize), String> {
+    if &b[..4] != HELLO_MAGIC || b[4] != HELLO_VERSION {
+        return Err("not a corelog RPC hello".into());
+    }
+    Ok((
+        u32::from_le_bytes(b[5..9].try_into().expect("4 bytes")),
+        b[9] as usize,
+    ))
+}
+
+async fn with_timeout<T>(
+    d: Duration,
+    f: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    futures_lite::future::or(f, async {
+        glommio::timer::sleep(d).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "timed out",
+        ))
+    })
+    .await
+}
+
+async fn connect(addr: &str) -> std::io::Result<TcpStream> {
+    use std::net::ToSocketAddrs;
+    let a: SocketAddr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{addr} resolves to nothing")))?;
+    let s = TcpStream::connect_timeout(a, CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    s.set_nodelay(true)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(s)
+}
+
+/// Keeps a connection to one peer and writes its queue into it, reconnecting with
+/// backoff. While the peer is unreachable its queue is dropped rather than kept: what
+/// it held is stale by the time the peer is back.
+async fn writer(
+    me: NodeId,
+    to: NodeId,
+    link: Rc<Link>,
+    stopping: Rc<Cell<bool>>,
+    hello: Rc<Vec<u8>>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut failures = 0u32;
+    while !stopping.get() {
+        let mut stream = match connect(&link.addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::info!(peer = to, addr = %link.addr, error = %e, failures, "cannot reach peer broker; retrying");
+                }
+                link.queue.borrow_mut().clear();
+                link.bytes.set(0);
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        if failures > 0 {
+            tracing::info!(peer = to, addr = %link.addr, "connected to peer broker");
+        }
+        failures = 0;
+        backoff = BACKOFF_MIN;
+        if let Err(e) = with_timeout(WRITE_TIMEOUT, stream.write_all(&hello)).await {
+            tracing::debug!(peer = to, error = %e, "RPC hello failed");
+            continue;
+        }
+        loop {
+            let env = loop {
+                let l = link.wake.listen();
+                if stopping.get() {
+                    return;
+                }
+                if let Some(env) = merge(me, &link) {
+                    break env;
+                }
+                // A link that only followers use can go quiet for long: an empty
+                // envelope now and then keeps the peer from closing it as dead.
+                let woke = futures_lite::future::or(
+                    async {
+                        l.await;
+                        true
+                    },
+                    async {
+                        glommio::timer::sleep(KEEPALIVE).await;
+                        false
+                    },
+                )
+                .await;
+                if !woke {
+                    break Envelope {
+                        from: me,
+                        items: Vec::new(),
+                    };
+                }
+            };
+            let bytes = frame::encode(&env);
+            if let Err(e) = with_timeout(WRITE_TIMEOUT, stream.write_all(&bytes)).await {
+                tracing::info!(peer = to, error = %e, "RPC connection lost; reconnecting");
+                break;
+            }
+        }
+    }
+}
+
+/// Where received items go: implemented by the shard (its groups, and the mesh to the
+/// shards that own the others).
+pub trait Deliver {
+    /// Hands `items` from `from` to their groups; never waits.
+    fn deliver(&self, from: NodeId, items: Vec<(GroupId, Message)>);
+    /// A peer connected and said who it is.
+    fn hello(&self, hello: Hello);
+    fn stopping(&self) -> bool;
+}
+
+/// Accepts peer connections on `addr` (every shard binds it) until `deliver` stops.
+pub async fn listen(
+    addr: &str,
+    voters: Rc<Vec<NodeId>>,
+    me: NodeId,
+    deliver: Rc<impl Deliver + 'static>,
+) -> Result<(), String> {
+    let listener =
+        TcpListener::bind(addr).map_err(|e| format!("cannot listen for RPC on {addr}: {e}"))?;
+    let open = Rc::new(Cell::new(0usize));
+    glommio::spawn_local(async move {
+        loop {
+            let accepted =
+                futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                    while !deliver.stopping() {
+                        glommio::timer::sleep(Duration::from_millis(50)).await;
+                    }
+                    None
+                })
+                .await;
+            let stream = match accepted {
+                None => return,
+                Some(Ok(s)) => s,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "RPC accept failed");
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let peer = stream
+                .peer_addr()
+                .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+            if open.get() >= MAX_INBOUND {
+                tracing::warn!(%peer, "refusing RPC connection: too many");
+                continue;
+            }
+            open.set(open.get() + 1);
+            let (open, voters, deliver) = (open.clone(), voters.clone(), deliver.clone());
+            glommio::spawn_local(async move {
+                if let Err(why) = serve_peer(stream, &voters, me, &*deliver).await {
+                    tracing::warn!(%peer, "closing RPC connection: {why}");
+                }
+                open.set(open.get() - 1);
+            })
+            .detach();
+        }
+    })
+    .detach();
+    Ok(())
+}
+
+/// Reads one peer connection: the hello, then frames, each delivered as it arrives.
+/// Returns why it closed (a clean EOF is `Ok`).
+async fn serve_peer(
+    mut stream: TcpStream,
+    voters: &[NodeId],
+    me: NodeId,
+    deliver: &impl Deliver,
+) -> Result<(), String> {
+    let mut h = [0u8; HELLO_FIXED];
+    with_timeout(Duration::from_secs(5), stream.read_exact(&mut h))
+        .await
+        .map_err(|e| format!("no hello: {e}"))?;
+    let (from, host_len) = hello_head(&h)?;
+    if from == me || !voters.contains(&from) {
+        return Err(format!("hello from node {from}, which is not a peer voter"));
+    }
+    let mut rest = vec![0u8; host_len + 2];
+    with_timeout(Duration::from_secs(5), stream.read_exact(&mut rest))
+        .await
+        .map_err(|e| format!("short hello: {e}"))?;
+    let host = std::str::from_utf8(&rest[..host_len])
+        .map_err(|_| "hello host is not UTF-8".to_string())?
+        .to_string();
+    let port = u16::from_le_bytes([rest[host_len], rest[host_len + 1]]);
+    deliver.hello(Hello {
+        node: from,
+        host,
+        port,
+    });
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        // Whole frames at the front of the buffer are delivered first.
+        loop {
+            let len = match frame::frame_len(&buf) {
+                Ok(Some(n)) if n > MAX_FRAME => return Err(format!("frame of {n} bytes")),
+                Ok(Some(n)) if buf.len() >= n => n,
+                Ok(_) => break,
+                Err(e) => return Err(format!("bad frame from node {from}: {e}")),
+            };
+            let rest = buf.split_off(len);
+            let frame_bytes = Bytes::from(std::mem::replace(&mut buf, rest));
+            let env = frame::decode(frame_bytes)
+                .map_err(|e| format!("bad frame from node {from}: {e}"))?;
+            if env.from != from {
+                return Err(format!(
+                    "node {from} sent an envelope signed as node {}",
+                    env.from
+                ));
+            }
+            deliver.deliver(from, env.items);
+        }
+        if deliver.stopping() {
+            return Ok(());
+        }
+        let n = with_timeout(IDLE_TIMEOUT, stream.read(&mut chunk))
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hellos_round_trip_and_refuse_strangers() {
+        let h = Hello {
+            node: 3,
+            host: "broker-3.example".into(),
+            port: 19092,
+        };
+        let b = encode_hello(&h);
+        let (node, len) = hello_head(b[..HELLO_FIXED].try_into().unwrap()).unwrap();
+        assert_eq!((node, len), (3, h.host.len()));
+        assert_eq!(&b[HELLO_FIXED..HELLO_FIXED + len], h.host.as_bytes());
+        let mut bad = b.clone();
+        bad[0] = b'X';
+        assert!(hello_head(bad[..HELLO_FIXED].try_into().unwrap()).is_err());
+    }
+
+    fn env(from: NodeId, group: GroupId, entry: usize) -> Envelope {
+        Envelope {
+            from,
+            items: vec![(
+                group,
+                Message::Append(corelog_replication::Append {
+                    term: 1,
+                    prev_end: 0,
+                    prev_term: 0,
+                    commit: 0,
+                    entries: vec![Bytes::from(vec![0u8; entry])],
+                    sent_ms: 0,
+                }),
+            )],
+        }
+    }
+
+    #[test]
+    fn merging_takes_queued_envelopes_into_one_up_to_the_target() {
+        let link = Link {
+            addr: String::new(),
+            queue: RefCell::new(VecDeque::new()),
+            bytes: Cell::new(0),
+            wake: Event::new(),
+            dropped: Cell::new(0),
+        };
+        for g in 0..3 {
+            let e = env(9, g, 10);
+            link.bytes.set(link.bytes.get() + env_bytes(&e));
+            link.queue.borrow_mut().push_back(e);
+        }
+        let big = env(9, 7, FRAME_TARGET);
+        link.bytes.set(link.bytes.get() + env_bytes(&big));
+        link.queue.borrow_mut().push_back(big);
+        let first = merge(1, &link).unwrap();
+        assert_eq!(first.from, 1);
+        assert_eq!(
+            first.items.iter().map(|(g, _)| *g).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        let second = merge(1, &link).unwrap();
+        assert_eq!(second.items.len(), 1);
+        assert!(merge(1, &link).is_none());
+        assert_eq!(link.bytes.get(), 0);
+    }
+}
