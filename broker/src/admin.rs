@@ -15,9 +15,18 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, Str
 
 use crate::errors;
 
+/// The Kafka address Metadata gives for broker `id`.
+pub fn node_addr(md: &MetadataResponse, id: i32) -> Option<String> {
+    md.brokers
+        .iter()
+        .find(|b| b.node_id.0 == id)
+        .map(|b| format!("{}:{}", b.host.as_str(), b.port))
+}
+
 pub struct Client {
     stream: TcpStream,
     correlation: i32,
+    addr: String,
 }
 
 fn s(v: &str) -> StrBytes {
@@ -34,7 +43,48 @@ impl Client {
         Ok(Self {
             stream,
             correlation: 0,
+            addr: addr.to_string(),
         })
+    }
+
+    /// A client of the cluster's controller (where topic changes go), found through
+    /// `bootstrap`'s Metadata: Kafka's admin clients do the same.
+    pub fn to_controller(bootstrap: &str) -> Result<Self, String> {
+        let mut c = Self::connect(bootstrap)?;
+        let md = c.metadata(Some(&[]))?;
+        match node_addr(&md, md.controller_id.0) {
+            Some(a) if a != c.addr => Self::connect(&a),
+            _ => Ok(c),
+        }
+    }
+
+    /// A client of `group`'s coordinator.
+    pub fn to_coordinator(bootstrap: &str, group: &str) -> Result<Self, String> {
+        let mut c = Self::connect(bootstrap)?;
+        let req = FindCoordinatorRequest::default().with_key(s(group));
+        let resp = c.call(&req, 3)?;
+        if resp.error_code != 0 {
+            return Err(format!(
+                "no coordinator for group '{group}': {}",
+                errors::name(resp.error_code)
+            ));
+        }
+        let a = format!("{}:{}", resp.host.as_str(), resp.port);
+        if a == c.addr {
+            Ok(c)
+        } else {
+            Self::connect(&a)
+        }
+    }
+
+    /// Kafka addresses of every broker Metadata names.
+    pub fn broker_addrs(&mut self) -> Result<Vec<String>, String> {
+        let md = self.metadata(Some(&[]))?;
+        Ok(md
+            .brokers
+            .iter()
+            .map(|b| format!("{}:{}", b.host.as_str(), b.port))
+            .collect())
     }
 
     pub fn call<R: Request>(&mut self, req: &R, version: i16) -> Result<R::Response, String> {
@@ -149,8 +199,37 @@ impl Client {
         Ok(out)
     }
 
-    /// (log start, high watermark) of each partition.
+    /// (log start, high watermark) of each partition, asked of each partition's leader.
     pub fn offsets(&mut self, name: &str, partitions: i32) -> Result<Vec<(i64, i64)>, String> {
+        let md = self.metadata(Some(&[name]))?;
+        let mut by_leader: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+        for p in md
+            .topics
+            .first()
+            .map(|t| t.partitions.as_slice())
+            .unwrap_or_default()
+        {
+            let addr = node_addr(&md, p.leader_id.0).unwrap_or_else(|| self.addr.clone());
+            by_leader.entry(addr).or_default().push(p.partition_index);
+        }
+        let mut out = vec![(-1, -1); partitions as usize];
+        for (addr, parts) in by_leader {
+            let got = if addr == self.addr {
+                self.offsets_here(name, partitions)?
+            } else {
+                Self::connect(&addr)?.offsets_here(name, partitions)?
+            };
+            for p in parts {
+                if let (Some(slot), Some(v)) = (out.get_mut(p as usize), got.get(p as usize)) {
+                    *slot = *v;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// (log start, high watermark) of each partition, as this broker answers.
+    fn offsets_here(&mut self, name: &str, partitions: i32) -> Result<Vec<(i64, i64)>, String> {
         let mut ask = |ts: i64| -> Result<Vec<i64>, String> {
             let req = ListOffsetsRequest::default()
                 .with_replica_id(BrokerId(-1))
@@ -183,18 +262,27 @@ impl Client {
         Ok(start.into_iter().zip(end).collect())
     }
 
-    /// (group id, state) of every group.
+    /// (group id, state) of every group, from every broker (each lists the groups it
+    /// coordinates).
     pub fn list_groups(&mut self) -> Result<Vec<(String, String)>, String> {
-        let resp = self.call(&ListGroupsRequest::default(), 4)?;
-        if resp.error_code != 0 {
-            return Err(errors::name(resp.error_code).to_string());
+        let mut out: Vec<(String, String)> = Vec::new();
+        for addr in self.broker_addrs()? {
+            let resp = if addr == self.addr {
+                self.call(&ListGroupsRequest::default(), 4)?
+            } else {
+                Self::connect(&addr)?.call(&ListGroupsRequest::default(), 4)?
+            };
+            if resp.error_code != 0 {
+                return Err(errors::name(resp.error_code).to_string());
+            }
+            out.extend(
+                resp.groups
+                    .into_iter()
+                    .map(|g| (g.group_id.0.to_string(), g.group_state.to_string())),
+            );
         }
-        let mut out: Vec<(String, String)> = resp
-            .groups
-            .into_iter()
-            .map(|g| (g.group_id.0.to_string(), g.group_state.to_string()))
-            .collect();
         out.sort();
+        out.dedup();
         Ok(out)
     }
 

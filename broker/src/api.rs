@@ -201,7 +201,7 @@ async fn metadata(shard: &Rc<Shard>, c: i32, version: i16, req: MetadataRequest)
                 .with_port(port)
         })
         .collect();
-    resp.cluster_id = Some(s(shard.cluster_id.clone()));
+    resp.cluster_id = Some(s(shard.cluster_id.borrow().clone()));
     resp.controller_id = BrokerId(crate::handlers::controller_id(shard));
     let all = match &req.topics {
         None => true,
@@ -969,7 +969,7 @@ async fn incremental_alter_configs(
 
 fn describe_cluster(shard: &Rc<Shard>, c: i32, version: i16) -> Reply {
     let mut resp = DescribeClusterResponse::default();
-    resp.cluster_id = s(shard.cluster_id.clone());
+    resp.cluster_id = s(shard.cluster_id.borrow().clone());
     resp.controller_id = BrokerId(crate::handlers::controller_id(shard));
     resp.endpoint_type = 1;
     resp.brokers = crate::handlers::brokers(shard)

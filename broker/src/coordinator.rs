@@ -237,6 +237,9 @@ impl Shard {
 
     fn find_coordinator(&self, correlation_id: i32, version: i16, mut body: Bytes) -> Reply {
         let req: FindCoordinatorRequest = decode(&mut body, version)?;
+        if self.cluster.is_some() && req.key_type == 0 {
+            return self.find_cluster_coordinator(correlation_id, version, req);
+        }
         let (host, port) = self.cfg.advertised();
         let node = self.cfg.node_id;
         let mut resp = FindCoordinatorResponse::default();
@@ -282,6 +285,65 @@ impl Shard {
         respond(correlation_id, version, &resp)
     }
 
+    /// FindCoordinator on a cluster: the leader of each key's offsets partition.
+    fn find_cluster_coordinator(
+        &self,
+        correlation_id: i32,
+        version: i16,
+        req: FindCoordinatorRequest,
+    ) -> Reply {
+        let keys: Vec<String> = if version >= 4 {
+            req.coordinator_keys.iter().map(|k| k.to_string()).collect()
+        } else {
+            vec![req.key.to_string()]
+        };
+        type Found<'a> = (String, Result<(i32, String, i32), (i16, &'a str)>);
+        let found: Vec<Found<'_>> = keys
+            .into_iter()
+            .map(|k| {
+                let at = self
+                    .coordinator_of(&k)
+                    .ok_or_else(crate::cluster::groups::no_coordinator);
+                (k, at)
+            })
+            .collect();
+        let mut resp = FindCoordinatorResponse::default();
+        if version >= 4 {
+            resp.coordinators = found
+                .into_iter()
+                .map(|(k, at)| match at {
+                    Ok((node, host, port)) => Coordinator::default()
+                        .with_key(s(k))
+                        .with_node_id(BrokerId(node))
+                        .with_host(s(host))
+                        .with_port(port),
+                    Err((e, why)) => Coordinator::default()
+                        .with_key(s(k))
+                        .with_node_id(BrokerId(-1))
+                        .with_port(-1)
+                        .with_error_code(e)
+                        .with_error_message(Some(s(why))),
+                })
+                .collect();
+        } else {
+            match found.into_iter().next().map(|(_, at)| at) {
+                Some(Ok((node, host, port))) => {
+                    resp.node_id = BrokerId(node);
+                    resp.host = s(host);
+                    resp.port = port;
+                }
+                Some(Err((e, why))) => {
+                    resp.error_code = e;
+                    resp.node_id = BrokerId(-1);
+                    resp.port = -1;
+                    resp.error_message = Some(s(why));
+                }
+                None => {}
+            }
+        }
+        respond(correlation_id, version, &resp)
+    }
+
     async fn group_request(
         self: &Rc<Self>,
         key: ApiKey,
@@ -290,6 +352,11 @@ impl Shard {
         mut body: Bytes,
         client: Client,
     ) -> Reply {
+        if self.cluster.is_some() {
+            if let Err(e) = self.coordinator_ready(&group_of(key, version, &body)?) {
+                return crate::cluster::groups::refused(key, version, c, &body, e);
+            }
+        }
         let now = Instant::now();
         match key {
             ApiKey::JoinGroup => {
@@ -678,6 +745,10 @@ impl Shard {
                 .await;
             if out.error != code::NONE {
                 tracing::error!(group, error = out.error, message = ?out.message, "offset commit not stored");
+                // The offsets partition moved: so did the group's coordinator.
+                if out.error == code::NOT_LEADER_OR_FOLLOWER {
+                    return crate::cluster::groups::NOT_COORDINATOR;
+                }
                 return out.error;
             }
         }
@@ -781,6 +852,10 @@ impl Shard {
     fn describe_group(&self, id: &str) -> DescribedGroup {
         let groups = self.groups.borrow();
         let mut d = DescribedGroup::default().with_group_id(GroupId(s(id)));
+        if let Err(e) = self.coordinator_ready(id) {
+            d.error_code = e;
+            return d;
+        }
         match groups.get(id) {
             None => d.group_state = s(State::Dead.name()),
             Some(g) => {
@@ -827,6 +902,9 @@ impl Shard {
     }
 
     async fn delete_group(&self, id: &str) -> i16 {
+        if let Err(e) = self.coordinator_ready(id) {
+            return e;
+        }
         let offsets: Vec<(String, i32)> = {
             let groups = self.groups.borrow();
             match groups.get(id) {
@@ -857,7 +935,23 @@ impl Shard {
             if owner_shard(OFFSETS_TOPIC, p, self.count) != self.id {
                 continue;
             }
-            let h = self.open_internal_partition(OFFSETS_TOPIC, p).await?;
+            self.open_internal_partition(OFFSETS_TOPIC, p).await?;
+            self.read_offsets_partition(p).await?;
+        }
+        // Groups whose every offset was deleted are gone.
+        self.groups
+            .borrow_mut()
+            .retain(|_, g| !g.offsets.is_empty());
+        Ok(())
+    }
+
+    /// Reads every committed offset in offsets partition `p` (hosted here) into the
+    /// groups (the latest record per key wins).
+    pub async fn read_offsets_partition(&self, p: i32) -> Result<(), String> {
+        {
+            let h = self
+                .handle(OFFSETS_TOPIC, p)
+                .ok_or_else(|| format!("{OFFSETS_TOPIC}-{p} is not open here"))?;
             // Compaction may have dropped the oldest segments.
             let mut from = h.status.get().log_start;
             loop {
@@ -907,15 +1001,16 @@ impl Shard {
                 }
             }
         }
-        // Groups whose every offset was deleted are gone.
-        self.groups
-            .borrow_mut()
-            .retain(|_, g| !g.offsets.is_empty());
+        // Groups whose every offset was deleted are gone (none has members yet).
+        self.groups.borrow_mut().retain(|id, g| {
+            offsets_partition(id) != p || !g.offsets.is_empty() || !g.members.is_empty()
+        });
         Ok(())
     }
 
     /// Time passes for every group on this shard.
-    pub fn tick_groups(&self) {
+    pub fn tick_groups(self: &Rc<Self>) {
+        self.watch_coordination();
         let now = Instant::now();
         let mut groups = self.groups.borrow_mut();
         for g in groups.values_mut() {

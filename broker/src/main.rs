@@ -196,7 +196,12 @@ fn topic(bootstrap: &str, cmd: TopicCmd) -> Result<(), String> {
             replication_factor,
             configs,
         } => {
-            c.create_topic(&name, partitions, replication_factor, &configs)?;
+            Client::to_controller(bootstrap)?.create_topic(
+                &name,
+                partitions,
+                replication_factor,
+                &configs,
+            )?;
             out!("Created topic {name}.");
         }
         TopicCmd::List => {
@@ -231,8 +236,9 @@ fn topic(bootstrap: &str, cmd: TopicCmd) -> Result<(), String> {
                 .map(|(k, v, _)| format!("{k}={v}"))
                 .collect();
             out!(
-                "Topic: {name}\tTopicId: {}\tPartitionCount: {partitions}\tReplicationFactor: 1\tConfigs: {}",
+                "Topic: {name}\tTopicId: {}\tPartitionCount: {partitions}\tReplicationFactor: {}\tConfigs: {}",
                 t.topic_id,
+                t.partitions.first().map_or(1, |p| p.replica_nodes.len()),
                 overrides.join(",")
             );
             let offsets = c.offsets(&name, partitions)?;
@@ -270,7 +276,7 @@ fn topic(bootstrap: &str, cmd: TopicCmd) -> Result<(), String> {
             }
         }
         TopicCmd::Delete { name } => {
-            c.delete_topic(&name)?;
+            Client::to_controller(bootstrap)?.delete_topic(&name)?;
             out!("Deleted topic {name}.");
         }
     }
@@ -288,6 +294,7 @@ fn group(bootstrap: &str, cmd: GroupCmd) -> Result<(), String> {
             }
         }
         GroupCmd::Describe { name } => {
+            let mut c = Client::to_coordinator(bootstrap, &name)?;
             let d = c.describe_group(&name)?;
             if d.error_code != 0 {
                 return Err(format!(

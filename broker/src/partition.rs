@@ -265,6 +265,13 @@ async fn load(
         tracing::error!(dir = %dir.display(), "partition log damaged: {d}");
         raft.on_storage_corrupt(now);
     }
+    if membership.voters.len() > 1
+        && membership.voters.first() == Some(&id)
+        && raft.term() == 0
+        && raft.end() == 0
+    {
+        raft.campaign_now(now);
+    }
     raft.on_tick(now);
     let mut node = Node::new(id);
     node.add_group(membership.group, raft);

@@ -238,7 +238,7 @@ async fn shard_main(
             advertised = ?cfg.advertised(),
             shards = shard.count,
             data_dir = %cfg.data_dir.display(),
-            cluster_id = %shard.cluster_id,
+            cluster_id = %shard.cluster_id.borrow(),
             "corelog serving"
         );
     }

@@ -62,6 +62,7 @@ pub enum ShardMsg {
     Cluster {
         brokers: BTreeMap<NodeId, (String, u16)>,
         controller: Option<NodeId>,
+        cluster_id: String,
     },
     Fetch {
         topic: String,
@@ -153,7 +154,9 @@ pub struct Shard {
     pub id: usize,
     pub count: usize,
     pub cfg: Rc<Config>,
-    pub cluster_id: String,
+    /// Kafka's cluster id: the data dir's on a single-node broker, the controller log's
+    /// on a cluster (empty until its first batch is applied).
+    pub cluster_id: RefCell<String>,
     pub topics: RefCell<BTreeMap<String, TopicMeta>>,
     partitions: RefCell<HashMap<(String, i32), PartitionHandle>>,
     senders: Senders<ShardMsg>,
@@ -188,6 +191,11 @@ pub struct Shard {
     /// reconciliation runs.
     pub(crate) latest_meta: RefCell<Option<(Rc<ClusterMetadata>, Option<NodeId>)>>,
     pub(crate) reconciling: Cell<bool>,
+    /// On a cluster: the offsets topic from the controller (kept apart from `topics`:
+    /// clients neither see nor write it).
+    pub(crate) internal: RefCell<Option<TopicMeta>>,
+    /// On a cluster: the offsets partitions whose groups this shard coordinates.
+    pub(crate) coordinating: RefCell<HashMap<i32, crate::cluster::groups::Coordinating>>,
 }
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -208,13 +216,13 @@ impl Shard {
             meta: meta.clone(),
         });
         let cluster_id = match &cluster {
-            Some(c) => crate::cluster::cluster_id(&c.voters),
+            Some(_) => String::new(),
             None => meta.cluster_id.clone(),
         };
         let shard = Rc::new(Self {
             id,
             count,
-            cluster_id,
+            cluster_id: RefCell::new(cluster_id),
             topics: RefCell::new(BTreeMap::new()),
             partitions: RefCell::new(HashMap::new()),
             senders,
@@ -240,6 +248,8 @@ impl Shard {
             ctl: RefCell::new(None),
             latest_meta: RefCell::new(None),
             reconciling: Cell::new(false),
+            internal: RefCell::new(None),
+            coordinating: RefCell::new(HashMap::new()),
         });
         // A cluster's topics come from the controller's log, not the local file.
         if shard.cluster.is_none() {
@@ -247,7 +257,11 @@ impl Shard {
                 shard.apply_upsert(t.clone()).await?;
             }
         }
-        shard.load_offsets().await?;
+        if shard.cluster.is_none() {
+            // On a cluster the offsets partitions come with the metadata, and a replica
+            // loads its groups when it becomes leader.
+            shard.load_offsets().await?;
+        }
         Ok(shard)
     }
 
@@ -284,17 +298,10 @@ impl Shard {
         topic: &str,
         p: i32,
     ) -> Result<PartitionHandle, String> {
-        let mut overrides = BTreeMap::new();
-        // Offsets must outlive any retention: the latest commit of a group may be old.
-        // Compaction (coordinator.rs) drops whole segments, so keep them a fraction of
-        // its threshold.
-        overrides.insert("retention.ms".to_string(), "-1".to_string());
-        let segment = (self.cfg.offsets_compact_bytes / 4).clamp(16 * 1024, 1 << 30);
-        overrides.insert("segment.bytes".to_string(), segment.to_string());
         let h = partition::open(
             self.data_dir(topic, p),
             self.cfg.node_id,
-            topic_settings(&self.cfg, &overrides),
+            topic_settings(&self.cfg, &self.offsets_overrides()),
             Duration::from_millis(self.cfg.retention_check_interval_ms.max(100)),
             Membership::solo(self.cfg.node_id),
         )
@@ -303,6 +310,17 @@ impl Shard {
             .borrow_mut()
             .insert((topic.to_string(), p), h.clone());
         Ok(h)
+    }
+
+    /// The config of the offsets topic: offsets must outlive any retention (the latest
+    /// commit of a group may be old); compaction (coordinator.rs) drops whole segments, so
+    /// they are kept a fraction of its threshold.
+    pub(crate) fn offsets_overrides(&self) -> BTreeMap<String, String> {
+        let mut overrides = BTreeMap::new();
+        overrides.insert("retention.ms".to_string(), "-1".to_string());
+        let segment = (self.cfg.offsets_compact_bytes / 4).clamp(16 * 1024, 1 << 30);
+        overrides.insert("segment.bytes".to_string(), segment.to_string());
+        overrides
     }
 
     /// Hands the answer to a request from shard `from` back to it over the mesh, to be
@@ -878,10 +896,19 @@ impl Shard {
     /// Takes a topic (new or changed) into this shard: opens the partitions it owns, or
     /// hands them the new settings.
     pub async fn apply_upsert(&self, meta: TopicMeta) -> Result<(), String> {
-        let settings = topic_settings(&self.cfg, &meta.configs);
-        self.topics
-            .borrow_mut()
-            .insert(meta.name.clone(), meta.clone());
+        let internal = meta.name == crate::group::OFFSETS_TOPIC;
+        let settings = if internal {
+            topic_settings(&self.cfg, &self.offsets_overrides())
+        } else {
+            topic_settings(&self.cfg, &meta.configs)
+        };
+        if internal {
+            *self.internal.borrow_mut() = Some(meta.clone());
+        } else {
+            self.topics
+                .borrow_mut()
+                .insert(meta.name.clone(), meta.clone());
+        }
         for (p, g) in meta.groups.iter().enumerate() {
             self.routes
                 .borrow_mut()
@@ -983,7 +1010,9 @@ impl Shard {
             ShardMsg::Cluster {
                 brokers,
                 controller,
+                cluster_id,
             } => {
+                *self.cluster_id.borrow_mut() = cluster_id;
                 *self.brokers.borrow_mut() = brokers;
                 self.controller_leader.set(controller);
             }

@@ -146,6 +146,10 @@ pub struct ClusterMetadata {
     pub topics: BTreeMap<String, TopicInfo>,
     /// Next replication group id to hand out (0 is the controller).
     pub next_group: GroupId,
+    /// The cluster's id: derived from the first batch of the controller log (its first
+    /// leader's LEADER_CHANGE, which carries that leader's clock), so every broker that
+    /// applied it holds the same id, and two clusters differ. Empty until then.
+    pub cluster_id: String,
     /// End offset of the last batch applied.
     pub applied: Offset,
 }
@@ -156,6 +160,7 @@ impl Default for ClusterMetadata {
             brokers: BTreeMap::new(),
             topics: BTreeMap::new(),
             next_group: CONTROLLER_GROUP + 1,
+            cluster_id: String::new(),
             applied: 0,
         }
     }
@@ -167,6 +172,9 @@ impl ClusterMetadata {
     /// identically on every replica and changes nothing but `applied`.
     pub fn apply_batch(&mut self, bytes: &[u8], end: Offset) -> Result<(), MetadataError> {
         debug_assert!(end > self.applied, "batches apply in offset order");
+        if self.applied == 0 && bytes.len() > 21 {
+            self.cluster_id = cluster_id_of(&bytes[21..]);
+        }
         self.applied = end;
         match decode_batch(bytes)? {
             Some(cmd) => self.apply(&cmd),
@@ -272,12 +280,32 @@ impl ClusterMetadata {
     pub fn fingerprint(&self) -> u64 {
         let text = format!(
             "{:?}",
-            (&self.brokers, &self.topics, self.next_group, self.applied)
+            (
+                &self.brokers,
+                &self.topics,
+                self.next_group,
+                self.applied,
+                &self.cluster_id
+            )
         );
         text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         })
     }
+}
+
+/// 22 characters of base64url, the shape of Kafka's cluster ids, from `bytes`.
+fn cluster_id_of(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    (0..22u8)
+        .map(|i| {
+            for &b in bytes.iter().chain([i].iter()) {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            ALPHABET[(h >> 58) as usize] as char
+        })
+        .collect()
 }
 
 /// Kafka's topic name rules: 1..=249 of `[a-zA-Z0-9._-]`, not "." or "..".

@@ -235,6 +235,16 @@ impl Raft {
         raft
     }
 
+    /// Moves this node's next election to `now`: the preferred replica of a brand-new
+    /// group campaigns first, so first leaders land where placement put them rather than
+    /// wherever a random timeout fires first. Changes timing only, never safety (a
+    /// pre-vote still needs a majority).
+    pub fn campaign_now(&mut self, now: u64) {
+        if self.role == Role::Follower && !self.damaged {
+            self.election_deadline_ms = now;
+        }
+    }
+
     /// A group of one: its own durable log is the majority.
     fn sole_voter(&self) -> bool {
         self.cfg.voters.len() == 1

@@ -101,6 +101,7 @@ struct Task {
     registering: BTreeMap<NodeId, u64>,
     on_change: OnChange,
     leader: Option<NodeId>,
+    offsets_proposed: Option<u64>,
 }
 
 fn log_config() -> LogConfig {
@@ -155,6 +156,7 @@ pub async fn start(
         registering: BTreeMap::new(),
         on_change,
         leader: None,
+        offsets_proposed: None,
     };
     // What this broker committed before it stopped is applied before it serves: a
     // restarted broker knows its topics (and opens its partitions) at once.
@@ -292,6 +294,7 @@ impl Task {
             })
             .map(|(id, (h, p))| (*id, h.clone(), *p))
             .collect();
+        self.create_offsets_topic(now);
         for (id, host, port) in todo {
             let cmd = MetadataCommand::RegisterBroker { id, host, port };
             let raft = self
@@ -302,6 +305,49 @@ impl Task {
                 tracing::info!(broker = id, "registering broker");
                 self.registering.insert(id, now);
             }
+        }
+    }
+
+    /// As leader: creates the consumer-offsets topic once min(3, voters) brokers are
+    /// registered, with that many replicas per partition.
+    fn create_offsets_topic(&mut self, now: u64) {
+        use crate::group::{OFFSETS_PARTITIONS, OFFSETS_TOPIC};
+        if self.meta.topics.contains_key(OFFSETS_TOPIC)
+            || self
+                .offsets_proposed
+                .is_some_and(|t| now < t + REGISTER_RETRY_MS)
+        {
+            return;
+        }
+        let rf = self.raft().voters().len().min(3);
+        let brokers: Vec<NodeId> = self.meta.brokers.keys().copied().collect();
+        if brokers.len() < rf {
+            return;
+        }
+        let Ok(partitions) = corelog_replication::controller::assign_replicas(
+            &brokers,
+            OFFSETS_PARTITIONS as u32,
+            rf as u32,
+            0,
+        ) else {
+            return;
+        };
+        let cmd = MetadataCommand::CreateTopic {
+            name: OFFSETS_TOPIC.to_string(),
+            id: crate::topics::random_topic_id(),
+            partitions,
+            configs: Vec::new(),
+        };
+        let raft = self
+            .node
+            .group_mut(CONTROLLER_GROUP)
+            .expect("the controller group");
+        if raft.propose(now, encode_command(&cmd, wall_ms())).is_ok() {
+            tracing::info!(
+                replication_factor = rf,
+                "creating the consumer offsets topic"
+            );
+            self.offsets_proposed = Some(now);
         }
     }
 

@@ -119,15 +119,22 @@ impl Shard {
                     ShardMsg::Cluster {
                         brokers: brokers.clone(),
                         controller: leader,
+                        cluster_id: meta.cluster_id.clone(),
                     },
                 )
                 .await;
             }
             *self.brokers.borrow_mut() = brokers;
+            *self.cluster_id.borrow_mut() = meta.cluster_id.clone();
             self.controller_leader.set(leader);
             for (name, t) in &meta.topics {
                 let tm = topic_meta(name, t);
-                if self.topic(name).as_ref() != Some(&tm) {
+                let have = if name == crate::group::OFFSETS_TOPIC {
+                    self.internal.borrow().clone()
+                } else {
+                    self.topic(name)
+                };
+                if have.as_ref() != Some(&tm) {
                     if let Err(e) = self.broadcast_upsert(&tm).await {
                         tracing::error!(topic = %name, error = %e, "cannot open the topic's partitions here");
                     }

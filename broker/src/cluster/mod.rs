@@ -5,6 +5,7 @@
 //! are groups of one and its metadata the JSON file of `topics.rs`.
 
 pub mod controller;
+pub mod groups;
 pub mod metadata;
 pub mod transport;
 
@@ -54,20 +55,4 @@ impl Io for RpcIo {
     fn event(&mut self, what: String) {
         tracing::warn!("{what}");
     }
-}
-
-/// The cluster id every member derives from the voters (all members are started with
-/// the same list): 22 characters, like Kafka's base64 UUIDs.
-pub fn cluster_id(voters: &[(NodeId, String)]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let text: String = voters.iter().map(|(i, a)| format!("{i}@{a},")).collect();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    (0..22)
-        .map(|i| {
-            for b in text.bytes().chain([i as u8]) {
-                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
-            ALPHABET[(h >> 58) as usize] as char
-        })
-        .collect()
 }

@@ -1,0 +1,238 @@
+//! Consumer groups on a cluster: the coordinator of a group is the leader of the group's
+//! `__consumer_offsets` partition (a replicated partition like any other, created by the
+//! controller once enough brokers registered). When this broker's replica of an offsets
+//! partition becomes leader, its groups' committed offsets are loaded from the
+//! partition's committed log before any group request is served (until then
+//! COORDINATOR_LOAD_IN_PROGRESS); when it stops leading, its groups are dropped and
+//! their requests answered NOT_COORDINATOR, so clients rediscover the coordinator.
+//! Offsets written by the old leader were committed (acks=all) before they were
+//! acknowledged, so the new leader's log holds them: no failover loses or rewinds one.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::Decodable;
+
+use crate::api::{Reply, respond};
+use crate::errors as code;
+use crate::group::{OFFSETS_PARTITIONS, OFFSETS_TOPIC, offsets_partition};
+use crate::shard::Shard;
+use crate::topics::owner_shard;
+
+pub const NOT_COORDINATOR: i16 = 16;
+pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+
+/// Where this broker stands with one offsets partition it owns a replica of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coordinating {
+    /// Leader; reading the partition's committed offsets.
+    Loading,
+    /// Leader in this epoch, offsets loaded: serving its groups.
+    Ready { epoch: i32 },
+}
+
+impl Shard {
+    /// Whether this broker coordinates `group` now: Ok, or the error to answer.
+    pub fn coordinator_ready(&self, group: &str) -> Result<(), i16> {
+        if self.cluster.is_none() {
+            return Ok(());
+        }
+        match self.coordinating.borrow().get(&offsets_partition(group)) {
+            Some(Coordinating::Ready { .. }) => Ok(()),
+            Some(Coordinating::Loading) => Err(COORDINATOR_LOAD_IN_PROGRESS),
+            None => Err(NOT_COORDINATOR),
+        }
+    }
+
+    /// The broker (id, host, port) coordinating `key`'s group, as this broker knows.
+    pub fn coordinator_of(&self, key: &str) -> Option<(i32, String, i32)> {
+        let p = offsets_partition(key);
+        let leader = match self.views.borrow().get(&(OFFSETS_TOPIC.to_string(), p)) {
+            Some(v) if v.leader >= 0 => v.leader,
+            Some(_) => return None,
+            // No replica here: its first replica is the likeliest leader.
+            None => *self
+                .internal
+                .borrow()
+                .as_ref()?
+                .replicas
+                .get(p as usize)?
+                .first()?,
+        };
+        crate::handlers::brokers(self)
+            .into_iter()
+            .find(|b| b.0 == leader)
+    }
+
+    /// Follows the leadership of the offsets partitions this shard owns (called on the
+    /// group clock): loads a partition's groups when its replica here becomes leader,
+    /// drops them when it stops.
+    pub fn watch_coordination(self: &Rc<Self>) {
+        if self.cluster.is_none() {
+            return;
+        }
+        for p in 0..OFFSETS_PARTITIONS {
+            if owner_shard(OFFSETS_TOPIC, p, self.count) != self.id {
+                continue;
+            }
+            let leading = self
+                .handle(OFFSETS_TOPIC, p)
+                .map(|h| h.status.get())
+                .is_some_and(|s| s.online && s.is_leader);
+            let epoch = self
+                .views
+                .borrow()
+                .get(&(OFFSETS_TOPIC.to_string(), p))
+                .map_or(-1, |v| v.epoch);
+            let state = self.coordinating.borrow().get(&p).copied();
+            match (leading, state) {
+                (true, Some(Coordinating::Ready { epoch: e })) if e == epoch => {}
+                (true, Some(Coordinating::Loading)) => {}
+                (true, _) => {
+                    self.drop_groups_of(p);
+                    self.coordinating
+                        .borrow_mut()
+                        .insert(p, Coordinating::Loading);
+                    let shard = self.clone();
+                    glommio::spawn_local(async move {
+                        match shard.read_offsets_partition(p).await {
+                            Ok(()) => {
+                                tracing::info!(partition = p, epoch, "coordinating the groups of this offsets partition");
+                                shard
+                                    .coordinating
+                                    .borrow_mut()
+                                    .insert(p, Coordinating::Ready { epoch });
+                            }
+                            Err(e) => {
+                                tracing::warn!(partition = p, error = %e, "loading committed offsets failed; retrying");
+                                shard.coordinating.borrow_mut().remove(&p);
+                            }
+                        }
+                    })
+                    .detach();
+                }
+                (false, Some(_)) => {
+                    tracing::info!(
+                        partition = p,
+                        "no longer coordinating this offsets partition's groups"
+                    );
+                    self.coordinating.borrow_mut().remove(&p);
+                    self.drop_groups_of(p);
+                }
+                (false, None) => {}
+            }
+        }
+    }
+
+    /// Forgets the groups of offsets partition `p` (their waiting members are answered
+    /// as their requests' futures drop).
+    fn drop_groups_of(&self, p: i32) {
+        self.groups
+            .borrow_mut()
+            .retain(|id, _| offsets_partition(id) != p);
+    }
+}
+
+fn decode<R: Decodable>(body: &Bytes, version: i16) -> Result<R, String> {
+    R::decode(&mut body.clone(), version).map_err(|e| format!("malformed request body: {e:#}"))
+}
+
+/// The answer of a group request refused with `error` (NOT_COORDINATOR or
+/// COORDINATOR_LOAD_IN_PROGRESS), in the shape of its API.
+pub fn refused(key: ApiKey, version: i16, c: i32, body: &Bytes, error: i16) -> Reply {
+    match key {
+        ApiKey::JoinGroup => {
+            let req: JoinGroupRequest = decode(body, version)?;
+            let mut resp = JoinGroupResponse::default()
+                .with_error_code(error)
+                .with_generation_id(-1)
+                .with_member_id(req.member_id);
+            resp.protocol_name = Some(Default::default());
+            respond(c, version, &resp)
+        }
+        ApiKey::SyncGroup => respond(
+            c,
+            version,
+            &SyncGroupResponse::default().with_error_code(error),
+        ),
+        ApiKey::Heartbeat => respond(
+            c,
+            version,
+            &HeartbeatResponse::default().with_error_code(error),
+        ),
+        ApiKey::LeaveGroup => respond(
+            c,
+            version,
+            &LeaveGroupResponse::default().with_error_code(error),
+        ),
+        ApiKey::OffsetCommit => {
+            let req: OffsetCommitRequest = decode(body, version)?;
+            let resp = OffsetCommitResponse::default().with_topics(
+                req.topics
+                    .iter()
+                    .map(|t| {
+                        OffsetCommitResponseTopic::default()
+                            .with_name(t.name.clone())
+                            .with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        OffsetCommitResponsePartition::default()
+                                            .with_partition_index(p.partition_index)
+                                            .with_error_code(error)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            );
+            respond(c, version, &resp)
+        }
+        ApiKey::OffsetFetch => {
+            let req: OffsetFetchRequest = decode(body, version)?;
+            let mut resp = OffsetFetchResponse::default().with_error_code(error);
+            resp.topics = req
+                .topics
+                .unwrap_or_default()
+                .iter()
+                .map(|t| {
+                    OffsetFetchResponseTopic::default()
+                        .with_name(t.name.clone())
+                        .with_partitions(
+                            t.partition_indexes
+                                .iter()
+                                .map(|p| {
+                                    OffsetFetchResponsePartition::default()
+                                        .with_partition_index(*p)
+                                        .with_committed_offset(-1)
+                                        .with_error_code(error)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+            respond(c, version, &resp)
+        }
+        ApiKey::OffsetDelete => respond(
+            c,
+            version,
+            &OffsetDeleteResponse::default().with_error_code(error),
+        ),
+        other => Err(format!("{other:?} is not a group request")),
+    }
+}
+
+/// What `corelog` tells Kafka clients about a refused coordinator lookup.
+pub fn no_coordinator() -> (i16, &'static str) {
+    (
+        code::COORDINATOR_NOT_AVAILABLE,
+        "the group's offsets partition has no leader yet",
+    )
+}
