@@ -63,6 +63,20 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TopicCmd,
     },
+    /// Run a local cluster of several brokers in one command (Kafka ports from 9092 up,
+    /// data under ./corelog-dev); Ctrl-C stops them all.
+    Dev {
+        #[arg(long, default_value_t = 3)]
+        brokers: u32,
+        /// Kafka port of broker 1; broker N listens on PORT+N-1 (RPC on PORT+100+N-1).
+        #[arg(long, default_value_t = 9092)]
+        port: u16,
+        #[arg(long, default_value = "./corelog-dev")]
+        data_dir: PathBuf,
+        /// Shards per broker (they share this machine's cores).
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -166,6 +180,12 @@ fn main() -> ExitCode {
             bootstrap_server,
             cmd,
         } => group(&bootstrap_server, cmd),
+        Cmd::Dev {
+            brokers,
+            port,
+            data_dir,
+            shards,
+        } => dev(brokers, port, &data_dir, shards),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -377,4 +397,85 @@ fn group(bootstrap: &str, cmd: GroupCmd) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `corelog dev`: starts `brokers` brokers of one cluster as child processes of this
+/// one, prints the bootstrap servers, and stops them all (SIGTERM, a graceful shutdown)
+/// on Ctrl-C or when one of them exits.
+fn dev(brokers: u32, port: u16, data_dir: &std::path::Path, shards: usize) -> Result<(), String> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !(1..=9).contains(&brokers) {
+        return Err("--brokers must be between 1 and 9".into());
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let kafka = |i: u32| format!("127.0.0.1:{}", u32::from(port) + i - 1);
+    let rpc = |i: u32| format!("127.0.0.1:{}", u32::from(port) + 100 + i - 1);
+    let voters: Vec<String> = (1..=brokers).map(|i| format!("{i}@{}", rpc(i))).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| e.to_string())?;
+    }
+    let mut children = Vec::new();
+    for i in 1..=brokers {
+        let dir = data_dir.join(format!("broker-{i}"));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let log = std::fs::File::create(data_dir.join(format!("broker-{i}.log")))
+            .map_err(|e| e.to_string())?;
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["serve", "--node-id", &i.to_string(), "--listen", &kafka(i)])
+            .args(["--rpc-listen", &rpc(i), "--voters", &voters.join(",")])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--shards", &shards.to_string()])
+            .args(["--default-replication-factor", &brokers.min(3).to_string()])
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        // Its own process group: Ctrl-C reaches this process only, which stops the
+        // brokers in order rather than all at once mid-write.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start broker {i}: {e}"))?;
+        children.push((i, child));
+    }
+    let bootstrap: Vec<String> = (1..=brokers).map(kafka).collect();
+    out!(
+        "corelog dev: {brokers} brokers, data and logs in {}",
+        data_dir.display()
+    );
+    out!("bootstrap servers: {}", bootstrap.join(","));
+    out!("Ctrl-C stops them all.");
+    let mut failed = None;
+    while !stop.load(Ordering::Relaxed) && failed.is_none() {
+        for (i, c) in children.iter_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                failed = Some(format!(
+                    "broker {i} exited ({status}); see {}",
+                    data_dir.join(format!("broker-{i}.log")).display()
+                ));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for (_, c) in children.iter() {
+        // SIGTERM: each broker drains and closes its partitions.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+    }
+    for (i, mut c) in children {
+        match c.wait() {
+            Ok(s) if s.success() => {}
+            Ok(s) => eprintln!("broker {i} stopped with {s}"),
+            Err(e) => eprintln!("broker {i}: {e}"),
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => {
+            out!("stopped");
+            Ok(())
+        }
+    }
 }

@@ -196,6 +196,8 @@ pub struct Shard {
     pub(crate) internal: RefCell<Option<TopicMeta>>,
     /// On a cluster: the offsets partitions whose groups this shard coordinates.
     pub(crate) coordinating: RefCell<HashMap<i32, crate::cluster::groups::Coordinating>>,
+    /// Shard 0: peers' hellos that arrived before the controller started.
+    pub(crate) early_hellos: RefCell<Vec<Hello>>,
 }
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -250,6 +252,7 @@ impl Shard {
             reconciling: Cell::new(false),
             internal: RefCell::new(None),
             coordinating: RefCell::new(HashMap::new()),
+            early_hellos: RefCell::new(Vec::new()),
         });
         // A cluster's topics come from the controller's log, not the local file.
         if shard.cluster.is_none() {

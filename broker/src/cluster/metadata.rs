@@ -164,6 +164,18 @@ impl Shard {
             );
         };
         if self.controller_leader.get() != Some(self.cfg.node_id as NodeId) {
+            if let AdminOp::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                configs,
+                validate_only: false,
+            } = &op
+            {
+                return self
+                    .forward_create(name, *partitions, *replication_factor, configs)
+                    .await;
+            }
             return AdminResult::Err(
                 code::NOT_CONTROLLER,
                 format!(
@@ -340,6 +352,43 @@ impl Shard {
         AdminResult::Ok(self.topic(&name).or(before))
     }
 
+    /// Creates a topic through the controller from a broker that is not it (a Metadata
+    /// request's auto-creation): answered once this broker applied it too.
+    async fn forward_create(
+        self: &Rc<Self>,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &BTreeMap<String, String>,
+    ) -> AdminResult {
+        let Some(addr) = self
+            .controller_leader
+            .get()
+            .and_then(|l| self.brokers.borrow().get(&l).cloned())
+            .map(|(h, p)| format!("{h}:{p}"))
+        else {
+            return AdminResult::Err(
+                code::NOT_CONTROLLER,
+                "no controller is known yet; retry".into(),
+            );
+        };
+        if let Err((c, m)) =
+            super::forward::create_topic(&addr, name, partitions, replication_factor, configs).await
+        {
+            return AdminResult::Err(c, m);
+        }
+        for _ in 0..1000 {
+            if let Some(t) = self.topic(name) {
+                return AdminResult::Ok(Some(t));
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        AdminResult::Err(
+            code::LEADER_NOT_AVAILABLE,
+            "created, not yet known here; retry".into(),
+        )
+    }
+
     /// Hands replication messages to the group `group` on this shard.
     pub(crate) fn deliver_local(&self, from: NodeId, group: GroupId, items: Vec<Message>) {
         if group == CONTROLLER_GROUP {
@@ -355,13 +404,19 @@ impl Shard {
         }
     }
 
+    /// Shard 0: a peer's hello, for the controller (kept until the controller runs: a
+    /// peer says hello once per connection).
     pub(crate) fn deliver_hello(&self, h: Hello) {
-        if let Some(c) = self.ctl.borrow().as_ref() {
-            c.offer(CtlCmd::Hello(h));
+        match self.ctl.borrow().as_ref() {
+            Some(c) => c.offer(CtlCmd::Hello(h)),
+            None => self.early_hellos.borrow_mut().push(h),
         }
     }
 
     pub fn set_controller(&self, handle: super::controller::ControllerHandle) {
+        for h in self.early_hellos.borrow_mut().drain(..) {
+            handle.offer(CtlCmd::Hello(h));
+        }
         *self.ctl.borrow_mut() = Some(handle);
     }
 }

@@ -5,6 +5,7 @@
 //! are groups of one and its metadata the JSON file of `topics.rs`.
 
 pub mod controller;
+pub mod forward;
 pub mod groups;
 pub mod metadata;
 pub mod transport;
