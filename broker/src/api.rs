@@ -66,6 +66,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::DescribeTopicPartitions, 0, 0),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
 ];
 
 pub fn supported(key: ApiKey, version: i16) -> bool {
@@ -158,6 +159,10 @@ pub async fn dispatch(
         }
         ApiKey::DescribeProducers => {
             crate::handlers::describe_producers::handle(shard, c, version, decode(b, version)?)
+                .await
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            crate::handlers::offset_for_leader_epoch::handle(shard, c, version, decode(b, version)?)
                 .await
         }
         ApiKey::DescribeTopicPartitions => crate::handlers::describe_topic_partitions::handle(
@@ -368,7 +373,9 @@ async fn fetch(shard: &Rc<Shard>, c: i32, version: i16, req: FetchRequest) -> Re
     } else {
         usize::MAX
     };
-    let wanted: Vec<(String, i32, i64, usize, bool)> = req
+    // (topic, partition, offset, max bytes, Err(code) for a partition refused up front)
+    #[allow(clippy::type_complexity)]
+    let wanted: Vec<(String, i32, i64, usize, Result<(), i16>)> = req
         .topics
         .iter()
         .flat_map(|t| {
@@ -378,12 +385,24 @@ async fn fetch(shard: &Rc<Shard>, c: i32, version: i16, req: FetchRequest) -> Re
                 let known = meta
                     .as_ref()
                     .is_some_and(|m| (0..m.partitions).contains(&p.partition));
+                let check = if !known {
+                    Err(code::UNKNOWN_TOPIC_OR_PARTITION)
+                } else if version >= 9 {
+                    crate::handlers::check_leader_epoch(
+                        shard,
+                        &name,
+                        p.partition,
+                        p.current_leader_epoch,
+                    )
+                } else {
+                    Ok(())
+                };
                 (
                     name.clone(),
                     p.partition,
                     p.fetch_offset,
                     p.partition_max_bytes.max(0) as usize,
-                    known,
+                    check,
                 )
             })
         })
@@ -392,8 +411,13 @@ async fn fetch(shard: &Rc<Shard>, c: i32, version: i16, req: FetchRequest) -> Re
         let results = join_all(wanted.iter().map(|(name, p, offset, max, known)| {
             let shard = shard.clone();
             async move {
-                if !*known {
-                    return None;
+                if let Err(e) = known {
+                    return Some(crate::partition::FetchOutcome {
+                        error: *e,
+                        high_watermark: -1,
+                        log_start: -1,
+                        records: Bytes::new(),
+                    });
                 }
                 // No partition reads more than the whole response may hold (Kafka's rule:
                 // the request's max_bytes bounds every partition too; one batch always fits).

@@ -134,6 +134,8 @@ pub enum Query {
     DeleteRecords { offset: i64 },
     /// The idempotent producers with batches in the log.
     Producers,
+    /// OffsetForLeaderEpoch: the largest epoch at or below `epoch` and where it ends.
+    EpochEnd { epoch: i32 },
 }
 
 #[derive(Debug)]
@@ -146,6 +148,11 @@ pub enum Answer {
     /// The log start after DeleteRecords (Kafka's low watermark).
     LogStart(i64),
     Producers(Vec<ProducerInfo>),
+    /// (-1, -1) when the log holds no epoch at or below the one asked for.
+    EpochEnd {
+        epoch: i32,
+        end_offset: i64,
+    },
 }
 
 /// One active producer, as DescribeProducers reports it.
@@ -794,6 +801,14 @@ impl PartitionTask {
                 let _ = reply.send(answer);
             }
             Cmd::Query {
+                query: Query::EpochEnd { epoch },
+                reply,
+            } => {
+                let (epoch, end_offset) =
+                    epoch_end(self.raft().epochs().runs(), self.raft().end(), epoch);
+                let _ = reply.send(Ok(Answer::EpochEnd { epoch, end_offset }));
+            }
+            Cmd::Query {
                 query: Query::Producers,
                 reply,
             } => {
@@ -1090,6 +1105,21 @@ impl PartitionTask {
     }
 }
 
+/// Kafka's OffsetForLeaderEpoch answer from the term history `runs` ((term, first
+/// offset), ascending) of a log ending at `end`: the largest epoch at or below `asked`,
+/// and the offset where it ends (the next epoch's first offset, or the log end for the
+/// newest); (-1, -1) when every epoch is above it.
+fn epoch_end(runs: &[(u32, u64)], end: u64, asked: i32) -> (i32, i64) {
+    let Some(i) = runs
+        .iter()
+        .rposition(|&(t, _)| i64::from(t) <= i64::from(asked))
+    else {
+        return (-1, -1);
+    };
+    let next = runs.get(i + 1).map_or(end, |&(_, start)| start);
+    (runs[i].0 as i32, next as i64)
+}
+
 /// Each produced batch: where it lies in the request, its header, and the batch to store
 /// instead when the topic's `compression.type` made the broker recompress it.
 type Batches = Vec<(std::ops::Range<usize>, BatchHeader, Option<Vec<u8>>)>;
@@ -1230,6 +1260,18 @@ mod tests {
 
     fn split(records: Option<&[u8]>, max: usize) -> Result<Batches, (i16, String)> {
         split_batches(records, &limits(max), 1_700_000_000_000)
+    }
+
+    #[test]
+    fn epoch_ends_follow_kafka() {
+        let runs = [(1, 0), (3, 10), (4, 25)];
+        assert_eq!(epoch_end(&runs, 40, 4), (4, 40));
+        assert_eq!(epoch_end(&runs, 40, 3), (3, 25));
+        // An epoch this log never had: the largest below it, ending where the next begins.
+        assert_eq!(epoch_end(&runs, 40, 2), (1, 10));
+        assert_eq!(epoch_end(&runs, 40, 9), (4, 40));
+        assert_eq!(epoch_end(&runs, 40, 0), (-1, -1));
+        assert_eq!(epoch_end(&[], 0, 5), (-1, -1));
     }
 
     #[test]

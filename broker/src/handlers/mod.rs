@@ -5,6 +5,7 @@ pub mod delete_records;
 pub mod describe_log_dirs;
 pub mod describe_producers;
 pub mod describe_topic_partitions;
+pub mod offset_for_leader_epoch;
 
 use crate::shard::Shard;
 
@@ -93,4 +94,32 @@ pub fn controller_id(shard: &Shard) -> i32 {
         .controller_leader
         .get()
         .map_or(shard.cfg.node_id, |l| l as i32)
+}
+
+/// KIP-320's fencing: a request naming the leader epoch it saw (`-1`: none) is refused
+/// with FENCED_LEADER_EPOCH when that epoch is older than this leader's, and with
+/// UNKNOWN_LEADER_EPOCH when it is newer (this broker has not caught up yet). A
+/// single-node broker reports no epochs, so clients send none.
+pub fn check_leader_epoch(
+    shard: &Shard,
+    topic: &str,
+    partition: i32,
+    current: i32,
+) -> Result<(), i16> {
+    if current < 0 || shard.cluster.is_none() {
+        return Ok(());
+    }
+    let Some(epoch) = shard
+        .views
+        .borrow()
+        .get(&(topic.to_string(), partition))
+        .map(|v| v.epoch)
+    else {
+        return Ok(()); // not hosted here: the partition answers NOT_LEADER_OR_FOLLOWER
+    };
+    match current.cmp(&epoch) {
+        std::cmp::Ordering::Less => Err(crate::errors::FENCED_LEADER_EPOCH),
+        std::cmp::Ordering::Greater => Err(crate::errors::UNKNOWN_LEADER_EPOCH),
+        std::cmp::Ordering::Equal => Ok(()),
+    }
 }

@@ -311,3 +311,44 @@ def test_kcat_kafka_python_and_kafkajs_against_the_cluster(cluster):
     assert r.returncode == 0, r.stderr.decode()
     out = json.loads(r.stdout.decode().strip().splitlines()[-1])
     assert out == {"created": True, "replicas": [3, 3], "consumed": 100}
+
+
+def offset_for_leader_epoch(boot, topic, partition, current_epoch, epoch):
+    """OffsetForLeaderEpoch v2 by hand: (error, leader epoch, end offset)."""
+    import struct
+
+    from rawkafka import Conn, string
+
+    c = Conn(boot)
+    body = struct.pack(">i", 1) + string(topic) + struct.pack(">iiii", 1, partition, current_epoch, epoch)
+    r = c.request(23, 2, body)
+    c.close()
+    # throttle, topics[1]: name, partitions[1]: error, partition, epoch, end offset
+    n = struct.unpack(">h", r[8:10])[0]
+    at = 10 + n + 4
+    error, _, leader_epoch, end = struct.unpack(">hiiq", r[at:at + 18])
+    return error, leader_epoch, end
+
+
+def test_leader_epochs_fence_stale_readers_and_tell_where_an_epoch_ended(cluster):
+    topic = new_topic(cluster, partitions=1)
+    acked, _ = produce_through(cluster, topic, 1)
+    old_leader = cluster.leader_of(topic, 0)
+    _, old_epoch, _ = offset_for_leader_epoch(cluster.brokers[old_leader].bootstrap, topic, 0, -1, 1 << 30)
+    end_before = max(o for _, o, _ in acked) + 1
+    cluster.brokers[old_leader].kill()
+    cluster.wait_for(lambda: cluster.leader_of(topic, 0) not in (None, old_leader), 30, "a new leader")
+    new_leader = cluster.leader_of(topic, 0)
+    boot = cluster.brokers[new_leader].bootstrap
+    # The new leader's epoch: the one whose end is the log end.
+    error, epoch, end = offset_for_leader_epoch(boot, topic, 0, -1, 1 << 30)
+    assert error == 0 and epoch > 0
+    # The epoch before it ended where the new one began, past every acknowledged record.
+    error, prev, prev_end = offset_for_leader_epoch(boot, topic, 0, -1, epoch - 1)
+    assert error == 0 and prev < epoch and prev_end >= end_before
+    # A reader naming an older leader epoch is fenced; a newer one is unknown here.
+    assert offset_for_leader_epoch(boot, topic, 0, epoch - 1, epoch)[0] == 74
+    assert offset_for_leader_epoch(boot, topic, 0, epoch + 5, epoch)[0] == 76
+    assert old_epoch < epoch
+    cluster.brokers[old_leader].start()
+    wait_whole(cluster, topic)
