@@ -22,6 +22,7 @@ pub struct Config {
     /// The cluster's initial members: `ID@HOST:PORT` of each broker's RPC listener, this
     /// broker's among them (KRaft's `controller.quorum.voters`). Empty, or this broker
     /// alone: a single-node broker.
+    #[serde(deserialize_with = "one_or_many")]
     pub voters: Vec<String>,
     /// Replicas of topics created without a replication factor (`-1`), capped at the
     /// number of brokers (Kafka's `default.replication.factor`).
@@ -72,6 +73,20 @@ pub struct Config {
     /// A consumer-offsets partition is compacted (a snapshot of its latest offsets
     /// written, older segments dropped) once it holds this many bytes.
     pub offsets_compact_bytes: u64,
+}
+
+/// A TOML list of strings, or one string (comma-separated voters, as on the command line).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl Default for Config {
@@ -304,6 +319,30 @@ pub fn topic_settings(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cluster_keys_in_toml_and_their_checks() {
+        let one: Config = toml::from_str(
+            "node_id = 2\nrpc_listen = \"127.0.0.1:9193\"\nvoters = \"1@127.0.0.1:9192,2@127.0.0.1:9193\"\n",
+        )
+        .unwrap();
+        let many: Config = toml::from_str(
+            "node_id = 2\nrpc_listen = \"127.0.0.1:9193\"\nvoters = [\"1@127.0.0.1:9192\", \"2@127.0.0.1:9193\"]\n",
+        )
+        .unwrap();
+        assert_eq!(one.voter_list().unwrap(), many.voter_list().unwrap());
+        assert!(one.clustered());
+        assert!(Config::default().voter_list().unwrap().is_empty());
+        let mut bad = one.clone();
+        bad.node_id = 7;
+        assert!(bad.check().unwrap_err().contains("not among the voters"));
+        let mut bad = one.clone();
+        bad.rpc_listen = None;
+        assert!(bad.check().unwrap_err().contains("rpc_listen"));
+        let mut bad = one;
+        bad.voters = vec!["1@127.0.0.1:9192,1@127.0.0.1:9193".into()];
+        assert!(bad.check().unwrap_err().contains("twice"));
+    }
+
     use super::*;
 
     #[test]
