@@ -168,6 +168,12 @@ pub struct ProducerInfo {
 #[derive(Clone)]
 pub struct PartitionHandle {
     pub tx: mpsc::Sender<Cmd>,
+    /// One long-lived sender for messages offered without waiting: a fresh clone of a
+    /// futures sender always has a slot of its own, so `try_send` on clones would never
+    /// see the queue full.
+    offer_tx: Rc<std::cell::RefCell<mpsc::Sender<Cmd>>>,
+    /// The replication group this task runs (changes only with a new task).
+    pub group: GroupId,
     pub status: Rc<Cell<Status>>,
     /// Notified whenever the high watermark moves (long-poll fetches wait on it).
     pub changed: Rc<Event>,
@@ -183,7 +189,7 @@ impl PartitionHandle {
     /// Queues a command without waiting: dropped when the queue is full (replication
     /// messages, which Raft retransmits).
     pub fn offer(&self, cmd: Cmd) {
-        let _ = self.tx.clone().try_send(cmd);
+        let _ = self.offer_tx.borrow_mut().try_send(cmd);
     }
 }
 
@@ -296,7 +302,11 @@ pub async fn open(
     retention_check: Duration,
     membership: Membership,
 ) -> Result<PartitionHandle, String> {
+    if membership.peers.is_some() {
+        claim_dir(&dir, membership.group)?;
+    }
     let Loaded { node, replicas } = load(&dir, node_id, &settings, &membership).await?;
+    let group = membership.group;
     let log = &replicas[&membership.group].log;
     let status = Rc::new(Cell::new(Status {
         high_watermark: 0,
@@ -326,6 +336,7 @@ pub async fn open(
         membership,
         pending: Vec::new(),
         view: View::default(),
+        retention_warned: false,
     };
     // The election of a group of one happened in `on_tick`: persist its term (and the
     // new leader's first batch) before serving anything. A full disk at start does not
@@ -339,10 +350,49 @@ pub async fn open(
     task.publish();
     glommio::spawn_local(task.run(rx, retention_check)).detach();
     Ok(PartitionHandle {
+        offer_tx: Rc::new(std::cell::RefCell::new(tx.clone())),
         tx,
+        group,
         status,
         changed,
     })
+}
+
+/// The file naming the replication group a clustered partition's dir belongs to.
+const GROUP_FILE: &str = "corelog-group";
+
+/// Makes `dir` the home of `group`: a dir left by an earlier group of the same name (a
+/// topic deleted while this broker was down, then created again) is emptied first, so
+/// the new group never starts from the old one's term, vote and log (which could win an
+/// election and overwrite what the new group committed). The marker is durable before
+/// the group writes anything.
+fn claim_dir(dir: &Path, group: GroupId) -> Result<(), String> {
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", dir.display());
+    let marker = dir.join(GROUP_FILE);
+    match std::fs::read_to_string(&marker) {
+        Ok(g) if g.trim() == group.to_string() => return Ok(()),
+        Ok(g) => {
+            tracing::warn!(dir = %dir.display(), old = g.trim(), new = group, "partition dir held another group's replica; starting it afresh")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(at(&e)),
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| at(&e))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| at(&e))?;
+    let mut f = std::fs::File::create(&marker).map_err(|e| at(&e))?;
+    std::io::Write::write_all(&mut f, group.to_string().as_bytes()).map_err(|e| at(&e))?;
+    f.sync_all().map_err(|e| at(&e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| at(&e))?;
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| at(&e))?;
+    }
+    Ok(())
 }
 
 /// Term, vote and term history as brokers before the replica driver kept them (JSON);
@@ -441,6 +491,7 @@ struct PartitionTask {
     pending: Vec<Pending>,
     /// The view last published.
     view: View,
+    retention_warned: bool,
 }
 
 /// A produce waiting for its batch to commit.
@@ -545,6 +596,12 @@ impl PartitionTask {
                     reply,
                 } => {
                     let _ = reply.send(self.delete_records(offset).await);
+                }
+                Cmd::DeleteBefore { reply, .. } if self.replicated() => {
+                    let _ = reply.send(Err(
+                        "segments of a replicated partition are not dropped yet (no log-start replication)"
+                            .into(),
+                    ));
                 }
                 Cmd::DeleteBefore { offset, reply } => {
                     let r = self
@@ -1073,6 +1130,16 @@ impl PartitionTask {
     }
 
     async fn retention(&mut self) {
+        if self.replicated() {
+            // The log start is not replicated yet: a replica that deleted what a lagging
+            // one still needs would leave that one unable to catch up, ever. Retention
+            // waits for it (docs/internals/cluster.md, "Not yet").
+            if !self.retention_warned {
+                self.retention_warned = true;
+                tracing::warn!(dir = %self.dir.display(), "retention is not applied to replicated partitions yet: the log keeps growing");
+            }
+            return;
+        }
         match self.replica_mut().enforce_retention(wall_ms()).await {
             Ok(0) => {}
             Ok(n) => {

@@ -198,6 +198,9 @@ pub struct Shard {
     pub(crate) coordinating: RefCell<HashMap<i32, crate::cluster::groups::Coordinating>>,
     /// Shard 0: peers' hellos that arrived before the controller started.
     pub(crate) early_hellos: RefCell<Vec<Hello>>,
+    /// Numbers the offsets loads of `coordinating` (a finished load counts only if it is
+    /// still the current one).
+    pub(crate) next_load: Cell<u64>,
 }
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -253,6 +256,7 @@ impl Shard {
             internal: RefCell::new(None),
             coordinating: RefCell::new(HashMap::new()),
             early_hellos: RefCell::new(Vec::new()),
+            next_load: Cell::new(0),
         });
         // A cluster's topics come from the controller's log, not the local file.
         if shard.cluster.is_none() {
@@ -922,8 +926,18 @@ impl Shard {
                 continue;
             }
             if let Some(h) = self.handle(&meta.name, p) {
-                h.send(Cmd::Configure(settings.clone())).await;
-                continue;
+                let same_group = meta.groups.get(p as usize).is_none_or(|g| *g == h.group);
+                if same_group {
+                    h.send(Cmd::Configure(settings.clone())).await;
+                    continue;
+                }
+                // The topic was deleted and created again: another group under the same
+                // name. The old task goes; `claim_dir` empties its dir for the new one.
+                self.partitions.borrow_mut().remove(&(meta.name.clone(), p));
+                let (tx, rx) = oneshot::channel();
+                if h.send(Cmd::Close(tx)).await {
+                    let _ = rx.await;
+                }
             }
             let membership = match self.membership(&meta, p) {
                 Some(m) => m,

@@ -794,13 +794,19 @@ impl Raft {
                 h.last_offset() as u64 + 1,
                 h.partition_leader_epoch as Term,
             );
-            if base != matched {
+            if base != matched || end <= base {
                 break; // not contiguous: ignore the rest, the leader will resend
             }
             if base < self.end {
                 if self.epochs.term_at(base) == eterm {
                     matched = end; // already have it (log matching: identical)
                     continue;
+                }
+                if base < self.commit {
+                    // A legitimate leader never contradicts a committed entry (leader
+                    // completeness): these bytes come from a confused or hostile peer.
+                    // Refuse them rather than cut what is committed.
+                    break;
                 }
                 self.truncate_local(base);
             }
@@ -844,6 +850,9 @@ impl Raft {
         prev_end: Offset,
         echo_ms: u64,
     ) {
+        // A follower can only hold what we sent: a larger claim is not believed (it would
+        // commit entries nobody else has).
+        let end = end.min(self.end);
         let Some(p) = self.progress.get_mut(&from) else {
             return;
         };

@@ -50,12 +50,14 @@ pub type OnChange = Rc<dyn Fn(Rc<ClusterMetadata>, Option<NodeId>)>;
 #[derive(Clone)]
 pub struct ControllerHandle {
     tx: mpsc::Sender<CtlCmd>,
+    /// The one sender `offer` uses, so the queue's bound holds (see PartitionHandle).
+    offer_tx: Rc<std::cell::RefCell<mpsc::Sender<CtlCmd>>>,
 }
 
 impl ControllerHandle {
     /// Queues without waiting (replication messages and hellos: droppable).
     pub fn offer(&self, cmd: CtlCmd) {
-        let _ = self.tx.clone().try_send(cmd);
+        let _ = self.offer_tx.borrow_mut().try_send(cmd);
     }
 
     /// Proposes `cmd` and waits until it is applied on this broker.
@@ -163,7 +165,10 @@ pub async fn start(
     task.apply().await?;
     (task.on_change)(Rc::new(task.meta.clone()), None);
     glommio::spawn_local(task.run(rx)).detach();
-    Ok(ControllerHandle { tx })
+    Ok(ControllerHandle {
+        offer_tx: Rc::new(std::cell::RefCell::new(tx.clone())),
+        tx,
+    })
 }
 
 impl Task {

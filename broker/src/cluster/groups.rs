@@ -32,8 +32,8 @@ pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 /// Where this broker stands with one offsets partition it owns a replica of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Coordinating {
-    /// Leader; reading the partition's committed offsets.
-    Loading,
+    /// Leader; reading the partition's committed offsets (the load numbered `token`).
+    Loading { token: u64 },
     /// Leader in this epoch, offsets loaded: serving its groups.
     Ready { epoch: i32 },
 }
@@ -46,7 +46,7 @@ impl Shard {
         }
         match self.coordinating.borrow().get(&offsets_partition(group)) {
             Some(Coordinating::Ready { .. }) => Ok(()),
-            Some(Coordinating::Loading) => Err(COORDINATOR_LOAD_IN_PROGRESS),
+            Some(Coordinating::Loading { .. }) => Err(COORDINATOR_LOAD_IN_PROGRESS),
             None => Err(NOT_COORDINATOR),
         }
     }
@@ -94,25 +94,48 @@ impl Shard {
             let state = self.coordinating.borrow().get(&p).copied();
             match (leading, state) {
                 (true, Some(Coordinating::Ready { epoch: e })) if e == epoch => {}
-                (true, Some(Coordinating::Loading)) => {}
+                (true, Some(Coordinating::Loading { .. })) => {}
                 (true, _) => {
                     self.drop_groups_of(p);
+                    let token = self.next_load.get() + 1;
+                    self.next_load.set(token);
                     self.coordinating
                         .borrow_mut()
-                        .insert(p, Coordinating::Loading);
+                        .insert(p, Coordinating::Loading { token });
                     let shard = self.clone();
                     glommio::spawn_local(async move {
-                        match shard.read_offsets_partition(p).await {
-                            Ok(()) => {
+                        let r = shard.read_offsets_partition(p).await;
+                        // Only this load's outcome counts, and only while still leading in
+                        // that epoch: leadership may have moved while it read.
+                        let current = shard.coordinating.borrow().get(&p).copied();
+                        if current != Some(Coordinating::Loading { token }) {
+                            return;
+                        }
+                        let still = shard
+                            .handle(OFFSETS_TOPIC, p)
+                            .map(|h| h.status.get())
+                            .is_some_and(|s| s.online && s.is_leader)
+                            && shard
+                                .views
+                                .borrow()
+                                .get(&(OFFSETS_TOPIC.to_string(), p))
+                                .is_some_and(|v| v.epoch == epoch);
+                        match r {
+                            Ok(()) if still => {
                                 tracing::info!(partition = p, epoch, "coordinating the groups of this offsets partition");
                                 shard
                                     .coordinating
                                     .borrow_mut()
                                     .insert(p, Coordinating::Ready { epoch });
                             }
+                            Ok(()) => {
+                                shard.coordinating.borrow_mut().remove(&p);
+                                shard.drop_groups_of(p);
+                            }
                             Err(e) => {
                                 tracing::warn!(partition = p, error = %e, "loading committed offsets failed; retrying");
                                 shard.coordinating.borrow_mut().remove(&p);
+                                shard.drop_groups_of(p);
                             }
                         }
                     })

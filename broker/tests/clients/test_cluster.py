@@ -352,3 +352,19 @@ def test_leader_epochs_fence_stale_readers_and_tell_where_an_epoch_ended(cluster
     assert old_epoch < epoch
     cluster.brokers[old_leader].start()
     wait_whole(cluster, topic)
+
+
+def test_a_topic_deleted_and_created_again_starts_empty(cluster):
+    topic = new_topic(cluster, partitions=1)
+    acked, _ = produce_through(cluster, topic, 1)
+    assert acked
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    admin.delete_topics([topic])[topic].result(30)
+    cluster.wait_for(lambda: topic not in admin.list_topics(timeout=5).topics, 30, "deletion")
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=3)])[topic].result(30)
+    cluster.wait_for(lambda: fully_replicated(cluster, topic), 30, "the new topic")
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "enable.idempotence": True})
+    p.produce(topic, value=b"fresh")
+    assert p.flush(30) == 0
+    log = read_all(cluster, topic, 1)
+    assert [v for _, v in log[0]] == [b"fresh"], "the new topic holds the old one's records"
