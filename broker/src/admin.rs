@@ -15,6 +15,56 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, Str
 
 use crate::errors;
 
+/// One request as it goes on the wire: size prefix, header, body.
+pub fn frame_request<R: Request>(
+    req: &R,
+    version: i16,
+    correlation: i32,
+    client_id: &str,
+) -> Result<BytesMut, String> {
+    let header = RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(s(client_id)));
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    header
+        .encode(&mut buf, R::header_version(version))
+        .map_err(|e| e.to_string())?;
+    req.encode(&mut buf, version).map_err(|e| e.to_string())?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf)
+}
+
+/// CreateTopics for one topic, as the CLI and a broker forwarding to the controller send it.
+pub fn create_topic_request<'a>(
+    name: &str,
+    partitions: i32,
+    replication_factor: i16,
+    configs: impl IntoIterator<Item = (&'a String, &'a String)>,
+    timeout_ms: i32,
+) -> CreateTopicsRequest {
+    let topic = CreatableTopic::default()
+        .with_name(TopicName(s(name)))
+        .with_num_partitions(partitions)
+        .with_replication_factor(replication_factor)
+        .with_configs(
+            configs
+                .into_iter()
+                .map(|(k, v)| {
+                    CreatableTopicConfig::default()
+                        .with_name(s(k))
+                        .with_value(Some(s(v)))
+                })
+                .collect(),
+        );
+    CreateTopicsRequest::default()
+        .with_topics(vec![topic])
+        .with_timeout_ms(timeout_ms)
+}
+
 /// The Kafka address Metadata gives for broker `id`.
 pub fn node_addr(md: &MetadataResponse, id: i32) -> Option<String> {
     md.brokers
@@ -89,19 +139,7 @@ impl Client {
 
     pub fn call<R: Request>(&mut self, req: &R, version: i16) -> Result<R::Response, String> {
         self.correlation += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(s("corelog-cli")));
-        let mut buf = BytesMut::new();
-        buf.put_i32(0);
-        header
-            .encode(&mut buf, R::header_version(version))
-            .map_err(|e| e.to_string())?;
-        req.encode(&mut buf, version).map_err(|e| e.to_string())?;
-        let len = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
+        let buf = frame_request(req, version, self.correlation, "corelog-cli")?;
         self.stream
             .write_all(&buf)
             .map_err(|e| format!("send: {e}"))?;
@@ -126,23 +164,8 @@ impl Client {
         replication_factor: i16,
         configs: &[(String, String)],
     ) -> Result<(), String> {
-        let topic = CreatableTopic::default()
-            .with_name(TopicName(s(name)))
-            .with_num_partitions(partitions)
-            .with_replication_factor(replication_factor)
-            .with_configs(
-                configs
-                    .iter()
-                    .map(|(k, v)| {
-                        CreatableTopicConfig::default()
-                            .with_name(s(k))
-                            .with_value(Some(s(v)))
-                    })
-                    .collect(),
-            );
-        let req = CreateTopicsRequest::default()
-            .with_topics(vec![topic])
-            .with_timeout_ms(30_000);
+        let pairs = configs.iter().map(|(k, v)| (k, v));
+        let req = create_topic_request(name, partitions, replication_factor, pairs, 30_000);
         let resp = self.call(&req, 5)?;
         first_error(
             resp.topics

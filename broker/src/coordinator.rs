@@ -752,7 +752,7 @@ impl Shard {
                 tracing::error!(group, error = out.error, message = ?out.message, "offset commit not stored");
                 // The offsets partition moved: so did the group's coordinator.
                 if out.error == code::NOT_LEADER_OR_FOLLOWER {
-                    return crate::cluster::groups::NOT_COORDINATOR;
+                    return code::NOT_COORDINATOR;
                 }
                 return out.error;
             }
@@ -943,10 +943,6 @@ impl Shard {
             self.open_internal_partition(OFFSETS_TOPIC, p).await?;
             self.read_offsets_partition(p).await?;
         }
-        // Groups whose every offset was deleted are gone.
-        self.groups
-            .borrow_mut()
-            .retain(|_, g| !g.offsets.is_empty());
         Ok(())
     }
 

@@ -205,6 +205,32 @@ pub struct Shard {
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
 
+/// What CreateTopics checks of a new topic on a single node and a cluster alike: Kafka's
+/// name rules, the reserved offsets topic, the partition count, every config.
+pub(crate) fn check_new_topic(
+    name: &str,
+    partitions: i32,
+    configs: &BTreeMap<String, String>,
+) -> Result<(), (i16, String)> {
+    validate_topic_name(name).map_err(|e| (code::INVALID_TOPIC_EXCEPTION, e))?;
+    if name == crate::group::OFFSETS_TOPIC {
+        return Err((
+            code::INVALID_TOPIC_EXCEPTION,
+            format!("'{name}' is reserved for committed offsets"),
+        ));
+    }
+    if !(1..=100_000).contains(&partitions) {
+        return Err((
+            code::INVALID_PARTITIONS,
+            format!("number of partitions must be between 1 and 100000, not {partitions}"),
+        ));
+    }
+    for (k, v) in configs {
+        validate_topic_config(k, v).map_err(|e| (code::INVALID_CONFIG, e))?;
+    }
+    Ok(())
+}
+
 impl Shard {
     /// Loads the metadata and opens the partitions this shard owns.
     pub async fn start(
@@ -643,22 +669,8 @@ impl Shard {
                 configs,
                 validate_only,
             } => {
-                if let Err(e) = validate_topic_name(&name) {
-                    return AdminResult::Err(code::INVALID_TOPIC_EXCEPTION, e);
-                }
-                if name == crate::group::OFFSETS_TOPIC {
-                    return AdminResult::Err(
-                        code::INVALID_TOPIC_EXCEPTION,
-                        format!("'{name}' is reserved for committed offsets"),
-                    );
-                }
-                if !(1..=100_000).contains(&partitions) {
-                    return AdminResult::Err(
-                        code::INVALID_PARTITIONS,
-                        format!(
-                            "number of partitions must be between 1 and 100000, not {partitions}"
-                        ),
-                    );
+                if let Err((c, e)) = check_new_topic(&name, partitions, &configs) {
+                    return AdminResult::Err(c, e);
                 }
                 if replication_factor != 1 && replication_factor != -1 {
                     return AdminResult::Err(
@@ -667,11 +679,6 @@ impl Shard {
                             "replication factor {replication_factor} is larger than the 1 available broker"
                         ),
                     );
-                }
-                for (k, v) in &configs {
-                    if let Err(e) = validate_topic_config(k, v) {
-                        return AdminResult::Err(code::INVALID_CONFIG, e);
-                    }
                 }
                 let meta = TopicMeta {
                     name: name.clone(),

@@ -90,7 +90,6 @@ struct Pending {
 }
 
 struct Task {
-    me: NodeId,
     node: Node,
     replicas: BTreeMap<GroupId, Replica<GlommioDisk>>,
     io: RpcIo,
@@ -147,7 +146,6 @@ pub async fn start(
     node.add_group(CONTROLLER_GROUP, raft);
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut task = Task {
-        me,
         node,
         replicas: BTreeMap::from([(CONTROLLER_GROUP, replica)]),
         io: RpcIo { peers: Some(peers) },
@@ -439,7 +437,6 @@ impl Task {
             .min()
             .unwrap_or(applied + 1);
         self.results = self.results.split_off(&oldest.min(applied + 1));
-        let _ = self.me;
     }
 }
 

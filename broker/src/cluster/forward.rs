@@ -5,21 +5,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::{Decodable, HeaderVersion};
 
 use crate::errors as code;
 
 const VERSION: i16 = 5;
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-fn s(v: &str) -> StrBytes {
-    StrBytes::from_string(v.to_string())
-}
 
 /// Asks the controller at `addr` to create a topic; Ok once it answered success (or that
 /// the topic exists).
@@ -36,37 +31,15 @@ pub async fn create_topic(
             format!("forwarding to the controller at {addr}: {e}"),
         )
     };
-    let topic = CreatableTopic::default()
-        .with_name(TopicName(s(name)))
-        .with_num_partitions(partitions)
-        .with_replication_factor(replication_factor)
-        .with_configs(
-            configs
-                .iter()
-                .map(|(k, v)| {
-                    CreatableTopicConfig::default()
-                        .with_name(s(k))
-                        .with_value(Some(s(v)))
-                })
-                .collect(),
-        );
-    let req = CreateTopicsRequest::default()
-        .with_topics(vec![topic])
-        .with_timeout_ms(TIMEOUT.as_millis() as i32);
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::CreateTopics as i16)
-        .with_request_api_version(VERSION)
-        .with_correlation_id(1)
-        .with_client_id(Some(s("corelog-forward")));
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    header
-        .encode(&mut buf, CreateTopicsRequest::header_version(VERSION))
-        .map_err(|e| (code::UNKNOWN_SERVER_ERROR, e.to_string()))?;
-    req.encode(&mut buf, VERSION)
-        .map_err(|e| (code::UNKNOWN_SERVER_ERROR, e.to_string()))?;
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
+    let req = crate::admin::create_topic_request(
+        name,
+        partitions,
+        replication_factor,
+        configs,
+        TIMEOUT.as_millis() as i32,
+    );
+    let buf = crate::admin::frame_request(&req, VERSION, 1, "corelog-forward")
+        .map_err(|e| (code::UNKNOWN_SERVER_ERROR, e))?;
     let exchange = async {
         use std::net::ToSocketAddrs;
         let a = addr

@@ -26,8 +26,7 @@ use crate::group::{OFFSETS_PARTITIONS, OFFSETS_TOPIC, offsets_partition};
 use crate::shard::Shard;
 use crate::topics::owner_shard;
 
-pub const NOT_COORDINATOR: i16 = 16;
-pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+use code::{COORDINATOR_LOAD_IN_PROGRESS, NOT_COORDINATOR};
 
 /// Where this broker stands with one offsets partition it owns a replica of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

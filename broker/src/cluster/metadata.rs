@@ -18,7 +18,7 @@ use crate::errors as code;
 use crate::partition::{Cmd, Membership, View};
 use crate::shard::{AdminOp, AdminResult, Shard, ShardMsg};
 use crate::topic_configs::validate as validate_topic_config;
-use crate::topics::{TopicMeta, owner_shard, random_topic_id, validate_topic_name};
+use crate::topics::{TopicMeta, owner_shard, random_topic_id};
 
 /// A topic of the applied metadata as the shards hold it.
 pub fn topic_meta(name: &str, t: &TopicInfo) -> TopicMeta {
@@ -195,22 +195,8 @@ impl Shard {
                 configs,
                 validate_only,
             } => {
-                if let Err(e) = validate_topic_name(&name) {
-                    return AdminResult::Err(code::INVALID_TOPIC_EXCEPTION, e);
-                }
-                if name == crate::group::OFFSETS_TOPIC {
-                    return AdminResult::Err(
-                        code::INVALID_TOPIC_EXCEPTION,
-                        format!("'{name}' is reserved for committed offsets"),
-                    );
-                }
-                if !(1..=100_000).contains(&partitions) {
-                    return AdminResult::Err(
-                        code::INVALID_PARTITIONS,
-                        format!(
-                            "number of partitions must be between 1 and 100000, not {partitions}"
-                        ),
-                    );
+                if let Err((c, e)) = crate::shard::check_new_topic(&name, partitions, &configs) {
+                    return AdminResult::Err(c, e);
                 }
                 let rf = if replication_factor == -1 {
                     self.cfg.default_replication_factor
@@ -225,11 +211,6 @@ impl Shard {
                             brokers.len()
                         ),
                     );
-                }
-                for (k, v) in &configs {
-                    if let Err(e) = validate_topic_config(k, v) {
-                        return AdminResult::Err(code::INVALID_CONFIG, e);
-                    }
                 }
                 if self.topic(&name).is_some() {
                     return AdminResult::Err(
