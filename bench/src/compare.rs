@@ -199,7 +199,8 @@ pub fn run(args: Args) -> Result<(), String> {
                 system,
                 &server.addr,
                 &args.common.dir,
-                Some(server.pid()),
+                &server.pids(),
+                1,
             )?;
             drop(server);
             r.round = round;

@@ -10,6 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
@@ -62,6 +63,18 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects to the first of a comma-separated list of brokers that answers.
+    pub fn bootstrap(servers: &str) -> Result<Self, String> {
+        let mut last = format!("no broker in {servers:?}");
+        for addr in servers.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            match Self::connect(addr) {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     pub fn connect(addr: &str) -> Result<Self, String> {
         let stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -87,6 +100,7 @@ impl Client {
         &mut self,
         name: &str,
         partitions: i32,
+        replication_factor: i16,
         configs: &std::collections::BTreeMap<String, String>,
     ) -> Result<(), String> {
         let req = CreateTopicsRequest::default()
@@ -94,7 +108,7 @@ impl Client {
                 CreatableTopic::default()
                     .with_name(TopicName(s(name)))
                     .with_num_partitions(partitions)
-                    .with_replication_factor(1)
+                    .with_replication_factor(replication_factor)
                     .with_configs(
                         configs
                             .iter()
@@ -114,16 +128,66 @@ impl Client {
         }
     }
 
-    /// The end offset (high watermark) of each partition.
-    pub fn end_offsets(&mut self, topic: &str, partitions: i32) -> Result<Vec<i64>, String> {
+    /// The Kafka address of each partition's leader, once every partition has one (a new
+    /// topic on a cluster elects its leaders in a moment); an error after `patience`.
+    pub fn leaders(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+        patience: Duration,
+    ) -> Result<Vec<String>, String> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            let req = MetadataRequest::default().with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(TopicName(s(topic)))),
+            ]));
+            let resp = self.call(&req, 5)?;
+            let brokers: std::collections::HashMap<i32, String> = resp
+                .brokers
+                .iter()
+                .map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port)))
+                .collect();
+            let mut out = vec![None; partitions as usize];
+            for t in &resp.topics {
+                for p in &t.partitions {
+                    if p.error_code == 0 && (p.partition_index as usize) < out.len() {
+                        out[p.partition_index as usize] = brokers.get(&p.leader_id.0).cloned();
+                    }
+                }
+            }
+            if out.iter().all(Option::is_some) {
+                return Ok(out.into_iter().flatten().collect());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{topic}: partitions without a leader after {patience:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Brokers the cluster's Metadata names.
+    pub fn broker_count(&mut self) -> Result<usize, String> {
+        let resp = self.call(&MetadataRequest::default().with_topics(Some(vec![])), 5)?;
+        Ok(resp.brokers.len())
+    }
+
+    /// (partition, end offset) of the given partitions (all led by this broker).
+    pub fn end_offsets_of(
+        &mut self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<Vec<(i32, i64)>, String> {
         let req = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_topics(vec![
                 ListOffsetsTopic::default()
                     .with_name(TopicName(s(topic)))
                     .with_partitions(
-                        (0..partitions)
-                            .map(|p| {
+                        partitions
+                            .iter()
+                            .map(|&p| {
                                 ListOffsetsPartition::default()
                                     .with_partition_index(p)
                                     .with_timestamp(-1)
@@ -132,14 +196,17 @@ impl Client {
                     ),
             ]);
         let resp = self.call(&req, 5)?;
-        let mut out = vec![0; partitions as usize];
+        let mut out = Vec::new();
         for t in resp.topics {
             for p in t.partitions {
                 if p.error_code != 0 {
                     return Err(format!("ListOffsets error {}", p.error_code));
                 }
-                out[p.partition_index as usize] = p.offset;
+                out.push((p.partition_index, p.offset));
             }
+        }
+        if out.len() != partitions.len() {
+            return Err("ListOffsets answered other partitions than asked".into());
         }
         Ok(out)
     }

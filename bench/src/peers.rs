@@ -72,22 +72,25 @@ impl System {
         }
     }
 
+    /// A driver for `addr` (bootstrap servers); topics get `replication_factor` replicas.
     pub fn driver(
         self,
         addr: &str,
         acks: i16,
         w: &crate::run::Workload,
+        replication_factor: i16,
     ) -> Result<Box<dyn Driver>, String> {
         self.check_acks(acks)?;
         let kafka_only =
             crate::driver::codec_id(&w.producer_codec)? != 0 || !w.topic_configs.is_empty();
         match self {
-            Self::Corelog | Self::Tansu | Self::Kafka => Ok(Box::new(Kafka {
-                addr: addr.to_string(),
+            Self::Corelog | Self::Tansu | Self::Kafka => Ok(Box::new(Kafka::new(
+                addr,
                 acks,
-                codec: crate::driver::codec_id(&w.producer_codec)?,
-                topic_configs: w.topic_configs.clone(),
-            })),
+                crate::driver::codec_id(&w.producer_codec)?,
+                w.topic_configs.clone(),
+                replication_factor,
+            ))),
             Self::Nats | Self::Redis if kafka_only => Err(format!(
                 "{}: producer codecs and topic configs are for Kafka-protocol systems",
                 self.name()
@@ -246,10 +249,88 @@ impl System {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(Server {
-            child,
+            children: vec![child],
             _dir: data,
             addr,
         })
+    }
+
+    /// Starts a fresh corelog cluster of `brokers` brokers on loopback (one shard each,
+    /// each on its own CPU round the machine's, like `corelog dev`), and waits until its
+    /// controller has registered them all.
+    pub fn start_cluster(self, dir: &Path, brokers: usize) -> Result<Server, String> {
+        if self != Self::Corelog {
+            return Err(format!(
+                "--brokers: only corelog clusters are started by the bench, not {}",
+                self.name()
+            ));
+        }
+        if !(2..=9).contains(&brokers) {
+            return Err("--brokers: a cluster of 2 to 9".into());
+        }
+        let bin = self.binary()?;
+        let data = tempfile::Builder::new()
+            .prefix("corelog-cluster-bench-")
+            .tempdir_in(dir)
+            .map_err(|e| format!("temp dir in {}: {e}", dir.display()))?;
+        let root = std::path::absolute(data.path()).map_err(|e| e.to_string())?;
+        let mut kafka = Vec::new();
+        let mut voters = Vec::new();
+        for i in 1..=brokers {
+            kafka.push(format!("127.0.0.1:{}", free_port()?));
+            voters.push(format!("{i}@127.0.0.1:{}", free_port()?));
+        }
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut children = Vec::new();
+        for i in 0..brokers {
+            let log = std::fs::File::create(root.join(format!("broker-{}.log", i + 1)))
+                .map_err(|e| e.to_string())?;
+            let rpc = voters[i].split_once('@').expect("id@addr").1;
+            let child = Command::new(&bin)
+                .args([
+                    "serve",
+                    "--node-id",
+                    &(i + 1).to_string(),
+                    "--listen",
+                    &kafka[i],
+                ])
+                .args(["--rpc-listen", rpc, "--voters", &voters.join(",")])
+                .arg("--data-dir")
+                .arg(root.join(format!("broker-{}", i + 1)))
+                .args(["--shards", "1", "--cpuset", &(i % ncpu).to_string()])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().map_err(|e| e.to_string())?)
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("start broker {}: {e}", i + 1))?;
+            children.push(child);
+        }
+        let server = Server {
+            children,
+            _dir: data,
+            addr: kafka.join(","),
+        };
+        // Ready when a broker's Metadata names every broker: the controller is elected and
+        // has registered them all, so topics can be placed on all of them.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let seen = crate::kafka::Client::bootstrap(&server.addr)
+                .and_then(|mut c| c.broker_count())
+                .unwrap_or(0);
+            if seen >= brokers {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(root.join("broker-1.log")).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                return Err(format!(
+                    "the cluster did not form in 60 s ({seen} of {brokers} brokers registered); broker 1's log:\n{}",
+                    lines[lines.len().saturating_sub(15)..].join("\n")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Listening is not always serving: JetStream comes up after the port.
@@ -310,32 +391,40 @@ fn find(name: &str, env_var: &str, install: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{name} not found on PATH (or set {env_var}); install: {install}"))
 }
 
+/// A server the bench started: one process, or each broker of a cluster.
 pub struct Server {
-    child: Child,
+    children: Vec<Child>,
     _dir: tempfile::TempDir,
+    /// Its address; a cluster's bootstrap servers, comma-separated.
     pub addr: String,
 }
 
 impl Server {
-    /// The server's process id, for its CPU time in /proc.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// The server's process ids, for their CPU time in /proc.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        for child in &self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for child in &mut self.children {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !matches!(child.try_wait(), Ok(Some(_))) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
 }

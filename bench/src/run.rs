@@ -175,6 +175,11 @@ pub struct Args {
     /// or redis (Streams). Default: corelog with --spawn, kafka with --broker.
     #[arg(long)]
     pub system: Option<String>,
+    /// With --spawn: a corelog cluster of this many brokers on this machine (topics with
+    /// min(3, brokers) replicas). With --broker (bootstrap servers, comma-separated): the
+    /// replication factor of the bench's topic is min(3, this).
+    #[arg(long, default_value_t = 1)]
+    pub brokers: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -306,18 +311,19 @@ pub fn run(args: Args) -> Result<(), String> {
         (None, true) => System::Corelog,
         (None, false) => System::Kafka,
     };
-    let server = if args.spawn {
-        Some(system.start(&args.common.dir)?)
-    } else {
-        None
+    let server = match (args.spawn, args.brokers) {
+        (true, 1) => Some(system.start(&args.common.dir)?),
+        (true, n) => Some(system.start_cluster(&args.common.dir, n)?),
+        (false, _) => None,
     };
     let addr = match (&server, &args.broker) {
         (Some(s), _) => s.addr.clone(),
         (None, Some(b)) => b.clone(),
         (None, None) => "127.0.0.1:9092".to_string(),
     };
-    let pid = server.as_ref().map(|s| s.pid());
-    let result = run_workload(&w, system, &addr, &args.common.dir, pid)?;
+    let pids = server.as_ref().map(|s| s.pids()).unwrap_or_default();
+    let replicas = args.brokers.clamp(1, 3) as i16;
+    let result = run_workload(&w, system, &addr, &args.common.dir, &pids, replicas)?;
     drop(server);
     print_result(&result);
     args.common.write_json(&result)?;
@@ -399,10 +405,11 @@ pub fn run_workload(
     system: System,
     addr: &str,
     dir: &Path,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
+    replication_factor: i16,
 ) -> Result<RunResult, String> {
     let acks = w.acks()?;
-    let driver: Arc<dyn Driver> = Arc::from(system.driver(addr, acks, w)?);
+    let driver: Arc<dyn Driver> = Arc::from(system.driver(addr, acks, w, replication_factor)?);
     let topic = format!("bench-{}-{:08x}", w.name, fastrand::u32(..));
     driver.create_topic(&topic, w.partitions)?;
     let shared = Arc::new(Shared {
@@ -416,8 +423,15 @@ pub fn run_workload(
         e2e: Mutex::new(histogram()),
     });
     let cpu0 = cpu_seconds();
-    let server_stat = server_pid.map(|p| format!("/proc/{p}/stat"));
-    let server_cpu0 = server_stat.as_deref().map(cpu_seconds_of);
+    // Every broker's CPU: a cluster's cost is all of its processes'.
+    let server_stats: Vec<String> = server_pids
+        .iter()
+        .map(|p| format!("/proc/{p}/stat"))
+        .collect();
+    let server_cpu = || -> Option<f64> {
+        (!server_stats.is_empty()).then(|| server_stats.iter().map(|s| cpu_seconds_of(s)).sum())
+    };
+    let server_cpu0 = server_cpu();
     let mut catchup = None;
     let mut backlog_s = None;
     let warmup_ns = w.warmup_s * 1_000_000_000;
@@ -547,10 +561,7 @@ pub fn run_workload(
     }
     let _ = progress.join();
     let cpu = cpu_seconds() - cpu0;
-    let server_cpu_s = server_stat
-        .as_deref()
-        .zip(server_cpu0)
-        .map(|(stat, c0)| cpu_seconds_of(stat) - c0);
+    let server_cpu_s = server_cpu().zip(server_cpu0).map(|(c, c0)| c - c0);
     let acked_bytes = shared.acked.load(Ordering::Relaxed) as f64 * w.message_bytes as f64;
     let wall = shared.start.elapsed().as_secs_f64();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
@@ -567,7 +578,13 @@ pub fn run_workload(
     let series = series.lock().expect("not poisoned").clone();
     Ok(RunResult {
         system: system.name().to_string(),
-        durability: system.durability(&w.acks),
+        durability: match server_pids.len() {
+            n if n > 1 => format!(
+                "{}; a cluster of {n} brokers, every partition on {replication_factor} (acks=all: a majority durable)",
+                system.durability(&w.acks)
+            ),
+            _ => system.durability(&w.acks),
+        },
         round: 0,
         workload: w.clone(),
         machine: crate::storage::machine_description(dir),

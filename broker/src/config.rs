@@ -16,6 +16,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Executors (one per core, pinned); defaults to the number of cores.
     pub shards: Option<usize>,
+    /// CPUs the shards are pinned to, as `0,2-3` (Redpanda's `--cpuset`); defaults to
+    /// the CPUs this process may run on, so `taskset -c 1 corelog serve` works too.
+    pub cpuset: Option<String>,
     pub node_id: i32,
     /// Address the broker-to-broker (replication) listener binds; required with `voters`.
     pub rpc_listen: Option<String>,
@@ -96,6 +99,7 @@ impl Default for Config {
             advertised_listener: None,
             data_dir: PathBuf::from("./corelog-data"),
             shards: None,
+            cpuset: None,
             node_id: 1,
             rpc_listen: None,
             voters: Vec::new(),
@@ -155,6 +159,29 @@ impl Config {
         self.shards
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1)
+    }
+
+    /// The CPUs the shards may be pinned to: `cpuset` if given, else the process's
+    /// affinity mask. Checked against the shard count, which glommio needs one CPU each.
+    pub fn cpu_list(&self) -> Result<Vec<usize>, String> {
+        let cpus = match &self.cpuset {
+            Some(spec) => parse_cpuset(spec)?,
+            None => {
+                let mask = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+                    .map_err(|e| format!("cannot read this process's CPU affinity: {e}"))?;
+                (0..nix::sched::CpuSet::count())
+                    .filter(|&c| mask.is_set(c).unwrap_or(false))
+                    .collect()
+            }
+        };
+        let shards = self.shard_count();
+        if cpus.len() < shards {
+            return Err(format!(
+                "{shards} shards need as many CPUs, but the cpuset has {} ({cpus:?})",
+                cpus.len()
+            ));
+        }
+        Ok(cpus)
     }
 
     /// (host, port) announced to clients.
@@ -317,6 +344,29 @@ pub fn topic_settings(
     }
 }
 
+/// `0,2-3` → [0, 2, 3].
+pub fn parse_cpuset(spec: &str) -> Result<Vec<usize>, String> {
+    let bad = || format!("cpuset {spec:?} is not a list like 0,2-3");
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        );
+        if a > b || b >= 4096 {
+            return Err(bad());
+        }
+        out.extend(a..=b);
+    }
+    out.sort_unstable();
+    out.dedup();
+    if out.is_empty() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -374,5 +424,15 @@ mod tests {
         let s = topic_settings(&c, &o);
         assert_eq!(s.log.retention_ms, Some(1000));
         assert_eq!(s.log.retention_bytes, None);
+    }
+
+    #[test]
+    fn cpusets_parse_and_refuse_nonsense() {
+        assert_eq!(parse_cpuset("0,2-3").unwrap(), vec![0, 2, 3]);
+        assert_eq!(parse_cpuset("1").unwrap(), vec![1]);
+        assert_eq!(parse_cpuset("3-3,1,1").unwrap(), vec![1, 3]);
+        for bad in ["", "a", "3-1", "1-", "99999"] {
+            assert!(parse_cpuset(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -36,6 +36,10 @@ enum Cmd {
         /// Shards (pinned executors); defaults to the number of cores.
         #[arg(long)]
         shards: Option<usize>,
+        /// CPUs to pin the shards to, e.g. 0,2-3; defaults to the CPUs this process may
+        /// run on (its affinity: `taskset` works).
+        #[arg(long)]
+        cpuset: Option<String>,
         #[arg(long)]
         node_id: Option<i32>,
         /// HOST:PORT of the broker-to-broker (replication) listener.
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
             data_dir,
             advertised_listener,
             shards,
+            cpuset,
             node_id,
             rpc_listen,
             voters,
@@ -157,6 +162,9 @@ fn main() -> ExitCode {
             }
             if let Some(v) = shards {
                 cfg.shards = Some(v);
+            }
+            if let Some(v) = cpuset {
+                cfg.cpuset = Some(v);
             }
             if let Some(v) = node_id {
                 cfg.node_id = v;
@@ -263,7 +271,7 @@ fn topic(bootstrap: &str, cmd: TopicCmd) -> Result<(), String> {
             );
             let offsets = c.offsets(&name, partitions)?;
             out!(
-                "{:<10} {:<8} {:<10} {:<10} {:>14} {:>14}",
+                "{:<10} {:<8} {:<10} {:<10} {:>14} {:>14}  OFFLINE",
                 "PARTITION",
                 "LEADER",
                 "REPLICAS",
@@ -285,13 +293,14 @@ fn topic(bootstrap: &str, cmd: TopicCmd) -> Result<(), String> {
                     .copied()
                     .unwrap_or((-1, -1));
                 out!(
-                    "{:<10} {:<8} {:<10} {:<10} {:>14} {:>14}",
+                    "{:<10} {:<8} {:<10} {:<10} {:>14} {:>14}  {}",
                     p.partition_index,
                     p.leader_id.0,
                     join(&p.replica_nodes),
                     join(&p.isr_nodes),
                     start,
-                    end
+                    end,
+                    join(&p.offline_replicas)
                 );
             }
         }
@@ -416,6 +425,16 @@ fn dev(brokers: u32, port: u16, data_dir: &std::path::Path, shards: usize) -> Re
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| e.to_string())?;
     }
+    // Each broker its own CPUs, round the machine's: pinned to the same ones, they would
+    // all crowd the first while the rest idle.
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpuset = |i: u32| {
+        let first = (i as usize - 1) * shards;
+        (first..first + shards)
+            .map(|c| (c % ncpu).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let mut children = Vec::new();
     for i in 1..=brokers {
         let dir = data_dir.join(format!("broker-{i}"));
@@ -427,7 +446,7 @@ fn dev(brokers: u32, port: u16, data_dir: &std::path::Path, shards: usize) -> Re
             .args(["--rpc-listen", &rpc(i), "--voters", &voters.join(",")])
             .arg("--data-dir")
             .arg(&dir)
-            .args(["--shards", &shards.to_string()])
+            .args(["--shards", &shards.to_string(), "--cpuset", &cpuset(i)])
             .args(["--default-replication-factor", &brokers.min(3).to_string()])
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);

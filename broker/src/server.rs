@@ -89,7 +89,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let drained = Arc::new(AtomicUsize::new(0));
     let per_ip = crate::limits::PerIp::new(cfg.max_connections_per_ip);
     let cfg = Arc::new(cfg);
-    let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
+    // Only the allowed CPUs: several brokers on one machine (`corelog dev`, a benchmark's
+    // cluster) each get their own instead of all pinning to the first.
+    let allowed = cfg.cpu_list()?;
+    let cpus = glommio::CpuSet::online()
+        .map_err(|e| format!("cannot read the CPU topology: {e}"))?
+        .filter(|l| allowed.contains(&l.cpu));
+    let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, Some(cpus)))
         .name("corelog-shard")
         // Shorter than glommio's 100 ms default: a task that runs long yields sooner, and
         // the executor re-checks its rings for completions that often.
@@ -183,6 +189,7 @@ async fn shard_main(
         transport::listen(&rpc, Rc::new(c.voter_ids()), c.me, shard.clone()).await?;
         glommio::spawn_local(shard.clone().relay_views()).detach();
         if shard.id == 0 {
+            glommio::spawn_local(shard.clone().announce_claims()).detach();
             let (host, port) = cfg.advertised();
             let weak = Rc::downgrade(&shard);
             let handle = controller::start(
