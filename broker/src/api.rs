@@ -278,6 +278,9 @@ async fn metadata(shard: &Rc<Shard>, c: i32, version: i16, req: MetadataRequest)
                                 .with_leader_epoch(at.leader_epoch)
                                 .with_replica_nodes(at.replicas.into_iter().map(BrokerId).collect())
                                 .with_isr_nodes(at.isr.into_iter().map(BrokerId).collect())
+                                .with_offline_replicas(
+                                    at.offline.into_iter().map(BrokerId).collect(),
+                                )
                         })
                         .collect(),
                 ),

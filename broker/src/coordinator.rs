@@ -659,11 +659,6 @@ impl Shard {
     /// segment before the snapshot is dropped. Only when no commit is between its write
     /// and its application, so the snapshot holds everything the dropped records said.
     async fn maybe_compact(&self, p: i32) {
-        // On a cluster the offsets partitions are replicated, and dropping their segments
-        // waits for log-start replication (docs/internals/cluster.md).
-        if self.cluster.is_some() {
-            return;
-        }
         let Some(h) = self.handle(OFFSETS_TOPIC, p) else {
             return;
         };

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corelog_replication::driver::{self, DriveError, Replica};
+use corelog_replication::driver::{self, DriveError, Replica, StartMove};
 use corelog_replication::producers::SeqCheck;
 use corelog_replication::{
     Envelope, EpochCache, GroupId, HardState, Message, Node, NodeId, Raft, RaftConfig, Role,
@@ -336,7 +336,6 @@ pub async fn open(
         membership,
         pending: Vec::new(),
         view: View::default(),
-        retention_warned: false,
     };
     // The election of a group of one happened in `on_tick`: persist its term (and the
     // new leader's first batch) before serving anything. A full disk at start does not
@@ -491,7 +490,6 @@ struct PartitionTask {
     pending: Vec<Pending>,
     /// The view last published.
     view: View,
-    retention_warned: bool,
 }
 
 /// A produce waiting for its batch to commit.
@@ -571,6 +569,7 @@ impl PartitionTask {
                         Envelope {
                             from,
                             items: items.into_iter().map(|m| (group, m)).collect(),
+                            claims: None,
                         },
                     );
                 }
@@ -597,17 +596,13 @@ impl PartitionTask {
                 } => {
                     let _ = reply.send(self.delete_records(offset).await);
                 }
-                Cmd::DeleteBefore { reply, .. } if self.replicated() => {
-                    let _ = reply.send(Err(
-                        "segments of a replicated partition are not dropped yet (no log-start replication)"
-                            .into(),
-                    ));
-                }
                 Cmd::DeleteBefore { offset, reply } => {
+                    // Followers drop theirs as the leader's start reaches them.
+                    let before = self.log().segment_count();
                     let r = self
-                        .log_mut()
-                        .delete_before(offset)
+                        .move_start(StartMove::SegmentsBelow(offset))
                         .await
+                        .map(|_| before.saturating_sub(self.log().segment_count()))
                         .map_err(|e| e.to_string());
                     self.publish();
                     let _ = reply.send(r);
@@ -932,14 +927,6 @@ impl PartitionTask {
                 "this broker does not lead the partition".into(),
             ));
         }
-        if self.replicated() {
-            // The log start is not replicated yet: moved on the leader alone, it would
-            // come back with the next leader.
-            return Err((
-                code::POLICY_VIOLATION,
-                "DeleteRecords on a replicated partition is not supported yet".into(),
-            ));
-        }
         let hw = status.high_watermark;
         let offset = if offset == -1 { hw } else { offset };
         if offset < 0 || offset > hw {
@@ -948,8 +935,9 @@ impl PartitionTask {
                 format!("offset {offset} is outside [0, high watermark {hw}]"),
             ));
         }
-        // Producers whose every batch is gone are forgotten, as Kafka does.
-        match self.replica_mut().advance_start(offset as u64).await {
+        // Producers whose every batch is gone are forgotten, as Kafka does; followers
+        // move their start as the leader's reaches them in its Appends.
+        match self.move_start(StartMove::To(offset as u64)).await {
             Ok(start) => {
                 self.publish();
                 tracing::info!(dir = %self.dir.display(), start, "log start moved (DeleteRecords)");
@@ -1129,25 +1117,34 @@ impl PartitionTask {
         }
     }
 
+    /// Every replica applies retention to its own log (as Kafka's do), over what is
+    /// committed only; a follower that falls behind a leader's start starts again there.
     async fn retention(&mut self) {
-        if self.replicated() {
-            // The log start is not replicated yet: a replica that deleted what a lagging
-            // one still needs would leave that one unable to catch up, ever. Retention
-            // waits for it (docs/internals/cluster.md, "Not yet").
-            if !self.retention_warned {
-                self.retention_warned = true;
-                tracing::warn!(dir = %self.dir.display(), "retention is not applied to replicated partitions yet: the log keeps growing");
-            }
-            return;
-        }
-        match self.replica_mut().enforce_retention(wall_ms()).await {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::info!(dir = %self.dir.display(), segments = n, start = self.log().log_start_offset(), "retention deleted segments");
-                self.publish();
+        let before = self.log().segment_count();
+        match self
+            .move_start(StartMove::Retention { now_ms: wall_ms() })
+            .await
+        {
+            Ok(start) => {
+                let n = before.saturating_sub(self.log().segment_count());
+                if n > 0 {
+                    tracing::info!(dir = %self.dir.display(), segments = n, start, "retention deleted segments");
+                    self.publish();
+                }
             }
             Err(e) => tracing::warn!(dir = %self.dir.display(), error = %e, "retention failed"),
         }
+    }
+
+    /// Moves this replica's log start by the driver's rule (within what is committed and
+    /// durable here); the storage error is returned as it came.
+    async fn move_start(&mut self, how: StartMove) -> Result<u64, StorageError> {
+        let group = self.membership.group;
+        driver::move_start(&mut self.node, &mut self.replicas, group, how)
+            .await
+            .map_err(|e| match e {
+                DriveError::Storage { source, .. } => source,
+            })
     }
 
     async fn close(mut self) {

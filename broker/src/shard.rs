@@ -58,6 +58,11 @@ pub enum ShardMsg {
         partition: i32,
         view: View,
     },
+    /// A peer's announcement of the groups it leads, relayed by the shard that read it.
+    Claims {
+        from: NodeId,
+        claims: Vec<corelog_replication::LeaderClaim>,
+    },
     /// From shard 0: the registered brokers and the controller leader.
     Cluster {
         brokers: BTreeMap<NodeId, (String, u16)>,
@@ -182,6 +187,10 @@ pub struct Shard {
     /// Views changed by this shard's partitions, to tell the other shards.
     pub(crate) view_outbox: Rc<RefCell<Vec<(String, i32, View)>>>,
     pub(crate) view_ready: Rc<event_listener::Event>,
+    /// Peers' announcements of the groups they lead, and when each was last heard.
+    pub(crate) claims: RefCell<crate::cluster::claims::Claims>,
+    /// Shard 0: a view changed, announce at once.
+    pub(crate) claims_due: Rc<event_listener::Event>,
     /// Registered brokers (id -> Kafka host, port) and the controller leader.
     pub brokers: RefCell<BTreeMap<NodeId, (String, u16)>>,
     pub controller_leader: Cell<Option<NodeId>>,
@@ -274,6 +283,8 @@ impl Shard {
             views: Rc::new(RefCell::new(HashMap::new())),
             view_outbox: Rc::new(RefCell::new(Vec::new())),
             view_ready: Rc::new(event_listener::Event::new()),
+            claims: RefCell::new(Default::default()),
+            claims_due: Rc::new(event_listener::Event::new()),
             brokers: RefCell::new(BTreeMap::new()),
             controller_leader: Cell::new(None),
             ctl: RefCell::new(None),
@@ -1030,6 +1041,12 @@ impl Shard {
                 view,
             } => {
                 self.views.borrow_mut().insert((topic, partition), view);
+                self.claims_due.notify(1);
+            }
+            ShardMsg::Claims { from, claims } => {
+                self.claims
+                    .borrow_mut()
+                    .update(from, claims, std::time::Instant::now());
             }
             ShardMsg::Cluster {
                 brokers,

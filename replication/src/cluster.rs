@@ -16,13 +16,23 @@ use crate::{NodeId, Offset, Term};
 #[derive(Default, Clone)]
 pub struct MemLog {
     pub batches: Vec<Bytes>,
+    /// The log start (batches wholly below it are gone).
+    pub start: Offset,
 }
 
 impl MemLog {
     pub fn end(&self) -> Offset {
-        self.batches.last().map_or(0, |b| {
+        self.batches.last().map_or(self.start, |b| {
             BatchHeader::parse(b).unwrap().last_offset() as u64 + 1
         })
+    }
+
+    /// Moves the start up (within the log) and drops the batches wholly below it.
+    pub fn advance_start(&mut self, offset: Offset) {
+        self.start = self.start.max(offset.min(self.end()));
+        let start = self.start;
+        self.batches
+            .retain(|b| BatchHeader::parse(b).unwrap().last_offset() as u64 >= start);
     }
 
     fn truncate(&mut self, offset: Offset) {
@@ -50,7 +60,7 @@ impl MemLog {
             epochs.record(h.partition_leader_epoch as Term, h.base_offset as u64);
         }
         LogState {
-            start: 0,
+            start: self.start,
             end: self.end(),
             epochs,
         }
@@ -224,6 +234,11 @@ impl Cluster {
                                 }
                             }
                             StorageOp::Truncate(o) => log.truncate(o),
+                            StorageOp::AdvanceStart(o) => log.advance_start(o),
+                            StorageOp::Restart(o) => {
+                                log.batches.clear();
+                                log.start = o;
+                            }
                             StorageOp::Read {
                                 peer,
                                 from,
@@ -325,16 +340,14 @@ impl Cluster {
         for (a, ca, la) in &live {
             for (b, cb, lb) in &live {
                 let upto = (*ca).min(*cb);
-                let pa: Vec<&Bytes> = la
-                    .batches
-                    .iter()
-                    .filter(|x| (BatchHeader::parse(x).unwrap().last_offset() as u64) < upto)
-                    .collect();
-                let pb: Vec<&Bytes> = lb
-                    .batches
-                    .iter()
-                    .filter(|x| (BatchHeader::parse(x).unwrap().last_offset() as u64) < upto)
-                    .collect();
+                // Both hold everything from the later start on.
+                let from = la.start.max(lb.start);
+                let held = |x: &&Bytes| {
+                    let h = BatchHeader::parse(x).unwrap();
+                    (h.last_offset() as u64) < upto && h.base_offset as u64 >= from
+                };
+                let pa: Vec<&Bytes> = la.batches.iter().filter(held).collect();
+                let pb: Vec<&Bytes> = lb.batches.iter().filter(held).collect();
                 assert_eq!(pa, pb, "nodes {a} and {b} diverge below commit {upto}");
             }
         }
@@ -420,6 +433,63 @@ mod tests {
         c.run_for(1500);
         assert_eq!(c.leader_of(1), Some(leader));
         assert_eq!(c.raft(leader, 1).in_sync(c.now, 1000), vec![1, 2, 3]);
+    }
+
+    /// Kafka's truncate-fully-and-start-at: a follower that was down while the leader's
+    /// log start passed its log end starts its log again at the leader's start, catches
+    /// up, and can lead afterwards with nothing committed lost.
+    #[test]
+    fn a_follower_behind_the_leaders_start_restarts_its_log_there() {
+        let mut c = Cluster::new(3, &[1], 6);
+        let leader = elect(&mut c, 1);
+        let lagger = (1..=3).find(|&i| i != leader).unwrap();
+        c.stop(lagger);
+        for i in 0..10u8 {
+            c.propose(1, &[b'v', b'a', b'l', b'0', b'0' + i]).unwrap();
+            c.step();
+        }
+        c.run_for(300);
+        // Retention on the leader: only what is committed and durable may go.
+        let bound = c.raft(leader, 1).start_bound();
+        assert!(bound > 5);
+        let start = bound - 3;
+        c.nodes
+            .get_mut(&leader)
+            .unwrap()
+            .logs
+            .get_mut(&1)
+            .unwrap()
+            .advance_start(start);
+        let moved = c.nodes[&leader].logs[&1].start;
+        c.raft_mut(leader, 1).on_start_moved(moved);
+        c.start(lagger);
+        c.run_for(1500);
+        let lag = &c.nodes[&lagger].logs[&1];
+        let first = BatchHeader::parse(&lag.batches[0]).unwrap().base_offset as u64;
+        assert!(
+            first <= moved && lag.start <= moved && lag.start >= first,
+            "restarted at {}",
+            lag.start
+        );
+        assert_eq!(c.raft(lagger, 1).end(), c.raft(leader, 1).end());
+        assert_eq!(c.raft(lagger, 1).commit(), c.raft(leader, 1).commit());
+        c.check_committed_prefixes_agree(1);
+        // The third replica followed the leader's start too, within its commit.
+        let third = (1..=3).find(|&i| i != leader && i != lagger).unwrap();
+        assert_eq!(c.nodes[&third].logs[&1].start, moved);
+        // The restarted replica can lead: its votes know the term before its start.
+        c.isolate(leader);
+        c.run_for(2000);
+        let new = c
+            .leader_of(1)
+            .filter(|&l| l != leader)
+            .expect("a new leader");
+        c.propose(1, b"after").unwrap();
+        c.run_for(500);
+        c.heal();
+        c.run_for(1500);
+        c.check_committed_prefixes_agree(1);
+        assert!(c.raft(new, 1).commit() > c.raft(new, 1).start());
     }
 
     #[test]

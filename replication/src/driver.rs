@@ -60,6 +60,10 @@ pub trait Io {
     fn appended(&mut self, _group: GroupId, _batch: &[u8], _term: Term) {}
     /// `group`'s log was truncated to `offset`.
     fn truncated(&mut self, _group: GroupId, _offset: Offset) {}
+    /// `group`'s log start moved up to `start`.
+    fn start_moved(&mut self, _group: GroupId, _start: Offset) {}
+    /// `group`'s log was emptied and starts again at `offset`.
+    fn restarted(&mut self, _group: GroupId, _offset: Offset) {}
     /// Something worth a line in the log or the simulator's trace.
     fn event(&mut self, _what: String) {}
 }
@@ -399,7 +403,17 @@ impl<D: Disk> Replica<D> {
     /// Deletes segments past retention, forgetting producers whose batches went with
     /// them. Returns the number of segments deleted.
     pub async fn enforce_retention(&mut self, now_ms: i64) -> Result<usize, StorageError> {
-        let n = self.log.enforce_retention(now_ms).await?;
+        self.enforce_retention_below(now_ms, Offset::MAX).await
+    }
+
+    /// [`Replica::enforce_retention`], deleting only segments that end at or below
+    /// `limit`.
+    pub async fn enforce_retention_below(
+        &mut self,
+        now_ms: i64,
+        limit: Offset,
+    ) -> Result<usize, StorageError> {
+        let n = self.log.enforce_retention_below(now_ms, limit).await?;
         if n > 0 {
             self.producers.forget_below(self.log.log_start_offset());
         }
@@ -519,6 +533,55 @@ async fn walk_batches<D: Disk>(
     Ok(None)
 }
 
+/// What moves a replicated log's start on this replica's own account.
+#[derive(Debug, Clone, Copy)]
+pub enum StartMove {
+    /// Delete segments past the log config's retention (at this wall-clock time).
+    Retention { now_ms: i64 },
+    /// DeleteRecords: the start goes up to this offset.
+    To(Offset),
+    /// A prefix a snapshot superseded (offsets compaction): whole segments that end at
+    /// or below this offset go.
+    SegmentsBelow(Offset),
+}
+
+/// Moves `group`'s log start on this replica, never past what the group has committed
+/// and made durable here ([`crate::Raft::start_bound`]), and tells the group; followers
+/// follow a leader's start through its Appends. Returns the new start.
+pub async fn move_start<D: Disk>(
+    node: &mut Node,
+    replicas: &mut BTreeMap<GroupId, Replica<D>>,
+    group: GroupId,
+    how: StartMove,
+) -> Result<Offset, DriveError> {
+    let (Some(raft), Some(r)) = (node.group_mut(group), replicas.get_mut(&group)) else {
+        return Ok(0);
+    };
+    let bound = raft.start_bound();
+    match how {
+        StartMove::Retention { now_ms } => {
+            r.enforce_retention_below(now_ms, bound)
+                .await
+                .map_err(err("retention"))?;
+        }
+        StartMove::To(offset) => {
+            r.advance_start(offset.min(bound))
+                .await
+                .map_err(err("advance log start"))?;
+        }
+        StartMove::SegmentsBelow(offset) => {
+            r.log
+                .delete_before(offset.min(bound))
+                .await
+                .map_err(err("delete segments"))?;
+            r.producers.forget_below(r.log.log_start_offset());
+        }
+    }
+    let start = r.log.log_start_offset();
+    raft.on_start_moved(start);
+    Ok(start)
+}
+
 /// Carries out everything `node` has ready, until it has nothing more (at most 64 rounds,
 /// so a driver's loop keeps turning): see the module docs for the order. A storage error
 /// is returned at once; the caller fails the node (the simulator restarts it from its
@@ -579,6 +642,18 @@ pub async fn drive<D: Disk>(
                         from,
                         max_bytes,
                     } => reads.push((peer, from, max_bytes)),
+                    StorageOp::AdvanceStart(offset) => {
+                        r.advance_start(offset)
+                            .await
+                            .map_err(err("advance log start"))?;
+                        io.start_moved(group, r.log.log_start_offset());
+                    }
+                    StorageOp::Restart(offset) => {
+                        r.log.restart_at(offset).await.map_err(err("restart log"))?;
+                        r.producers = ProducerTable::default();
+                        io.restarted(group, offset);
+                        wrote = true;
+                    }
                 }
             }
             if let Some(e) = epochs.take() {

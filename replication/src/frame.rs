@@ -1,7 +1,7 @@
 //! The wire format of an [`Envelope`]:
 //!
 //! ```text
-//! [u32 LE frame length (bytes after this field)][u8 version = 1]
+//! [u32 LE frame length (bytes after this field)][u8 version = 2]
 //! [u32 LE header length][rkyv-archived WireEnvelope][record batches, back to back]
 //! ```
 //!
@@ -15,9 +15,10 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use crate::message::{Append, Message};
-use crate::node::Envelope;
+use crate::node::{Envelope, LeaderClaim};
 
-pub const VERSION: u8 = 1;
+/// 2: leader claims after the items, and the leader's log start in every Append.
+pub const VERSION: u8 = 2;
 /// Largest frame accepted: bounds what a peer can make us buffer.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
@@ -25,6 +26,14 @@ pub const MAX_FRAME_BYTES: usize = 64 << 20;
 struct WireEnvelope {
     from: u32,
     items: Vec<WireItem>,
+    claims: Option<Vec<WireClaim>>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+struct WireClaim {
+    group: u32,
+    epoch: u32,
+    isr: Vec<u32>,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
@@ -60,6 +69,7 @@ enum WireMessage {
         commit: u64,
         entry_lens: Vec<u32>,
         sent_ms: u64,
+        log_start: u64,
     },
     AppendResponse {
         term: u32,
@@ -137,6 +147,7 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
                         commit: a.commit,
                         entry_lens: a.entries.iter().map(|e| e.len() as u32).collect(),
                         sent_ms: a.sent_ms,
+                        log_start: a.log_start,
                     }
                 }
                 Message::AppendResponse {
@@ -155,9 +166,20 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
             },
         })
         .collect();
+    let claims = env.claims.as_ref().map(|claims| {
+        claims
+            .iter()
+            .map(|c| WireClaim {
+                group: c.group,
+                epoch: c.epoch,
+                isr: c.isr.clone(),
+            })
+            .collect()
+    });
     let header = rkyv::to_bytes::<rancor::Error>(&WireEnvelope {
         from: env.from,
         items,
+        claims,
     })
     .expect("serializing to memory cannot fail");
     let body: usize = batches.iter().map(|b| b.len()).sum();
@@ -243,6 +265,7 @@ pub fn decode(mut frame: Bytes) -> Result<Envelope, FrameError> {
                 commit,
                 entry_lens,
                 sent_ms,
+                log_start,
             } => {
                 let mut entries = Vec::with_capacity(entry_lens.len());
                 for len in entry_lens.iter() {
@@ -259,6 +282,7 @@ pub fn decode(mut frame: Bytes) -> Result<Envelope, FrameError> {
                     commit: commit.to_native(),
                     entries,
                     sent_ms: sent_ms.to_native(),
+                    log_start: log_start.to_native(),
                 })
             }
             ArchivedWireMessage::AppendResponse {
@@ -280,9 +304,20 @@ pub fn decode(mut frame: Bytes) -> Result<Envelope, FrameError> {
     if !frame.is_empty() {
         return Err(FrameError::EntryLengths);
     }
+    let claims = wire.claims.as_ref().map(|claims| {
+        claims
+            .iter()
+            .map(|c| LeaderClaim {
+                group: c.group.to_native(),
+                epoch: c.epoch.to_native(),
+                isr: c.isr.iter().map(|n| n.to_native()).collect(),
+            })
+            .collect()
+    });
     Ok(Envelope {
         from: wire.from.to_native(),
         items,
+        claims,
     })
 }
 
@@ -312,6 +347,7 @@ pub fn sample() -> Envelope {
                         Bytes::from_static(b"second"),
                     ],
                     sent_ms: 1234,
+                    log_start: 3,
                 }),
             ),
             (
@@ -332,6 +368,11 @@ pub fn sample() -> Envelope {
                 },
             ),
         ],
+        claims: Some(vec![LeaderClaim {
+            group: 2,
+            epoch: 5,
+            isr: vec![3, 1],
+        }]),
     }
 }
 
@@ -343,6 +384,7 @@ pub fn sample_frames() -> Vec<Vec<u8>> {
         out.push(encode(&Envelope {
             from: env.from,
             items: vec![item.clone()],
+            claims: None,
         }));
     }
     out

@@ -31,7 +31,7 @@ mod cluster;
 
 pub use epochs::EpochCache;
 pub use message::{Append, Message};
-pub use node::{Envelope, GroupId, Node};
+pub use node::{Envelope, GroupId, LeaderClaim, Node};
 pub use raft::{HardState, LogState, ProposeError, Raft, RaftConfig, Ready, Role, StorageOp};
 
 pub type NodeId = u32;
@@ -54,6 +54,8 @@ pub struct Bugs {
     /// Grant votes without the election restriction (candidate's log at least as up to
     /// date as ours, Raft 5.4.1).
     pub vote_ignores_log: bool,
+    /// Let a replica's own policies move its log start over what is not yet committed.
+    pub start_past_commit: bool,
 }
 
 #[cfg(feature = "inject-bugs")]
@@ -62,7 +64,12 @@ impl Bugs {
     /// `commit_old_term` is not among them: the LEADER_CHANGE batch every new leader
     /// writes leaves it a window of one round trip, which random faults hit about once in
     /// 3000 seeds; a deterministic figure-8 test in `cluster.rs` covers it instead.
-    pub const NAMES: [&'static str; 3] = ["ack-before-fsync", "double-vote", "vote-ignores-log"];
+    pub const NAMES: [&'static str; 4] = [
+        "ack-before-fsync",
+        "double-vote",
+        "vote-ignores-log",
+        "start-past-commit",
+    ];
 
     pub fn from_name(name: &str) -> Option<Self> {
         let mut b = Self::default();
@@ -70,6 +77,7 @@ impl Bugs {
             "ack-before-fsync" => b.ack_before_fsync = true,
             "double-vote" => b.double_vote = true,
             "vote-ignores-log" => b.vote_ignores_log = true,
+            "start-past-commit" => b.start_past_commit = true,
             _ => return None,
         }
         Some(b)

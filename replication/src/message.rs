@@ -65,6 +65,11 @@ pub struct Append {
     pub entries: Vec<Bytes>,
     /// The leader's clock when sent, echoed back: the basis of its lease.
     pub sent_ms: u64,
+    /// The leader's log start: it holds nothing below (retention, DeleteRecords). A
+    /// follower moves its own start up to it (within its commit), and one that cannot
+    /// continue the leader's log at or below it starts its log again there (Kafka's
+    /// truncate-fully-and-start-at).
+    pub log_start: Offset,
 }
 
 /// A message addressed to a node.

@@ -17,6 +17,18 @@ pub type GroupId = u32;
 pub struct Envelope {
     pub from: NodeId,
     pub items: Vec<(GroupId, Message)>,
+    /// An announcement of every group the sender leads, to every broker: those holding no
+    /// replica of a group learn its leader only from these. None: not an announcement.
+    /// Not Raft state; Raft never reads them.
+    pub claims: Option<Vec<LeaderClaim>>,
+}
+
+/// "I lead `group` in `epoch` (its term), with these replicas in sync."
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderClaim {
+    pub group: GroupId,
+    pub epoch: crate::Term,
+    pub isr: Vec<NodeId>,
 }
 
 /// Storage work of one group, to be made durable before the envelopes leave.
@@ -126,6 +138,7 @@ impl Node {
                     Envelope {
                         from: self.id,
                         items,
+                        claims: None,
                     },
                 )
             })

@@ -100,6 +100,12 @@ pub enum StorageOp {
         from: Offset,
         max_bytes: usize,
     },
+    /// Move the log start up to this offset (never past what is durable): the leader
+    /// holds nothing below it.
+    AdvanceStart(Offset),
+    /// Drop every batch and start the log again, empty, at this offset: the leader's log
+    /// starts past the end of ours, or ours cannot continue it where it starts.
+    Restart(Offset),
 }
 
 /// Everything the driver must do after a step. See the module docs for the order.
@@ -275,6 +281,24 @@ impl Raft {
     pub fn end(&self) -> Offset {
         self.end
     }
+    /// The log start: nothing below it is held.
+    pub fn start(&self) -> Offset {
+        self.start
+    }
+    /// How far this replica's own policies (retention, DeleteRecords, compaction) may
+    /// move its log start: only over what is committed and durable here, so that nothing
+    /// a new leader could still need from a majority is deleted.
+    pub fn start_bound(&self) -> Offset {
+        if self.bugs().start_past_commit {
+            return self.end;
+        }
+        self.commit.min(self.durable_end)
+    }
+    /// Storage moved the log start to `start` (within `start_bound`).
+    pub fn on_start_moved(&mut self, start: Offset) {
+        debug_assert!(start <= self.start_bound().max(self.start));
+        self.start = self.start.max(start.min(self.end));
+    }
     pub fn durable_end(&self) -> Offset {
         self.durable_end
     }
@@ -292,7 +316,7 @@ impl Raft {
         if self.sole_voter() {
             return Some(self.commit);
         }
-        (self.commit > self.start && self.epochs.term_at(self.commit - 1) == self.hard.term)
+        (self.commit > 0 && self.epochs.term_at(self.commit - 1) == self.hard.term)
             .then_some(self.commit)
     }
 
@@ -679,8 +703,10 @@ impl Raft {
 
     // ----- log -------------------------------------------------------------------------
 
+    /// The term of the last entry. The term history keeps its runs below the log start
+    /// (it is only ever cut at the end), so a log emptied by retention still knows it.
     fn last_term(&self) -> Term {
-        if self.end > self.start {
+        if self.end > 0 {
             self.epochs.term_at(self.end - 1)
         } else {
             0
@@ -703,6 +729,26 @@ impl Raft {
             self.cache_bytes -= b.len();
         }
         self.ready.storage.push(StorageOp::Append(vec![bytes]));
+    }
+
+    /// Empties the log and starts it again at `offset`, whose previous entry has `term`
+    /// (see `handle_append`).
+    fn restart_at(&mut self, offset: Offset, term: Term) {
+        self.start = offset;
+        self.end = offset;
+        self.durable_end = offset;
+        // Everything below the leader's start is committed, and `offset` is at most that.
+        self.commit = self.commit.max(offset);
+        self.epochs = EpochCache::new();
+        if offset > 0 && term > 0 {
+            self.epochs.record(term, offset - 1);
+        }
+        self.epochs_dirty = true;
+        self.cache.clear();
+        self.cache_bytes = 0;
+        // An acknowledgement owed for the old log would claim what is gone.
+        self.pending_ack = None;
+        self.ready.storage.push(StorageOp::Restart(offset));
     }
 
     fn truncate_local(&mut self, offset: Offset) {
@@ -742,6 +788,7 @@ impl Raft {
             commit,
             entries,
             sent_ms,
+            log_start,
         } = append;
         if term < self.hard.term {
             self.send(
@@ -770,6 +817,17 @@ impl Raft {
             prev_end,
             echo_ms: sent_ms,
         };
+        // The leader sends from its log start (the batch holding it) only when it has
+        // nothing earlier to send: if our log cannot continue there, nothing the leader
+        // holds ever will, so ours starts again at that batch. Everything below the
+        // leader's start is committed (its start never passes its commit), so this loses
+        // nothing a majority does not hold; what we held there was committed and is gone
+        // from the leader too, or was never committed.
+        let cannot_continue = prev_end > self.end
+            || (prev_end > self.start && self.epochs.term_at(prev_end - 1) != prev_term);
+        if prev_end <= log_start && cannot_continue && !entries.is_empty() {
+            self.restart_at(prev_end, prev_term);
+        }
         if prev_end > self.end {
             let m = reject(self, self.end);
             return self.send(from, m);
@@ -797,6 +855,11 @@ impl Raft {
             if base != matched || end <= base {
                 break; // not contiguous: ignore the rest, the leader will resend
             }
+            if end <= self.start {
+                // Below our start: committed, and gone here by our own retention.
+                matched = end;
+                continue;
+            }
             if base < self.end {
                 if self.epochs.term_at(base) == eterm {
                     matched = end; // already have it (log matching: identical)
@@ -818,6 +881,12 @@ impl Raft {
         let new_commit = commit.min(matched);
         if new_commit > self.commit {
             self.commit = new_commit;
+        }
+        // The leader deleted below its start: so do we, within what we hold committed.
+        let start = log_start.min(self.start_bound()).min(self.end);
+        if start > self.start {
+            self.start = start;
+            self.ready.storage.push(StorageOp::AdvanceStart(start));
         }
         // The ack waits for storage: only durable data is acknowledged.
         let ack = PendingAck {
@@ -900,9 +969,13 @@ impl Raft {
     /// Sends what `peer` lacks, within limits; or a heartbeat if `heartbeat` and nothing to
     /// send.
     fn send_append(&mut self, peer: NodeId, now: u64, heartbeat: bool) {
-        let Some(p) = self.progress.get(&peer) else {
+        let start = self.start;
+        let Some(p) = self.progress.get_mut(&peer) else {
             return;
         };
+        // What lies below our start is gone: a follower that needs it gets our log from
+        // its start (the batch holding it), and starts its own again there.
+        p.next = p.next.max(start);
         let (next, matched) = (p.next, p.matched);
         if next < self.end && p.inflight_bytes < self.cfg.max_inflight_bytes && !p.reading {
             // The cache holds a contiguous run ending at `end`, so it can serve `next` iff
@@ -948,7 +1021,9 @@ impl Raft {
         if heartbeat {
             // Heartbeats claim only the known-matching prefix, so they never race the
             // pipelined Appends.
-            let msg = self.append_after(matched, self.commit.min(matched), Vec::new(), now);
+            // Nothing below our start is ours to claim a match for.
+            let at = matched.max(self.start).min(self.end);
+            let msg = self.append_after(at, self.commit.min(at), Vec::new(), now);
             self.send(peer, msg);
         }
     }
@@ -979,7 +1054,7 @@ impl Raft {
         entries: Vec<Bytes>,
         now: u64,
     ) -> Message {
-        let prev_term = if prev_end > self.start {
+        let prev_term = if prev_end > 0 {
             self.epochs.term_at(prev_end - 1)
         } else {
             0
@@ -991,6 +1066,7 @@ impl Raft {
             commit,
             entries,
             sent_ms: now,
+            log_start: self.start,
         })
     }
 
@@ -1007,8 +1083,7 @@ impl Raft {
         }
         // Only an entry of the current term is committed by counting replicas (Raft 5.4.2);
         // earlier ones commit with it.
-        let own_term =
-            quorum_end > self.start && self.epochs.term_at(quorum_end - 1) == self.hard.term;
+        let own_term = quorum_end > 0 && self.epochs.term_at(quorum_end - 1) == self.hard.term;
         if quorum_end > self.commit && (own_term || self.bugs().commit_old_term) {
             self.commit = quorum_end;
         }
@@ -1087,6 +1162,7 @@ impl Raft {
 #[derive(Default)]
 struct NoBugs {
     commit_old_term: bool,
+    start_past_commit: bool,
     ack_before_fsync: bool,
     vote_ignores_log: bool,
     double_vote: bool,

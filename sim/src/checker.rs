@@ -50,6 +50,8 @@ pub struct History {
     leaders: BTreeMap<(GroupId, Term), NodeId>,
     /// Controller offset applied -> (metadata fingerprint, first node to report it).
     metadata: BTreeMap<Offset, (u64, NodeId)>,
+    /// Per group, the highest log start any replica was allowed (see `start_allowed`).
+    start_floor: BTreeMap<GroupId, Offset>,
     pub violations: Vec<String>,
     pub acked_count: u64,
     pub reads: u64,
@@ -132,6 +134,18 @@ impl History {
                 let workload = group != CONTROLLER && !id.starts_with("batch:");
                 if workload {
                     match self.placed.get(&id) {
+                        // A retry of a batch whose copy went below the log start may be
+                        // appended again: its producer's state can go with it (as in
+                        // Kafka, idempotence holds while a producer's batches are kept).
+                        Some(&(g, o))
+                            if (g, o) != (group, offset)
+                                && o < self.start_floor.get(&g).copied().unwrap_or(0) =>
+                        {
+                            self.event(
+                                now_ms,
+                                format!("{} again at g{group}@{offset}: its copy at {o} is below the log start", short(&id)),
+                            );
+                        }
                         Some(&(g, o)) if (g, o) != (group, offset) => self.violate(
                             now_ms,
                             format!(
@@ -249,6 +263,12 @@ impl History {
         }
     }
 
+    /// Some replica of `group` may move its log start up to `offset`.
+    pub fn start_allowed(&mut self, group: GroupId, offset: Offset) {
+        let e = self.start_floor.entry(group).or_insert(0);
+        *e = (*e).max(offset);
+    }
+
     /// Any other broken invariant a node or the harness notices.
     pub fn invariant(&mut self, now_ms: u64, what: String) {
         self.violate(now_ms, what);
@@ -258,11 +278,19 @@ impl History {
         self.violate(now_ms, format!("liveness: {what}"));
     }
 
-    /// After the final read-back: every acknowledged value must sit at its offset.
-    pub fn check_acked(&mut self, now_ms: u64, final_log: &BTreeMap<(GroupId, Offset), Identity>) {
+    /// After the final read-back: every acknowledged value at or above its partition's
+    /// final log start must sit at its offset (below it, it was deleted on purpose; the
+    /// harness checks that no start ever passed what was committed).
+    pub fn check_acked(
+        &mut self,
+        now_ms: u64,
+        final_log: &BTreeMap<(GroupId, Offset), Identity>,
+        final_start: &BTreeMap<GroupId, Offset>,
+    ) {
         let lost: Vec<(String, GroupId, Offset)> = self
             .acked
             .iter()
+            .filter(|(_, (g, o))| *o >= final_start.get(g).copied().unwrap_or(0))
             .filter(|(v, (g, o))| final_log.get(&(*g, *o)) != Some(*v))
             .map(|(v, (g, o))| (v.clone(), *g, *o))
             .collect();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use corelog_replication::controller::{self, CONTROLLER_GROUP, ClusterMetadata, MetadataCommand};
-use corelog_replication::driver::{self, Damage, Io, Replica, read_checked};
+use corelog_replication::driver::{self, Damage, Io, Replica, StartMove, read_checked};
 use corelog_replication::frame;
 use corelog_replication::producers::SeqCheck;
 use corelog_replication::{Envelope, GroupId, Node, NodeId, Offset, Raft, RaftConfig, Role, Term};
@@ -60,6 +60,11 @@ pub struct RunOptions {
     /// Chance that a newly elected leader is cut off moments after its election, before
     /// it can replicate: the classic source of divergent logs.
     pub snipe_probability: f64,
+    /// Each broker moves the log start of one of its partitions about this often (0:
+    /// never), as retention and DeleteRecords do, up to an offset drawn past its end:
+    /// the driver must keep it within what is committed, and lagging replicas must
+    /// catch up from a leader that no longer holds what they lack.
+    pub start_move_every_ms: u64,
     #[cfg(feature = "inject-bugs")]
     pub bugs: corelog_replication::Bugs,
 }
@@ -88,6 +93,8 @@ impl RunOptions {
             snipe_probability: [0.0, 0.3, 0.7][r.below(3) as usize],
             read_flip_probability: [0.0, 0.002, 0.02][r.below(3) as usize],
             rot_weight: r.below(3) as u32,
+            // Drawn last: the earlier options of every seed stay what they were.
+            start_move_every_ms: [0, 300, 1_500][r.below(3) as usize],
             #[cfg(feature = "inject-bugs")]
             bugs: corelog_replication::Bugs::default(),
         }
@@ -137,6 +144,9 @@ struct World {
     rotted: RefCell<BTreeSet<(NodeId, GroupId)>>,
     /// Each node's latest view of each group, printed when liveness fails.
     status: RefCell<BTreeMap<(NodeId, GroupId), String>>,
+    /// Per group, the highest log start any replica was allowed to move to (its own
+    /// commit and durable end at the time): no replica's start may ever pass it.
+    start_allowed: RefCell<BTreeMap<GroupId, Offset>>,
 }
 
 thread_local! {
@@ -184,6 +194,24 @@ impl World {
                 SimDisk::with_faults(seed, faults)
             })
             .clone()
+    }
+
+    /// A replica's log start may only ever reach what some replica was allowed to delete
+    /// up to: beyond, it dropped records not known to be committed.
+    fn check_start(&self, node: NodeId, group: GroupId, start: Offset, how: &str) {
+        let allowed = self
+            .start_allowed
+            .borrow()
+            .get(&group)
+            .copied()
+            .unwrap_or(0);
+        if start > allowed {
+            let now = self.sim_ms();
+            self.history.borrow_mut().invariant(
+                now,
+                format!("node {node} g{group} {how} at {start}, past {allowed}, the most any replica could delete"),
+            );
+        }
     }
 
     async fn disk_latency(&self) {
@@ -274,6 +302,23 @@ impl Io for SimIo<'_> {
     fn truncated(&mut self, group: GroupId, offset: Offset) {
         if let Some(g) = self.groups.get_mut(&group) {
             g.mirror.retain(|&(b, _, _)| b < offset);
+        }
+    }
+
+    fn start_moved(&mut self, group: GroupId, start: Offset) {
+        self.w
+            .check_start(self.id, group, start, "follows the leader's start");
+    }
+
+    fn restarted(&mut self, group: GroupId, offset: Offset) {
+        self.w.event(format!(
+            "node {} g{group} log restarts at {offset}",
+            self.id
+        ));
+        self.w
+            .check_start(self.id, group, offset, "restarts its log");
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.mirror.clear();
         }
     }
 
@@ -377,7 +422,16 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
     let ep = Endpoint::bind(addr(id)).await.expect("bind");
     let mut pending: Vec<Pending> = Vec::new();
     let mut metadata = ClusterMetadata::default();
+    let mut start_rng =
+        SplitMix64(w.seed ^ 0x57a7_0ff5 ^ (u64::from(id) << 32) ^ (incarnation << 48));
+    let mut next_start_move = w.sim_ms() + w.opts.start_move_every_ms;
     loop {
+        if w.opts.start_move_every_ms > 0 && w.sim_ms() >= next_start_move {
+            next_start_move = w.sim_ms()
+                + w.opts.start_move_every_ms / 2
+                + start_rng.below(w.opts.start_move_every_ms);
+            move_some_start(&w, id, &mut node, &mut replicas, &mut start_rng).await?;
+        }
         let now = w.now_ms(id);
         let wait = node.next_deadline().saturating_sub(now).clamp(1, 20);
         if let Ok(Ok((payload, from))) =
@@ -418,6 +472,54 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
             return Ok(());
         }
     }
+}
+
+/// Moves the log start of one partition on this broker, as retention or DeleteRecords
+/// would, by the driver's rule; asks for an offset up to past the log end, which the
+/// driver must cap at what is committed and durable here.
+async fn move_some_start(
+    w: &World,
+    id: NodeId,
+    node: &mut Node,
+    replicas: &mut Replicas,
+    rng: &mut SplitMix64,
+) -> Result<(), String> {
+    let g = 1 + rng.below(u64::from(w.opts.groups)) as GroupId;
+    let Some(raft) = node.group(g) else {
+        return Ok(());
+    };
+    // The rule, stated here apart from the core's `start_bound`: committed and durable.
+    let (start, bound) = (raft.start(), raft.commit().min(raft.durable_end()));
+    // Most moves keep a little of the committed log, some reach past the end.
+    let want = start + rng.below(raft.end().saturating_sub(start) + 8);
+    let allowed = want.min(bound).max(start);
+    {
+        let mut a = w.start_allowed.borrow_mut();
+        let e = a.entry(g).or_insert(0);
+        *e = (*e).max(allowed);
+    }
+    w.history.borrow_mut().start_allowed(g, allowed);
+    let how = if rng.below(2) == 0 {
+        StartMove::To(want)
+    } else {
+        StartMove::SegmentsBelow(want)
+    };
+    let got = driver::move_start(node, replicas, g, how)
+        .await
+        .map_err(|e| e.to_string())?;
+    w.event(format!(
+        "node {id} g{g} start {start} -> {got} (asked {want}, bound {bound})"
+    ));
+    if got > allowed {
+        let now = w.sim_ms();
+        w.history.borrow_mut().invariant(
+            now,
+            format!(
+                "node {id} g{g} moved its start to {got}, past {allowed} (commit and durable end)"
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// Applies newly committed controller batches to this broker's metadata and reports the
@@ -572,6 +674,15 @@ async fn handle_datagram(
                 None => {
                     let hint = raft.leader().unwrap_or(0).to_le_bytes();
                     wire::response(wire::READ_RESP, req.req, wire::NOT_LEADER, &hint)
+                }
+                Some(_) if from_offset < replicas[&req.group].log.log_start_offset() => {
+                    let start = replicas[&req.group].log.log_start_offset();
+                    wire::response(
+                        wire::READ_RESP,
+                        req.req,
+                        wire::BELOW_START,
+                        &start.to_le_bytes(),
+                    )
                 }
                 Some(hw) => {
                     match read_checked(&replicas[&req.group].log, from_offset, 16 * 1024, hw).await
@@ -803,6 +914,10 @@ async fn client_main(cid: u32) {
                     }
                     w.history.borrow_mut().read(w.sim_ms(), g, from, &batches);
                 }
+                Some((wire::BELOW_START, body)) if body.len() >= 8 => {
+                    let start = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+                    read_from.insert(g, start);
+                }
                 other => {
                     leader_guess.insert(g, next_guess(other, &mut rng, w.opts.nodes));
                 }
@@ -940,6 +1055,7 @@ async fn orchestrate(seed: u64, opts: RunOptions) {
         rotted: RefCell::new(BTreeSet::new()),
         clients_running: RefCell::new(0),
         status: RefCell::new(BTreeMap::new()),
+        start_allowed: RefCell::new(BTreeMap::new()),
     });
     WORLD.with(|cell| *cell.borrow_mut() = Some(w.clone()));
     let handle = Handle::current();
@@ -1281,6 +1397,7 @@ async fn liveness_and_final_check(w: &Rc<World>, healed_at: u64) {
     }
     // 3. Read every group back in full, from whichever node leads it now.
     let mut final_log = BTreeMap::new();
+    let mut final_start = BTreeMap::new();
     for g in CONTROLLER_GROUP..=w.opts.groups {
         let (mut from, mut target, mut done) = (0, 1, false);
         for _ in 0..2_000 {
@@ -1299,6 +1416,11 @@ async fn liveness_and_final_check(w: &Rc<World>, healed_at: u64) {
                     }
                     from = batches.last().map_or(from, |b| b.1);
                 }
+                Some((wire::BELOW_START, body)) if body.len() >= 8 => {
+                    // Records below it were deleted on purpose (and only once committed).
+                    from = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+                    final_start.insert(g, from);
+                }
                 other => {
                     target = next_guess(other, &mut rng, w.opts.nodes);
                     sleep(Duration::from_millis(20)).await;
@@ -1313,7 +1435,9 @@ async fn liveness_and_final_check(w: &Rc<World>, healed_at: u64) {
         }
     }
     let now = w.sim_ms();
-    w.history.borrow_mut().check_acked(now, &final_log);
+    w.history
+        .borrow_mut()
+        .check_acked(now, &final_log, &final_start);
 }
 
 /// SplitMix64: our PRNG streams (disk, workload, faults, options).

@@ -12,6 +12,8 @@ pub const READ_RESP: u8 = 5;
 pub const OK: u8 = 0;
 pub const NOT_LEADER: u8 = 1;
 pub const FAILED: u8 = 2;
+/// A read below the log start: the body is the start (u64).
+pub const BELOW_START: u8 = 3;
 
 pub fn produce(req: u64, group: GroupId, batch: &[u8]) -> Vec<u8> {
     let mut v = vec![PRODUCE];

@@ -566,12 +566,46 @@ impl<D: Disk> Log<D> {
         Ok(())
     }
 
+    /// Drops every batch and starts the log again, empty, at `offset` (which may lie past
+    /// the end): a replica whose leader holds nothing it could continue from (Kafka's
+    /// truncateFullyAndStartAt). Durable on return.
+    pub async fn restart_at(&mut self, offset: u64) -> Result<(), StorageError> {
+        // Newest first: a crash part way leaves a shorter log, never a gap.
+        while let Some(seg) = self.segments.pop_back() {
+            self.remove_segment_files(seg).await?;
+        }
+        let seg = Segment::create(
+            &self.disk,
+            offset,
+            self.config.index_interval_bytes,
+            prealloc(&self.config),
+        )
+        .await?;
+        self.segments.push_back(seg);
+        if self.start > offset {
+            self.set_start(offset).await?;
+        }
+        self.disk.sync_dir().await?;
+        self.durable_offset = offset;
+        Ok(())
+    }
+
     /// Deletes whole segments, oldest first, past the retention limits (never the active
     /// one), and moves the log start. Returns how many were deleted.
     pub async fn enforce_retention(&mut self, now_ms: i64) -> Result<usize, StorageError> {
+        self.enforce_retention_below(now_ms, u64::MAX).await
+    }
+
+    /// [`Log::enforce_retention`], deleting only segments that end at or below `limit`
+    /// (a replica deletes only what is committed).
+    pub async fn enforce_retention_below(
+        &mut self,
+        now_ms: i64,
+        limit: u64,
+    ) -> Result<usize, StorageError> {
         let mut deleted = 0;
         let mut total = self.size_bytes();
-        while self.segments.len() > 1 {
+        while self.segments.len() > 1 && self.segments[1].base <= limit {
             let oldest = self.segments.front().expect("len > 1");
             // Rolled since DeleteRecords moved the start past all of it.
             let below_start = self.segments[1].base <= self.start;

@@ -237,6 +237,7 @@ impl Task {
                 Envelope {
                     from,
                     items: items.into_iter().map(|m| (CONTROLLER_GROUP, m)).collect(),
+                    claims: None,
                 },
             ),
             CtlCmd::Hello(h) => {

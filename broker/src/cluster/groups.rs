@@ -53,18 +53,12 @@ impl Shard {
     /// The broker (id, host, port) coordinating `key`'s group, as this broker knows.
     pub fn coordinator_of(&self, key: &str) -> Option<(i32, String, i32)> {
         let p = offsets_partition(key);
-        let leader = match self.views.borrow().get(&(OFFSETS_TOPIC.to_string(), p)) {
-            Some(v) if v.leader >= 0 => v.leader,
-            Some(_) => return None,
-            // No replica here: its first replica is the likeliest leader.
-            None => *self
-                .internal
-                .borrow()
-                .as_ref()?
-                .replicas
-                .get(p as usize)?
-                .first()?,
-        };
+        // The leader this broker's replica sees, or (none here) the one announced.
+        let at = crate::handlers::placement(self, OFFSETS_TOPIC, p);
+        if at.leader < 0 {
+            return None;
+        }
+        let leader = at.leader;
         crate::handlers::brokers(self)
             .into_iter()
             .find(|b| b.0 == leader)

@@ -46,10 +46,11 @@ impl Shard {
         if !replicas.contains(&(c.me as i32)) {
             return None;
         }
-        let (views, outbox, ready) = (
+        let (views, outbox, ready, due) = (
             self.views.clone(),
             self.view_outbox.clone(),
             self.view_ready.clone(),
+            self.claims_due.clone(),
         );
         let topic = meta.name.clone();
         Some(Membership {
@@ -60,6 +61,7 @@ impl Shard {
                 views.borrow_mut().insert((topic.clone(), p), v.clone());
                 outbox.borrow_mut().push((topic.clone(), p, v));
                 ready.notify(1);
+                due.notify(1);
             })),
         })
     }
@@ -88,6 +90,51 @@ impl Shard {
                     )
                     .await;
                 }
+            }
+        }
+    }
+
+    /// Shard 0: announces the groups this broker leads to every peer (see `claims.rs`),
+    /// every `ANNOUNCE_EVERY` and soon after a view changes.
+    pub async fn announce_claims(self: Rc<Self>) {
+        use super::claims::ANNOUNCE_EVERY;
+        let Some(c) = self.cluster.clone() else {
+            return;
+        };
+        while !self.stopping.get() {
+            let due = self.claims_due.listen();
+            futures_lite::future::or(due, glommio::timer::sleep(ANNOUNCE_EVERY)).await;
+            // Changes come in bursts (an election moves many groups): take them together.
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            let me = c.me as i32;
+            let mut claims = Vec::new();
+            for ((topic, p), v) in self.views.borrow().iter() {
+                if v.leader != me {
+                    continue;
+                }
+                let meta = if topic == crate::group::OFFSETS_TOPIC {
+                    self.internal.borrow().clone()
+                } else {
+                    self.topic(topic)
+                };
+                let Some(group) = meta.and_then(|m| m.groups.get(*p as usize).copied()) else {
+                    continue;
+                };
+                claims.push(corelog_replication::LeaderClaim {
+                    group,
+                    epoch: v.epoch.max(0) as u32,
+                    isr: v.isr.iter().map(|n| *n as NodeId).collect(),
+                });
+            }
+            for (to, _) in c.voters.iter().filter(|(id, _)| *id != c.me) {
+                c.peers.send(
+                    *to,
+                    corelog_replication::Envelope {
+                        from: c.me,
+                        items: Vec::new(),
+                        claims: Some(claims.clone()),
+                    },
+                );
             }
         }
     }
@@ -430,6 +477,21 @@ impl Deliver for Shard {
                 tracing::trace!(group, "mesh full; replication message dropped");
             }
         }
+    }
+
+    fn claims(&self, from: NodeId, claims: Vec<corelog_replication::LeaderClaim>) {
+        for to in (0..self.count).filter(|&t| t != self.id) {
+            let msg = ShardMsg::Claims {
+                from,
+                claims: claims.clone(),
+            };
+            if !self.offer(to, msg) {
+                tracing::trace!(to, "mesh full; leader claims not relayed");
+            }
+        }
+        self.claims
+            .borrow_mut()
+            .update(from, claims, std::time::Instant::now());
     }
 
     fn hello(&self, hello: Hello) {

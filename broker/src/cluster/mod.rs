@@ -4,6 +4,7 @@
 //! A single-node broker (no voters, or itself alone) uses none of this: its partitions
 //! are groups of one and its metadata the JSON file of `topics.rs`.
 
+pub mod claims;
 pub mod controller;
 pub mod forward;
 pub mod groups;

@@ -21,7 +21,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corelog_replication::{Envelope, GroupId, Message, NodeId, frame};
+use corelog_replication::{Envelope, GroupId, LeaderClaim, Message, NodeId, frame};
 use event_listener::Event;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -54,13 +54,21 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 const MAX_INBOUND: usize = 64;
 
 fn env_bytes(env: &Envelope) -> usize {
-    env.items
+    let claims: usize = env
+        .claims
         .iter()
-        .map(|(_, m)| match m {
-            Message::Append(a) => 64 + a.entries.iter().map(Bytes::len).sum::<usize>(),
-            _ => 32,
-        })
-        .sum()
+        .flatten()
+        .map(|c| 16 + 4 * c.isr.len())
+        .sum();
+    claims
+        + env
+            .items
+            .iter()
+            .map(|(_, m)| match m {
+                Message::Append(a) => 64 + a.entries.iter().map(Bytes::len).sum::<usize>(),
+                _ => 32,
+            })
+            .sum::<usize>()
 }
 
 /// One peer's queue on this shard.
@@ -158,16 +166,26 @@ fn merge(me: NodeId, link: &Link) -> Option<Envelope> {
     let first = q.pop_front()?;
     let mut size = env_bytes(&first);
     let mut items = first.items;
+    let mut claims = first.claims;
     while let Some(next) = q.front() {
         let n = env_bytes(next);
         if size + n > FRAME_TARGET {
             break;
         }
         size += n;
-        items.extend(q.pop_front().expect("peeked").items);
+        let next = q.pop_front().expect("peeked");
+        items.extend(next.items);
+        // Each announcement is a whole set: the newest replaces any before it.
+        if next.claims.is_some() {
+            claims = next.claims;
+        }
     }
     link.bytes.set(link.bytes.get().saturating_sub(size));
-    Some(Envelope { from: me, items })
+    Some(Envelope {
+        from: me,
+        items,
+        claims,
+    })
 }
 
 pub fn encode_hello(h: &Hello) -> Vec<u8> {
@@ -283,6 +301,7 @@ async fn writer(
                     break Envelope {
                         from: me,
                         items: Vec::new(),
+                        claims: None,
                     };
                 }
             };
@@ -300,6 +319,8 @@ async fn writer(
 pub trait Deliver {
     /// Hands `items` from `from` to their groups; never waits.
     fn deliver(&self, from: NodeId, items: Vec<(GroupId, Message)>);
+    /// A peer announced the groups it leads (see `claims.rs`); never waits.
+    fn claims(&self, from: NodeId, claims: Vec<LeaderClaim>);
     /// A peer connected and said who it is.
     fn hello(&self, hello: Hello);
     fn stopping(&self) -> bool;
@@ -407,6 +428,9 @@ async fn serve_peer(
                 ));
             }
             deliver.deliver(from, env.items);
+            if let Some(claims) = env.claims {
+                deliver.claims(from, claims);
+            }
         }
         if deliver.stopping() {
             return Ok(());
@@ -453,8 +477,10 @@ mod tests {
                     commit: 0,
                     entries: vec![Bytes::from(vec![0u8; entry])],
                     sent_ms: 0,
+                    log_start: 0,
                 }),
             )],
+            claims: None,
         }
     }
 
@@ -468,7 +494,15 @@ mod tests {
             dropped: Cell::new(0),
         };
         for g in 0..3 {
-            let e = env(9, g, 10);
+            let mut e = env(9, g, 10);
+            // Announcements 1 and 2 (of group g led at epoch g): the newest survives.
+            e.claims = (g > 0).then(|| {
+                vec![corelog_replication::LeaderClaim {
+                    group: g,
+                    epoch: g,
+                    isr: vec![9],
+                }]
+            });
             link.bytes.set(link.bytes.get() + env_bytes(&e));
             link.queue.borrow_mut().push_back(e);
         }
@@ -481,6 +515,7 @@ mod tests {
             first.items.iter().map(|(g, _)| *g).collect::<Vec<_>>(),
             vec![0, 1, 2]
         );
+        assert_eq!(first.claims.unwrap()[0].group, 2);
         let second = merge(1, &link).unwrap();
         assert_eq!(second.items.len(), 1);
         assert!(merge(1, &link).is_none());

@@ -104,6 +104,7 @@ pub fn handle(
                     .with_leader_epoch(at.leader_epoch)
                     .with_replica_nodes(at.replicas.into_iter().map(BrokerId).collect())
                     .with_isr_nodes(at.isr.into_iter().map(BrokerId).collect())
+                    .with_offline_replicas(at.offline.into_iter().map(BrokerId).collect())
                     .with_eligible_leader_replicas(Some(Vec::new()))
                     .with_last_known_elr(Some(Vec::new()))
             })

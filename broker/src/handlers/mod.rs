@@ -19,13 +19,15 @@ pub struct Placement {
     pub leader_epoch: i32,
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
+    /// Replicas on brokers not heard from lately.
+    pub offline: Vec<i32>,
 }
 
 /// On a single-node broker every partition lives here alone. On a cluster: the replica
-/// set from the controller's metadata, and the leader, epoch and ISR as this broker's
-/// replica of the partition sees them (a partition it holds no replica of has no view
-/// here yet: its first replica is named, and a client that finds it is not the leader
-/// asks again).
+/// set from the controller's metadata, and the leader and epoch as this broker's replica
+/// of the partition sees them, with the ISR of the leader's latest announcement
+/// (`cluster/claims.rs`); a partition it holds no replica of is named as its leader
+/// announced it, or LEADER_NOT_AVAILABLE while no fresh announcement names one.
 pub fn placement(shard: &Shard, topic: &str, partition: i32) -> Placement {
     let node = shard.cfg.node_id;
     if shard.cluster.is_none() {
@@ -35,33 +37,63 @@ pub fn placement(shard: &Shard, topic: &str, partition: i32) -> Placement {
             leader_epoch: -1,
             replicas: vec![node],
             isr: vec![node],
+            offline: Vec::new(),
         };
     }
-    let replicas = shard
-        .topic(topic)
+    let meta = if topic == crate::group::OFFSETS_TOPIC {
+        shard.internal.borrow().clone()
+    } else {
+        shard.topic(topic)
+    };
+    let replicas = meta
+        .as_ref()
         .and_then(|m| m.replicas.get(partition as usize).cloned())
         .unwrap_or_default();
+    let group = meta.and_then(|m| m.groups.get(partition as usize).copied());
+    let now = std::time::Instant::now();
+    let claims = shard.claims.borrow();
+    let claimed = group.and_then(|g| claims.leader_of(g, now));
+    // Kafka's offline replicas: those on brokers not heard from lately.
+    let offline = replicas
+        .iter()
+        .copied()
+        .filter(|&r| r != node && !claims.alive(r as u32, now))
+        .collect();
+    let ids = |v: &[u32]| v.iter().map(|n| *n as i32).collect::<Vec<i32>>();
+    let unknown = |replicas, offline| Placement {
+        error: crate::errors::LEADER_NOT_AVAILABLE,
+        leader: -1,
+        leader_epoch: -1,
+        replicas,
+        isr: Vec::new(),
+        offline,
+    };
     match shard.views.borrow().get(&(topic.to_string(), partition)) {
         Some(v) if v.leader >= 0 => Placement {
             error: crate::errors::NONE,
             leader: v.leader,
             leader_epoch: v.epoch,
+            // A follower's own account of the ISR is a guess; the leader's claim of the
+            // same term is the leader's.
+            isr: match claimed {
+                Some(c) if c.leader as i32 == v.leader && c.epoch as i32 == v.epoch => ids(&c.isr),
+                _ => v.isr.clone(),
+            },
             replicas,
-            isr: v.isr.clone(),
+            offline,
         },
-        Some(_) => Placement {
-            error: crate::errors::LEADER_NOT_AVAILABLE,
-            leader: -1,
-            leader_epoch: -1,
-            replicas,
-            isr: Vec::new(),
-        },
-        None => Placement {
-            error: crate::errors::NONE,
-            leader: replicas.first().copied().unwrap_or(-1),
-            leader_epoch: -1,
-            isr: Vec::new(),
-            replicas,
+        Some(_) => unknown(replicas, offline),
+        // No replica here: the leader's announcement, if one is fresh.
+        None => match claimed {
+            Some(c) => Placement {
+                error: crate::errors::NONE,
+                leader: c.leader as i32,
+                leader_epoch: c.epoch as i32,
+                isr: ids(&c.isr),
+                replicas,
+                offline,
+            },
+            None => unknown(replicas, offline),
         },
     }
 }

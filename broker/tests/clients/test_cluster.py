@@ -104,6 +104,8 @@ def read_all(cluster, topic, partitions):
         "group.id": "reader-" + uuid.uuid4().hex[:6],
         "enable.auto.commit": False,
         "enable.partition.eof": True,
+        # From the log start when records below were deleted (DeleteRecords).
+        "auto.offset.reset": "earliest",
     })
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     out = {p: [] for p in range(partitions)}
@@ -185,6 +187,140 @@ def test_idempotent_producer_through_a_killed_and_restarted_leader(cluster):
     assert len(acked) > 1000
     wait_whole(cluster, topic)
     check_exactly_once(acked, read_all(cluster, topic, 3))
+
+
+def describe_row(cluster, broker, topic, partition):
+    """`corelog topic describe` as `broker` answers: the columns of one partition's row."""
+    r = subprocess.run(
+        [corelog_bin(), "topic", "describe", topic,
+         "--bootstrap-server", cluster.brokers[broker].bootstrap],
+        capture_output=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    for line in r.stdout.decode().splitlines():
+        cols = line.split()
+        if cols and cols[0] == str(partition):
+            return cols
+    raise AssertionError(f"no row for partition {partition}: {r.stdout.decode()}")
+
+
+def test_brokers_without_a_replica_follow_the_leader_and_name_offline_replicas():
+    # Four brokers and three replicas: every partition has a broker that holds no replica
+    # of it and knows its leader only from the leader's announcements. (Its own cluster:
+    # with Raft, a partition needs a majority of its replicas, so failing over needs
+    # three replicas, and an outsider a fourth broker.)
+    with tempfile.TemporaryDirectory(prefix="corelog-cluster4-") as d:
+        c4 = Cluster(d, n=4, shards=1).start()
+        try:
+            _outsider_follows_a_failover(c4)
+        finally:
+            c4.stop()
+
+
+def _outsider_follows_a_failover(cluster):
+    topic = new_topic(cluster, partitions=2, rf=3)
+    _, replicas, _ = cluster.metadata(topic)[0]
+    outsider = next(i for i in cluster.ids if i not in replicas)
+
+    def outsider_agrees():
+        leader = cluster.leader_of(topic, 0)
+        got, _, isr = cluster.metadata(topic, outsider)[0]
+        return leader is not None and got == leader and isr == replicas
+
+    cluster.wait_for(outsider_agrees, 10, "the outsider naming the leader and ISR")
+    victim = cluster.leader_of(topic, 0)
+    cluster.brokers[victim].kill()
+    try:
+        seen = []
+
+        def outsider_names_another():
+            seen.append(cluster.metadata(topic, outsider)[0][0])
+            return seen[-1] not in (-1, victim)
+
+        cluster.wait_for(outsider_names_another, 30, "the outsider naming the new leader")
+        assert seen[-1] in replicas and seen[-1] == cluster.leader_of(topic, 0), seen[-5:]
+        # A client that only knows the outsider finds the new leader through it.
+        p = Producer({"bootstrap.servers": cluster.brokers[outsider].bootstrap, "acks": "all"})
+        errors = []
+        for i in range(20):
+            p.produce(topic, value=b"o%d" % i, partition=0,
+                      on_delivery=lambda err, msg: err and errors.append(str(err)))
+        assert p.flush(30) == 0 and not errors, errors
+        # The dead broker is named offline once it has been silent a while.
+        cluster.wait_for(
+            lambda: describe_row(cluster, outsider, topic, 0)[-1] == str(victim), 15,
+            "the killed broker named an offline replica",
+        )
+    finally:
+        cluster.brokers[victim].start()
+    cluster.wait_for(lambda: fully_replicated(cluster, topic), 60, "whole again")
+    # Back, it is no longer offline (the last column is the end offset again).
+    cluster.wait_for(
+        lambda: len(describe_row(cluster, outsider, topic, 0)) == 6, 15,
+        "no offline replica once the broker is back",
+    )
+
+
+def test_delete_records_reaches_followers_and_a_lagging_one_restarts_at_the_start(cluster):
+    """DeleteRecords on a replicated partition: the leader's start moves and its followers
+    follow; a follower that was down while the start passed its log end empties its log
+    and starts again at the leader's start; led by it later, the partition starts there
+    and holds every acknowledged record after it."""
+    from confluent_kafka.admin import OffsetSpec
+
+    topic = new_topic(cluster, partitions=1)
+    leader = cluster.leader_of(topic, 0)
+    lagger = next(i for i in cluster.ids if i != leader)
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "linger.ms": 2})
+    acked = {}
+
+    def produce(lo, hi):
+        for i in range(lo, hi):
+            p.produce(topic, value=b"v%06d" % i, partition=0,
+                      on_delivery=lambda err, m: err or acked.__setitem__(m.value(), m.offset()))
+            if i % 10 == 9:
+                p.flush(30)  # batches of ten
+        assert p.flush(30) == 0
+
+    produce(0, 100)
+    cluster.brokers[lagger].kill()
+    try:
+        produce(100, 300)
+        a = AdminClient({"bootstrap.servers": cluster.bootstrap})
+        [res] = a.delete_records([TopicPartition(topic, 0, 250)]).values()
+        assert res.result(30).low_watermark == 250
+        produce(300, 350)
+    finally:
+        cluster.brokers[lagger].start()
+    cluster.wait_for(lambda: fully_replicated(cluster, topic), 60, "the lagging replica back in the ISR")
+    # Make the replica that restarted its log the leader: with the third replica paused,
+    # kill the leader; restarted, it finds the lagging replica campaigning already.
+    for _ in range(4):
+        now = cluster.leader_of(topic, 0)
+        if now == lagger:
+            break
+        third = next(i for i in cluster.ids if i not in (now, lagger))
+        cluster.pause(third)
+        try:
+            cluster.brokers[now].kill()
+            time.sleep(1)
+            cluster.brokers[now].start()
+            cluster.wait_for(lambda: cluster.leader_of(topic, 0) is not None, 30, "a leader")
+        finally:
+            cluster.resume(third)
+        cluster.wait_for(lambda: fully_replicated(cluster, topic), 60, "whole again")
+    assert cluster.leader_of(topic, 0) == lagger, "the restarted replica never led"
+    a = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    tp = TopicPartition(topic, 0)
+    assert a.list_offsets({tp: OffsetSpec.earliest()})[tp].result(10).offset == 250
+    log = read_all(cluster, topic, 1)[0]
+    assert log[0][0] == 250, log[:2]
+    kept = {v: o for o, v in log}
+    assert all(kept.get(v) == o for v, o in acked.items() if o >= 250), "acknowledged records lost"
+    # The 100 produced after the delete, and any acknowledged earlier above offset 250
+    # (control batches of leader changes take offsets too).
+    assert len([o for o in acked.values() if o >= 250]) >= 100
+    assert len(acked) == 350
 
 
 def test_leader_paused_past_its_lease(cluster):
