@@ -582,6 +582,31 @@ pub async fn move_start<D: Disk>(
     Ok(start)
 }
 
+/// Drops the appends of one step that a later truncation or restart of the same step
+/// undoes (whole batches: a truncation falls on a batch boundary of the log).
+fn elide_undone(ops: Vec<StorageOp>) -> Vec<StorageOp> {
+    let base = |b: &bytes::Bytes| BatchHeader::parse(b).map_or(0, |h| h.base_offset as Offset);
+    let mut out: Vec<StorageOp> = Vec::with_capacity(ops.len());
+    for op in ops {
+        match &op {
+            StorageOp::Truncate(x) => {
+                for prior in out.iter_mut() {
+                    if let StorageOp::Append(batches) = prior {
+                        batches.retain(|b| base(b) < *x);
+                    }
+                }
+            }
+            StorageOp::Restart(_) => {
+                out.retain(|o| matches!(o, StorageOp::Read { .. }));
+            }
+            _ => {}
+        }
+        out.retain(|o| !matches!(o, StorageOp::Append(b) if b.is_empty()));
+        out.push(op);
+    }
+    out
+}
+
 /// Carries out everything `node` has ready, until it has nothing more (at most 64 rounds,
 /// so a driver's loop keeps turning): see the module docs for the order. A storage error
 /// is returned at once; the caller fails the node (the simulator restarts it from its
@@ -613,8 +638,11 @@ pub async fn drive<D: Disk>(
             let mut wrote = false;
             // The term history goes to disk before the first append that needs it (and
             // after any truncation before that), so it always covers the log on disk.
+            // It is the group's final one of this step, so appends a later truncation or
+            // restart of the same step undoes are not written at all (written, they would
+            // sit on disk under a history that no longer names their term).
             let mut epochs = gw.epochs;
-            for op in gw.storage {
+            for op in elide_undone(gw.storage) {
                 match op {
                     StorageOp::Append(batches) => {
                         if let Some(e) = epochs.take() {
@@ -723,6 +751,50 @@ mod tests {
             )
         );
         assert_eq!(decode_hard([&[], &[]]), (HardState::default(), 0));
+    }
+
+    #[test]
+    fn appends_a_later_truncation_undoes_are_not_written() {
+        use corelog_storage::batch::{self, build};
+        let at = |base: i64| {
+            let mut b = build::batch(&[b"x".as_slice()], 0);
+            batch::set_base_offset(&mut b, base);
+            bytes::Bytes::from(b)
+        };
+        let ops = vec![
+            StorageOp::Append(vec![at(8), at(9)]),
+            StorageOp::Append(vec![at(10)]),
+            StorageOp::Truncate(9),
+            StorageOp::Append(vec![at(9)]),
+        ];
+        let out = elide_undone(ops);
+        let bases = |o: &StorageOp| match o {
+            StorageOp::Append(bs) => bs
+                .iter()
+                .map(|b| BatchHeader::parse(b).unwrap().base_offset)
+                .collect(),
+            _ => vec![],
+        };
+        assert_eq!(out.len(), 3);
+        assert_eq!(bases(&out[0]), vec![8]);
+        assert_eq!(out[1], StorageOp::Truncate(9));
+        assert_eq!(bases(&out[2]), vec![9]);
+        // A restart undoes everything before it but the reads.
+        let out = elide_undone(vec![
+            StorageOp::Append(vec![at(3)]),
+            StorageOp::Read {
+                peer: 2,
+                from: 0,
+                max_bytes: 10,
+            },
+            StorageOp::AdvanceStart(2),
+            StorageOp::Restart(7),
+            StorageOp::Append(vec![at(7)]),
+        ]);
+        assert!(matches!(out[0], StorageOp::Read { .. }));
+        assert_eq!(out[1], StorageOp::Restart(7));
+        assert_eq!(bases(&out[2]), vec![7]);
+        assert_eq!(out.len(), 3);
     }
 
     #[test]

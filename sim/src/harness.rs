@@ -434,9 +434,16 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
         }
         let now = w.now_ms(id);
         let wait = node.next_deadline().saturating_sub(now).clamp(1, 20);
-        if let Ok(Ok((payload, from))) =
-            madsim::time::timeout(Duration::from_millis(wait), ep.recv_from_raw(0)).await
-        {
+        // As a broker's partition task takes every queued command as one round, several
+        // envelopes (from different leaders, across an election) may reach one drive.
+        let mut patience = Duration::from_millis(wait);
+        for _ in 0..4 {
+            let Ok(Ok((payload, from))) =
+                madsim::time::timeout(patience, ep.recv_from_raw(0)).await
+            else {
+                break;
+            };
+            patience = Duration::from_micros(1);
             let bytes = *payload
                 .downcast::<Vec<u8>>()
                 .expect("datagrams are byte vectors");
