@@ -101,10 +101,18 @@ impl Client {
     /// `bootstrap`'s Metadata: Kafka's admin clients do the same.
     pub fn to_controller(bootstrap: &str) -> Result<Self, String> {
         let mut c = Self::connect(bootstrap)?;
-        let md = c.metadata(Some(&[]))?;
-        match node_addr(&md, md.controller_id.0) {
-            Some(a) if a != c.addr => Self::connect(&a),
-            _ => Ok(c),
+        // A cluster that just started may not have elected its controller yet (Metadata
+        // names none): wait for it a while, as Kafka's admin clients retry, rather than
+        // fail the first command after `corelog dev`.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let md = c.metadata(Some(&[]))?;
+            match node_addr(&md, md.controller_id.0) {
+                Some(a) if a != c.addr => return Self::connect(&a),
+                Some(_) => return Ok(c),
+                None if std::time::Instant::now() > deadline => return Ok(c),
+                None => std::thread::sleep(std::time::Duration::from_millis(200)),
+            }
         }
     }
 

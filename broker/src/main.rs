@@ -245,7 +245,20 @@ fn topic(bootstrap: &str, cmd: TopicCmd) -> Result<(), String> {
             }
         }
         TopicCmd::Describe { name } => {
-            let md = c.metadata(Some(&[&name]))?;
+            // On a cluster, a topic created a moment ago may not have reached the broker
+            // asked yet (the controller answered once it applied it), nor its leaders
+            // been elected: ask again for a little while before calling it missing.
+            let mut md = c.metadata(Some(&[&name]))?;
+            for _ in 0..20 {
+                let settled = md.topics.first().is_some_and(|t| {
+                    t.error_code == 0 && t.partitions.iter().all(|p| p.error_code == 0)
+                });
+                if settled || md.brokers.len() < 2 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                md = c.metadata(Some(&[&name]))?;
+            }
             let t = md
                 .topics
                 .first()

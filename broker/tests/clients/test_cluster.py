@@ -163,13 +163,18 @@ def test_cli_creates_and_describes_a_replicated_topic(cluster):
         capture_output=True, timeout=60,
     )
     assert r.returncode == 0, r.stderr.decode()
-    cluster.wait_for(lambda: fully_replicated(cluster, name, 2), 30, "rf 2 topic")
+    # At once, from another broker than the one asked to create it: describe waits for
+    # the topic to reach it and its leaders to be elected.
     r = subprocess.run(
-        [corelog_bin(), "topic", "describe", name, "--bootstrap-server", boot],
+        [corelog_bin(), "topic", "describe", name,
+         "--bootstrap-server", cluster.brokers[3].bootstrap],
         capture_output=True, timeout=60,
     )
     assert r.returncode == 0, r.stderr.decode()
     assert "ReplicationFactor: 2" in r.stdout.decode()
+    rows = [l.split() for l in r.stdout.decode().splitlines() if l.split()[:1] in (["0"], ["1"])]
+    assert len(rows) == 2 and all(row[1] != "-1" for row in rows), r.stdout.decode()
+    cluster.wait_for(lambda: fully_replicated(cluster, name, 2), 30, "rf 2 topic")
 
 
 def test_idempotent_producer_through_a_killed_and_restarted_leader(cluster):
