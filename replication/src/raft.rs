@@ -825,8 +825,29 @@ impl Raft {
         // from the leader too, or was never committed.
         let cannot_continue = prev_end > self.end
             || (prev_end > self.start && self.epochs.term_at(prev_end - 1) != prev_term);
-        if prev_end <= log_start && cannot_continue && !entries.is_empty() {
+        // Never over our own commit: a leader that needs that has a wrong term history,
+        // and refusing keeps what we hold committed (it cannot commit without us then).
+        if prev_end <= log_start
+            && cannot_continue
+            && !entries.is_empty()
+            && self.commit <= prev_end
+        {
             self.restart_at(prev_end, prev_term);
+        }
+        if prev_end == self.start
+            && self.end == self.start
+            && prev_end > 0
+            && self.epochs.term_at(prev_end - 1) != prev_term
+        {
+            // Our log is empty at its start and our record of the term before it is not
+            // the leader's: a crash between restarting the log and saving the term
+            // history left the old one. Everything below our start is committed and the
+            // leader holds the term of its entries, so its word stands.
+            self.epochs = EpochCache::new();
+            if prev_term > 0 {
+                self.epochs.record(prev_term, prev_end - 1);
+            }
+            self.epochs_dirty = true;
         }
         if prev_end > self.end {
             let m = reject(self, self.end);

@@ -50,7 +50,7 @@ pub struct History {
     leaders: BTreeMap<(GroupId, Term), NodeId>,
     /// Controller offset applied -> (metadata fingerprint, first node to report it).
     metadata: BTreeMap<Offset, (u64, NodeId)>,
-    /// Per group, the highest log start any replica was allowed (see `start_allowed`).
+    /// Per group, the highest log start any replica has had.
     start_floor: BTreeMap<GroupId, Offset>,
     pub violations: Vec<String>,
     pub acked_count: u64,
@@ -263,8 +263,8 @@ impl History {
         }
     }
 
-    /// Some replica of `group` may move its log start up to `offset`.
-    pub fn start_allowed(&mut self, group: GroupId, offset: Offset) {
+    /// A replica of `group` moved its log start to `offset`.
+    pub fn start_seen(&mut self, group: GroupId, offset: Offset) {
         let e = self.start_floor.entry(group).or_insert(0);
         *e = (*e).max(offset);
     }

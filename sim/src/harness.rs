@@ -308,6 +308,7 @@ impl Io for SimIo<'_> {
     fn start_moved(&mut self, group: GroupId, start: Offset) {
         self.w
             .check_start(self.id, group, start, "follows the leader's start");
+        self.w.history.borrow_mut().start_seen(group, start);
     }
 
     fn restarted(&mut self, group: GroupId, offset: Offset) {
@@ -317,6 +318,7 @@ impl Io for SimIo<'_> {
         ));
         self.w
             .check_start(self.id, group, offset, "restarts its log");
+        self.w.history.borrow_mut().start_seen(group, offset);
         if let Some(g) = self.groups.get_mut(&group) {
             g.mirror.clear();
         }
@@ -505,7 +507,6 @@ async fn move_some_start(
         let e = a.entry(g).or_insert(0);
         *e = (*e).max(allowed);
     }
-    w.history.borrow_mut().start_allowed(g, allowed);
     let how = if rng.below(2) == 0 {
         StartMove::To(want)
     } else {
@@ -517,6 +518,7 @@ async fn move_some_start(
     w.event(format!(
         "node {id} g{g} start {start} -> {got} (asked {want}, bound {bound})"
     ));
+    w.history.borrow_mut().start_seen(g, got);
     if got > allowed {
         let now = w.sim_ms();
         w.history.borrow_mut().invariant(

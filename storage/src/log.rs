@@ -574,13 +574,20 @@ impl<D: Disk> Log<D> {
         while let Some(seg) = self.segments.pop_back() {
             self.remove_segment_files(seg).await?;
         }
-        let seg = Segment::create(
-            &self.disk,
-            offset,
-            self.config.index_interval_bytes,
-            prealloc(&self.config),
-        )
-        .await?;
+        let create = |prealloc| {
+            Segment::create(
+                &self.disk,
+                offset,
+                self.config.index_interval_bytes,
+                prealloc,
+            )
+        };
+        // On a full disk the preallocation fails first; an empty file may still fit (and
+        // the log must never be left without a segment).
+        let seg = match create(prealloc(&self.config)).await {
+            Ok(seg) => seg,
+            Err(_) => create(None).await?,
+        };
         self.segments.push_back(seg);
         if self.start > offset {
             self.set_start(offset).await?;
