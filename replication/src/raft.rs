@@ -189,6 +189,9 @@ pub struct Raft {
     /// When this node last heard from a legitimate leader (itself, if leader).
     leader_contact_ms: Option<u64>,
     pending_ack: Option<PendingAck>,
+    /// The highest log start a leader has told us of: we follow it as far as what we
+    /// hold committed and durable allows, now or once more of it is.
+    leader_start: Offset,
     rng: u64,
     ready: Ready,
 }
@@ -228,6 +231,7 @@ impl Raft {
             heartbeat_deadline_ms: 0,
             leader_contact_ms: None,
             pending_ack: None,
+            leader_start: 0,
             rng,
             ready: Ready::default(),
             cfg,
@@ -542,6 +546,7 @@ impl Raft {
         if self.role == Role::Leader {
             self.maybe_commit();
         }
+        self.follow_leader_start();
     }
 
     /// Storage found stored data that fails its checks (a batch that is not what was
@@ -731,6 +736,21 @@ impl Raft {
         self.ready.storage.push(StorageOp::Append(vec![bytes]));
     }
 
+    /// Moves our start up to the leader's as far as `start_bound` allows: at each Append,
+    /// and as soon as storage made more durable (so a replica that restarted its log at
+    /// the batch holding the leader's start reaches that start with its first sync, not
+    /// only at the next Append, which a leader that dies at once never sends).
+    fn follow_leader_start(&mut self) {
+        if self.role != Role::Follower {
+            return;
+        }
+        let start = self.leader_start.min(self.start_bound()).min(self.end);
+        if start > self.start {
+            self.start = start;
+            self.ready.storage.push(StorageOp::AdvanceStart(start));
+        }
+    }
+
     /// Empties the log and starts it again at `offset`, whose previous entry has `term`
     /// (see `handle_append`).
     fn restart_at(&mut self, offset: Offset, term: Term) {
@@ -904,11 +924,8 @@ impl Raft {
             self.commit = new_commit;
         }
         // The leader deleted below its start: so do we, within what we hold committed.
-        let start = log_start.min(self.start_bound()).min(self.end);
-        if start > self.start {
-            self.start = start;
-            self.ready.storage.push(StorageOp::AdvanceStart(start));
-        }
+        self.leader_start = self.leader_start.max(log_start);
+        self.follow_leader_start();
         // The ack waits for storage: only durable data is acknowledged.
         let ack = PendingAck {
             leader: from,
