@@ -11,6 +11,9 @@ use corelog_storage::batch::{self, BatchHeader, build};
 
 use crate::kafka::{self, Client, Pipeline};
 
+/// A record batch's header (Kafka RecordBatch v2).
+pub const BATCH_OVERHEAD: usize = batch::HEADER_LEN;
+
 /// How long any driver waits for an answer it is owed before the run fails.
 pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -48,9 +51,17 @@ pub trait Publisher: Send {
 }
 
 pub trait Acks: Send {
-    /// Blocks until one more batch is acknowledged in full; returns its tag and whether
-    /// the system refused any of it.
-    fn next(&mut self) -> Result<(u64, bool), String>;
+    /// Blocks until one more batch is acknowledged in full; returns its tag and, if the
+    /// system refused any of it, what it said.
+    fn next(&mut self) -> Result<(u64, Option<String>), String>;
+}
+
+/// A Kafka error code as its name, e.g. "10 MESSAGE_TOO_LARGE".
+pub fn kafka_error(code: i16) -> String {
+    match kafka_protocol::ResponseError::try_from_code(code) {
+        Some(e) => format!("Kafka error {code} ({e:?}: {e})"),
+        None => "no error".into(),
+    }
 }
 
 pub trait Consumer: Send {
@@ -241,7 +252,8 @@ impl Driver for Kafka {
             let merged_tx = merged_tx.clone();
             std::thread::spawn(move || {
                 while let Ok(tag) = tags.recv() {
-                    let r = kafka::read_produce_ack(&mut reader).map(|e| (tag, e != 0));
+                    let r = kafka::read_produce_ack(&mut reader)
+                        .map(|e| (tag, (e != 0).then(|| kafka_error(e))));
                     let failed = r.is_err();
                     if merged_tx.send(r).is_err() || failed {
                         return;
@@ -339,11 +351,11 @@ impl Publisher for KafkaPublisher {
 
 /// Answers of several connections, merged.
 struct MergedAcks {
-    merged: std::sync::mpsc::Receiver<Result<(u64, bool), String>>,
+    merged: std::sync::mpsc::Receiver<Result<(u64, Option<String>), String>>,
 }
 
 impl Acks for MergedAcks {
-    fn next(&mut self) -> Result<(u64, bool), String> {
+    fn next(&mut self) -> Result<(u64, Option<String>), String> {
         self.merged
             .recv()
             .map_err(|_| "every connection's answer reader stopped".to_string())?
@@ -436,10 +448,10 @@ struct KafkaAcks {
 }
 
 impl Acks for KafkaAcks {
-    fn next(&mut self) -> Result<(u64, bool), String> {
+    fn next(&mut self) -> Result<(u64, Option<String>), String> {
         let error = kafka::read_produce_ack(&mut self.reader)?;
         self.next += 1;
-        Ok((self.next - 1, error != 0))
+        Ok((self.next - 1, (error != 0).then(|| kafka_error(error))))
     }
 }
 

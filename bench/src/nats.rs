@@ -291,11 +291,11 @@ struct NatsAcks {
     r: BufReader<TcpStream>,
     prefix: String,
     /// tag -> (acks seen, any refused).
-    seen: HashMap<u64, (usize, bool)>,
+    seen: HashMap<u64, (usize, Option<String>)>,
 }
 
 impl Acks for NatsAcks {
-    fn next(&mut self) -> Result<(u64, bool), String> {
+    fn next(&mut self) -> Result<(u64, Option<String>), String> {
         loop {
             let Op::Msg {
                 subject, payload, ..
@@ -311,10 +311,13 @@ impl Acks for NatsAcks {
                 .and_then(|(t, n)| Some((t.parse::<u64>().ok()?, n.parse::<usize>().ok()?)))
                 .ok_or_else(|| format!("nats: unexpected reply subject {subject}"))?;
             // An ack is {"stream":..,"seq":..}; a refusal {"error":{..}}.
-            let refused = !payload.starts_with(b"{\"stream\"");
-            let e = self.seen.entry(tag).or_insert((0, false));
+            let refused = (!payload.starts_with(b"{\"stream\""))
+                .then(|| format!("nats: {}", String::from_utf8_lossy(&payload)));
+            let e = self.seen.entry(tag).or_insert((0, None));
             e.0 += 1;
-            e.1 |= refused;
+            if e.1.is_none() {
+                e.1 = refused;
+            }
             if e.0 == n {
                 let (_, refused) = self.seen.remove(&tag).expect("just seen");
                 return Ok((tag, refused));

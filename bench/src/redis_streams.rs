@@ -144,18 +144,20 @@ struct RedisAcks {
 }
 
 impl Acks for RedisAcks {
-    fn next(&mut self) -> Result<(u64, bool), String> {
+    fn next(&mut self) -> Result<(u64, Option<String>), String> {
         let (tag, n) = self
             .sizes
             .recv()
             .map_err(|_| "redis publisher stopped".to_string())?;
-        let mut failed = false;
+        let mut failed = None;
         for _ in 0..n {
             let v = self
                 .parser
                 .parse_value(&mut self.r)
                 .map_err(|e| format!("redis: {e}"))?;
-            failed |= matches!(v, Value::ServerError(_));
+            if let (None, Value::ServerError(e)) = (&failed, &v) {
+                failed = Some(format!("redis: {e:?}"));
+            }
         }
         Ok((tag, failed))
     }

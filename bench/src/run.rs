@@ -209,6 +209,9 @@ pub struct RunResult {
     pub messages_acked: u64,
     pub messages_consumed: u64,
     pub errors: u64,
+    /// What the system said when it first refused a batch.
+    #[serde(default)]
+    pub first_refusal: Option<String>,
     pub msgs_per_s: f64,
     pub mb_per_s: f64,
     pub publish: Percentiles,
@@ -232,6 +235,10 @@ pub struct RunResult {
     /// taking a byte in and serving it to every consumer group.
     #[serde(default)]
     pub server_ns_per_byte: Option<f64>,
+    /// That CPU time in core-seconds per GB moved: produced plus consumed (every group's
+    /// reads counted), the measure issue 13 sets its target in.
+    #[serde(default)]
+    pub server_core_s_per_gb: Option<f64>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -328,7 +335,10 @@ pub fn run(args: Args) -> Result<(), String> {
     print_result(&result);
     args.common.write_json(&result)?;
     if result.messages_acked == 0 && w.acks()? != 0 {
-        return Err("no message was acknowledged".into());
+        return Err(match &result.first_refusal {
+            Some(why) => format!("no message was acknowledged; the first refusal: {why}"),
+            None => "no message was acknowledged".into(),
+        });
     }
     if args.common.strict {
         check_complete(&result)?;
@@ -336,9 +346,40 @@ pub fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Kafka's default `max.message.bytes` (a topic's largest record batch).
+const KAFKA_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
+/// A workload whose batches a Kafka-protocol broker would refuse, every one, is refused up
+/// front, saying why: its batches may reach `batch_bytes` plus one message and the batch
+/// framing, against the topic's `max.message.bytes` (the workload's topic config, else
+/// Kafka's default).
+fn check_batch_fits(w: &Workload, system: System) -> Result<(), String> {
+    if !matches!(system, System::Corelog | System::Tansu | System::Kafka) {
+        return Ok(());
+    }
+    let limit = match w.topic_configs.get("max.message.bytes") {
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| format!("max.message.bytes={v}: not a number"))?,
+        None => KAFKA_MAX_MESSAGE_BYTES,
+    };
+    // The batch header, and per record its framing (length, attributes, deltas, key and
+    // value lengths, header count): at most this much beyond the values.
+    let per_batch = (w.batch_bytes / w.message_bytes).max(1);
+    let largest = crate::driver::BATCH_OVERHEAD + per_batch * (w.message_bytes + 24);
+    if largest > limit {
+        return Err(format!(
+            "{}: batches of {per_batch} x {} B messages ({largest} B framed) exceed the topic's max.message.bytes ({limit}): every produce would be refused (MESSAGE_TOO_LARGE); lower batch_bytes or set topic_configs max.message.bytes",
+            w.name, w.message_bytes
+        ));
+    }
+    Ok(())
+}
+
 /// Every acknowledged message read by every group, none refused.
 pub fn check_complete(r: &RunResult) -> Result<(), String> {
-    let groups = r.workload.consumer_groups.max(1) as u64;
+    // No group (consumer_groups = 0): nothing is read, and nothing must be.
+    let groups = r.workload.consumer_groups as u64;
     if r.messages_acked == 0 || r.errors > 0 || r.messages_consumed < r.messages_acked * groups {
         return Err(format!(
             "{}: {} acknowledged, {} refused, {} read by {groups} group(s): messages missing",
@@ -365,11 +406,17 @@ pub fn print_result(r: &RunResult) {
             );
         }
     }
+    if let Some(why) = &r.first_refusal {
+        println!("  first refusal: {why}");
+    }
     if let Some(c) = r.catchup_mb_per_s {
         println!("  catch-up read: {c:.1} MB/s");
     }
     if let (Some(cpu), Some(ns)) = (r.server_cpu_s, r.server_ns_per_byte) {
         println!("  server CPU: {cpu:.2} s, {ns:.2} ns per produced byte");
+        if let Some(g) = r.server_core_s_per_gb {
+            println!("  server CPU per GB produced + consumed: {g:.2} core-s");
+        }
     }
     println!(
         "  client CPU: {:.0}% of the machine, busiest client thread {:.0}% of a core{}",
@@ -389,6 +436,8 @@ struct Shared {
     acked: AtomicU64,
     consumed: AtomicU64,
     errors: AtomicU64,
+    /// What the system said when it first refused a batch.
+    first_refusal: Mutex<Option<String>>,
     busiest_thread_permille: AtomicU64,
     publish: Mutex<Histogram<u64>>,
     e2e: Mutex<Histogram<u64>>,
@@ -409,6 +458,7 @@ pub fn run_workload(
     replication_factor: i16,
 ) -> Result<RunResult, String> {
     let acks = w.acks()?;
+    check_batch_fits(w, system)?;
     let driver: Arc<dyn Driver> = Arc::from(system.driver(addr, acks, w, replication_factor)?);
     let topic = format!("bench-{}-{:08x}", w.name, fastrand::u32(..));
     driver.create_topic(&topic, w.partitions)?;
@@ -418,6 +468,7 @@ pub fn run_workload(
         acked: AtomicU64::new(0),
         consumed: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        first_refusal: Mutex::new(None),
         busiest_thread_permille: AtomicU64::new(0),
         publish: Mutex::new(histogram()),
         e2e: Mutex::new(histogram()),
@@ -481,8 +532,9 @@ pub fn run_workload(
         shared.stop.store(false, Ordering::Relaxed);
         let bytes =
             (shared.consumed.load(Ordering::Relaxed) - consumed_before) * w.message_bytes as u64;
-        catchup =
-            Some(bytes as f64 / 1e6 / t.elapsed().as_secs_f64() / w.consumer_groups.max(1) as f64);
+        // Per group; with no group nothing was read back.
+        catchup = (w.consumer_groups > 0)
+            .then(|| bytes as f64 / 1e6 / t.elapsed().as_secs_f64() / w.consumer_groups as f64);
     }
 
     let measure_start_ns = shared.now_ns();
@@ -563,6 +615,7 @@ pub fn run_workload(
     let cpu = cpu_seconds() - cpu0;
     let server_cpu_s = server_cpu().zip(server_cpu0).map(|(c, c0)| c - c0);
     let acked_bytes = shared.acked.load(Ordering::Relaxed) as f64 * w.message_bytes as f64;
+    let consumed_bytes = shared.consumed.load(Ordering::Relaxed) as f64 * w.message_bytes as f64;
     let wall = shared.start.elapsed().as_secs_f64();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let client_cpu_pct = 100.0 * cpu / (wall * cores);
@@ -593,6 +646,7 @@ pub fn run_workload(
         messages_acked: shared.acked.load(Ordering::Relaxed),
         messages_consumed: shared.consumed.load(Ordering::Relaxed),
         errors: shared.errors.load(Ordering::Relaxed),
+        first_refusal: shared.first_refusal.lock().expect("not poisoned").clone(),
         msgs_per_s,
         mb_per_s: msgs_per_s * w.message_bytes as f64 / 1e6,
         publish: percentiles(&publish),
@@ -610,6 +664,9 @@ pub fn run_workload(
         server_ns_per_byte: server_cpu_s
             .filter(|_| acked_bytes > 0.0)
             .map(|s| s * 1e9 / acked_bytes),
+        server_core_s_per_gb: server_cpu_s
+            .filter(|_| acked_bytes + consumed_bytes > 0.0)
+            .map(|s| s * 1e9 / (acked_bytes + consumed_bytes)),
     })
 }
 
@@ -688,7 +745,7 @@ fn producer(
                             Err(_) => return Ok(()),
                         };
                     }
-                    let (tag, failed) = acks_reader.next()?;
+                    let (tag, refusal) = acks_reader.next()?;
                     let now = shared.now_ns();
                     let _ = slot_rx.recv();
                     let intended = loop {
@@ -700,10 +757,15 @@ fn producer(
                             .map_err(|_| format!("acknowledgement of batch {tag}, never sent"))?;
                         waiting.insert(t, v);
                     };
-                    if failed {
+                    if let Some(why) = refusal {
                         shared
                             .errors
                             .fetch_add(intended.len() as u64, Ordering::Relaxed);
+                        shared
+                            .first_refusal
+                            .lock()
+                            .expect("not poisoned")
+                            .get_or_insert(why);
                         continue;
                     }
                     shared
@@ -831,7 +893,7 @@ fn start_consumers(
     count: Option<u64>,
 ) -> Result<Vec<std::thread::JoinHandle<Result<(), String>>>, String> {
     let mut handles = Vec::new();
-    for _ in 0..w.consumer_groups.max(1) {
+    for _ in 0..w.consumer_groups {
         // Created here, before any message is published, so `From::End` misses nothing.
         let mut consumer = driver.consumer(topic, w.partitions, from)?;
         let shared = shared.clone();
@@ -876,6 +938,24 @@ mod tests {
             w.acks().unwrap();
         }
         assert!(Workload::load("no-such-workload").is_err());
+    }
+
+    #[test]
+    fn batches_past_max_message_bytes_are_refused_up_front() {
+        for (name, _) in SHIPPED {
+            let w = Workload::load(name).unwrap();
+            check_batch_fits(&w, System::Corelog).unwrap();
+        }
+        let mut w = Workload::load("1k-max").unwrap();
+        w.batch_bytes = 1 << 20;
+        let e = check_batch_fits(&w, System::Corelog).unwrap_err();
+        assert!(e.contains("MESSAGE_TOO_LARGE"), "{e}");
+        // Fine where the topic takes it, and for systems without the limit.
+        w.topic_configs
+            .insert("max.message.bytes".into(), (2 << 20).to_string());
+        check_batch_fits(&w, System::Corelog).unwrap();
+        w.topic_configs.clear();
+        check_batch_fits(&w, System::Nats).unwrap();
     }
 
     #[test]
