@@ -400,14 +400,9 @@ impl<D: Disk> Replica<D> {
         Ok(start)
     }
 
-    /// Deletes segments past retention, forgetting producers whose batches went with
-    /// them. Returns the number of segments deleted.
-    pub async fn enforce_retention(&mut self, now_ms: i64) -> Result<usize, StorageError> {
-        self.enforce_retention_below(now_ms, Offset::MAX).await
-    }
-
-    /// [`Replica::enforce_retention`], deleting only segments that end at or below
-    /// `limit`.
+    /// Deletes segments past retention that end at or below `limit` (see
+    /// [`move_start`]), forgetting producers whose batches went with them. Returns the
+    /// number of segments deleted.
     pub async fn enforce_retention_below(
         &mut self,
         now_ms: i64,
@@ -585,6 +580,13 @@ pub async fn move_start<D: Disk>(
 /// Drops the appends of one step that a later truncation or restart of the same step
 /// undoes (whole batches: a truncation falls on a batch boundary of the log).
 fn elide_undone(ops: Vec<StorageOp>) -> Vec<StorageOp> {
+    // The common step (a leader's appends, a follower's) has nothing to undo: as it came.
+    if !ops
+        .iter()
+        .any(|o| matches!(o, StorageOp::Truncate(_) | StorageOp::Restart(_)))
+    {
+        return ops;
+    }
     let base = |b: &bytes::Bytes| BatchHeader::parse(b).map_or(0, |h| h.base_offset as Offset);
     let mut out: Vec<StorageOp> = Vec::with_capacity(ops.len());
     for op in ops {
