@@ -53,6 +53,7 @@ pub struct Workload {
 
 const SHIPPED: &[(&str, &str)] = &[
     ("1k-max", include_str!("../workloads/1k-max.toml")),
+    ("1m-max", include_str!("../workloads/1m-max.toml")),
     ("100b-max", include_str!("../workloads/100b-max.toml")),
     ("1k-50mbs", include_str!("../workloads/1k-50mbs.toml")),
     ("fanout-4", include_str!("../workloads/fanout-4.toml")),
@@ -99,7 +100,7 @@ impl Workload {
 /// What `run` and `compare` share: the workload, where data goes, and what is written.
 #[derive(ClapArgs, Clone)]
 pub struct Common {
-    /// A shipped workload (1k-max, 100b-max, 1k-50mbs, fanout-4, catchup-2g, smoke) or a
+    /// A shipped workload (1k-max, 1m-max, 100b-max, 1k-50mbs, fanout-4, catchup-2g, smoke) or a
     /// TOML file.
     pub workload: String,
     /// Where started servers put their data dirs (a real disk, not tmpfs).

@@ -83,10 +83,16 @@ fn decode<R: Decodable>(body: &mut Bytes, version: i16) -> Result<R, String> {
 
 /// Frames a response: `[i32 length][header][body]`.
 pub fn respond<R: Encodable + HeaderVersion>(correlation_id: i32, version: i16, resp: &R) -> Reply {
-    let mut buf = BytesMut::with_capacity(64);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    // Sized up front: a fetch response of megabytes would otherwise be copied again at
+    // every doubling of the buffer.
+    let size = header
+        .compute_size(R::header_version(version))
+        .and_then(|h| Ok(h + resp.compute_size(version)?))
+        .unwrap_or(64);
+    let mut buf = BytesMut::with_capacity(4 + size);
     buf.put_i32(0);
-    ResponseHeader::default()
-        .with_correlation_id(correlation_id)
+    header
         .encode(&mut buf, R::header_version(version))
         .map_err(|e| format!("encoding response header: {e:#}"))?;
     resp.encode(&mut buf, version)

@@ -13,6 +13,7 @@ pub mod handlers;
 pub mod limits;
 pub mod partition;
 pub mod properties;
+pub mod recent;
 pub mod records;
 pub mod server;
 pub mod shard;

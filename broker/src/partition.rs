@@ -4,7 +4,7 @@
 //! lock is needed; produces that queue up while a sync runs share the next one (group
 //! commit).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -26,6 +26,7 @@ use serde::Deserialize;
 use crate::cluster::RpcIo;
 use crate::config::TopicSettings;
 use crate::errors as code;
+use crate::recent::RecentBatches;
 use crate::records::Kept;
 use crate::util::{mono_ms, wall_ms};
 
@@ -177,6 +178,8 @@ pub struct PartitionHandle {
     pub status: Rc<Cell<Status>>,
     /// Notified whenever the high watermark moves (long-poll fetches wait on it).
     pub changed: Rc<Event>,
+    /// The newest committed batches, for fetches at the head (see `recent`).
+    pub recent: Rc<RefCell<RecentBatches>>,
 }
 
 impl PartitionHandle {
@@ -316,6 +319,7 @@ pub async fn open(
         is_leader: false,
     }));
     let changed = Rc::new(Event::new());
+    let recent = Rc::new(RefCell::new(RecentBatches::default()));
     let (tx, rx) = mpsc::channel(QUEUE);
     let internal = dir
         .file_name()
@@ -329,6 +333,7 @@ pub async fn open(
         settings,
         status: status.clone(),
         changed: changed.clone(),
+        recent: recent.clone(),
         out_of_space: None,
         io: RpcIo {
             peers: membership.peers.clone(),
@@ -354,6 +359,7 @@ pub async fn open(
         group,
         status,
         changed,
+        recent,
     })
 }
 
@@ -484,6 +490,8 @@ struct PartitionTask {
     settings: TopicSettings,
     status: Rc<Cell<Status>>,
     changed: Rc<Event>,
+    /// Filled as this replica leads; emptied in `publish` when it stops or the term moves.
+    recent: Rc<RefCell<RecentBatches>>,
     membership: Membership,
     io: RpcIo,
     /// Produces waiting for their batches to commit (or, acks=1, to be durable here).
@@ -554,9 +562,9 @@ impl PartitionTask {
         }
     }
 
-    /// Handles one round of commands: replication messages and appends first, one drive
-    /// of the group (one sync), then reads (which see the new data). Returns the reply of
-    /// a Close, after which the task ends.
+    /// Handles one round of commands: replication messages and appends are taken in,
+    /// reads answered (from what is committed), then one drive of the group (one sync).
+    /// Returns the reply of a Close, after which the task ends.
     async fn round(&mut self, cmds: Vec<Cmd>) -> Option<oneshot::Sender<()>> {
         let mut reads = Vec::new();
         let mut close = None;
@@ -610,6 +618,12 @@ impl PartitionTask {
                 other => reads.push(other),
             }
         }
+        // Reads first: they see what was committed before this round (nothing of this
+        // round is committed before its sync), so a consumer at the head is answered
+        // now, not after the round's appends and fdatasync.
+        for cmd in reads {
+            self.read(cmd).await;
+        }
         if self.replicated() {
             self.node.on_tick(mono_ms());
         }
@@ -618,9 +632,6 @@ impl PartitionTask {
         }
         self.publish();
         self.resolve_pending();
-        for cmd in reads {
-            self.read(cmd).await;
-        }
         close
     }
 
@@ -769,6 +780,10 @@ impl PartitionTask {
             let term = self.raft().term();
             match self.raft_mut().propose(mono_ms(), bytes) {
                 Ok((base, batch_end)) => {
+                    if let Some((_, _, b)) = self.raft().newest_cached() {
+                        let b = b.clone();
+                        self.recent.borrow_mut().push(term, base, batch_end, b);
+                    }
                     // Known before it is appended, so the next request in this round
                     // sees it; the driver's remember on append is then a no-op.
                     self.replica_mut().producers.remember(&h, base);
@@ -823,7 +838,7 @@ impl PartitionTask {
                         .read_up_to(offset as u64, max_bytes.max(1), hw as u64)
                         .await
                     {
-                        Ok(r) => out.records = Bytes::from(r.bytes),
+                        Ok(r) => out.records = r.bytes,
                         Err(StorageError::OffsetOutOfRange { .. }) => {
                             out.error = code::OFFSET_OUT_OF_RANGE;
                         }
@@ -1039,6 +1054,14 @@ impl PartitionTask {
                 isr: Vec::new(),
             },
         };
+        // Before a new high watermark is visible: batches of an older term (whose
+        // uncommitted tail a newer leader may have replaced) must not be served under it.
+        {
+            let mut recent = self.recent.borrow_mut();
+            if raft.role() != Role::Leader || recent.term() != raft.term() {
+                recent.clear(raft.term());
+            }
+        }
         let log = self.log();
         s.size_bytes = log.size_bytes();
         let was_leader = s.is_leader;
@@ -1092,6 +1115,8 @@ impl PartitionTask {
     async fn reopen(&mut self) {
         match load(&self.dir, self.node_id, &self.settings, &self.membership).await {
             Ok(fresh) => {
+                // The uncommitted tail is dropped with the old state.
+                self.recent.borrow_mut().clear(0);
                 let old = std::mem::replace(&mut self.replicas, fresh.replicas);
                 self.node = fresh.node;
                 // Its files only: nothing of its state may reach the disk any more.

@@ -519,6 +519,24 @@ impl Shard {
                     });
                     return;
                 }
+                // At the head: the newest committed batches are answered here, not behind
+                // the partition's round in progress.
+                if s.online && s.is_leader && offset >= s.log_start && offset >= 0 {
+                    let held = h.recent.borrow().read(
+                        offset as u64,
+                        s.high_watermark.max(0) as u64,
+                        max_bytes.max(1),
+                    );
+                    if let Some(records) = held {
+                        let _ = reply.send(FetchOutcome {
+                            error: code::NONE,
+                            high_watermark: s.high_watermark,
+                            log_start: s.log_start,
+                            records,
+                        });
+                        return;
+                    }
+                }
                 h.send(Cmd::Fetch {
                     offset,
                     max_bytes,

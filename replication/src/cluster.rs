@@ -251,7 +251,7 @@ impl Cluster {
                     for (peer, from, bytes) in reads {
                         node.group_mut(w.group)
                             .unwrap()
-                            .on_read(now, peer, from, bytes);
+                            .on_read(now, peer, from, bytes.into());
                     }
                 }
                 for (to, env) in ready.envelopes {

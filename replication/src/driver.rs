@@ -21,6 +21,8 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+
 use corelog_storage::batch::BatchHeader;
 use corelog_storage::{Disk, DiskFile, Log, LogConfig, ReadBatches, StorageError};
 
@@ -459,7 +461,7 @@ async fn walk<D: Disk>(
         if got.bytes.is_empty() || got.next_offset <= from {
             break;
         }
-        let mut rest = got.bytes.as_slice();
+        let mut rest = &got.bytes[..];
         let mut mismatch = None;
         let mut seen = Vec::new();
         while let Ok(h) = BatchHeader::parse(rest) {
@@ -515,7 +517,7 @@ async fn walk_batches<D: Disk>(
         if got.bytes.is_empty() || got.next_offset <= from {
             break;
         }
-        let mut rest = got.bytes.as_slice();
+        let mut rest = &got.bytes[..];
         while let Ok(h) = BatchHeader::parse(rest) {
             if h.size > rest.len() {
                 break;
@@ -652,7 +654,7 @@ pub async fn drive<D: Disk>(
                         }
                         for b in batches {
                             r.log
-                                .append_at(&b, io.wall_ms())
+                                .append_at(b.clone(), io.wall_ms())
                                 .await
                                 .map_err(err("append"))?;
                             r.producers.on_batch(&b);
@@ -710,7 +712,7 @@ pub async fn drive<D: Disk>(
                         if f.corrupt_on_disk {
                             raft.on_storage_corrupt(io.now_ms());
                         }
-                        raft.on_read(io.now_ms(), peer, from, Vec::new());
+                        raft.on_read(io.now_ms(), peer, from, Bytes::new());
                     }
                 }
             }

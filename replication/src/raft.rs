@@ -568,7 +568,7 @@ impl Raft {
 
     /// Answer to a `StorageOp::Read`: whole batches starting at `from`; empty if the read
     /// failed (it is retried later).
-    pub fn on_read(&mut self, now: u64, peer: NodeId, from: Offset, bytes: Vec<u8>) {
+    pub fn on_read(&mut self, now: u64, peer: NodeId, from: Offset, bytes: Bytes) {
         let Some(p) = self.progress.get_mut(&peer) else {
             return;
         };
@@ -578,7 +578,7 @@ impl Raft {
         }
         // The first batch is the one holding `from` (it may start before it).
         let mut entries = Vec::new();
-        let mut rest = Bytes::from(bytes);
+        let mut rest = bytes;
         let mut start = None;
         let mut next = from;
         while let Ok(h) = BatchHeader::parse(&rest) {
@@ -721,6 +721,13 @@ impl Raft {
     /// Is a candidate's log at least as up to date as ours?
     fn log_ok(&self, last_term: Term, end: Offset) -> bool {
         (last_term, end) >= (self.last_term(), self.end)
+    }
+
+    /// The newest entry of the leader's cache, `(base, end, bytes)`: right after a
+    /// `propose`, the batch it appended, offsets and epoch set (the broker's fetch cache
+    /// shares these bytes).
+    pub fn newest_cached(&self) -> Option<(Offset, Offset, &Bytes)> {
+        self.cache.back().map(|(b, e, x)| (*b, *e, x))
     }
 
     fn append_local(&mut self, bytes: Bytes, base: Offset, end: Offset) {

@@ -559,7 +559,7 @@ async fn apply_metadata(
         if got.bytes.is_empty() {
             break;
         }
-        let mut rest = got.bytes.as_slice();
+        let mut rest = &got.bytes[..];
         while let Ok(h) = BatchHeader::parse(rest) {
             let end = h.last_offset() as u64 + 1;
             if end > metadata.applied {

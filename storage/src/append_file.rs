@@ -1,45 +1,84 @@
 //! An append-only byte stream over a [`DiskFile`] that obeys direct-I/O alignment.
 //!
-//! Bytes before `buf_start` (a block boundary) are on the file and never rewritten; bytes
-//! from `buf_start` to the logical end live in `buf`. A flush writes `buf` padded with
-//! zeros to a whole block, then keeps only the partly filled tail block in memory, which
-//! the next flush rewrites in place. The zero padding is what recovery stops at.
+//! Bytes before `align_down(written_len)` are on the file and never rewritten; the written
+//! bytes of the partly filled block at that position stay in `tail`, which the next write
+//! rewrites in place, padded with zeros to a whole block. The zero padding is what recovery
+//! stops at.
 //!
-//! Optionally the last `keep` bytes already written stay in memory too: consumers at the
-//! head of a partition read what was appended a moment ago, and direct I/O has no page
-//! cache to serve them, so without this every such fetch is a device read in the
-//! partition's task, in line with the next produce round.
+//! Appended batches are held as they came (shared `Bytes`, no copy) until a flush copies
+//! them, once, into a buffer of the backend's (block-aligned DMA memory for the real disk)
+//! and writes that buffer as it is. That is the only copy a produced byte takes on its way
+//! to the device.
+//!
+//! The written buffers of the last `keep` bytes stay in memory too: consumers at the head
+//! of a partition read what was appended a moment ago, and direct I/O has no page cache to
+//! serve them, so without this every such fetch is a device read in the partition's task,
+//! in line with the next produce round. Trimming drops whole buffers (no bytes move).
 
+use std::collections::VecDeque;
 use std::io;
+use std::rc::Rc;
+
+use bytes::Bytes;
 
 #[cfg(test)]
 use crate::io::BLOCK;
-use crate::io::{DiskFile, align_down, align_up};
+use crate::io::{DiskFile, IoBuf, align_down, align_up};
 
-pub(crate) struct AppendFile<F> {
+/// Appends smaller than this are copied into one growing chunk rather than held apart.
+const SMALL: usize = 64 << 10;
+
+/// Bytes appended and not yet written.
+enum Chunk {
+    /// A batch as it came, shared with whoever else holds it (the replication log).
+    Shared(Bytes),
+    /// Small appends (index entries, copied batches) gathered together.
+    Owned(Vec<u8>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Shared(b) => b,
+            Chunk::Owned(v) => v,
+        }
+    }
+}
+
+/// A written buffer kept for reads: `len` valid bytes from file position `pos`.
+struct Kept<B> {
+    pos: u64,
+    len: usize,
+    buf: Rc<B>,
+}
+
+pub(crate) struct AppendFile<F: DiskFile> {
     pub(crate) file: F,
     /// Logical length: bytes of real data.
     len: u64,
-    /// Block-aligned file position of `buf[0]`.
-    mem_start: u64,
-    /// Block-aligned position the next write starts at (the partial tail block is
-    /// rewritten); bytes from `mem_start` up to here are written and kept for reads.
-    buf_start: u64,
-    buf: Vec<u8>,
-    /// How many written bytes to keep in memory for reads (up to twice this, trimmed in
-    /// chunks so the cost is one copy of the data, not one per write).
-    keep: u64,
     /// Logical length already written to the file (not necessarily synced).
     written_len: u64,
+    /// The written bytes from `align_down(written_len)` to `written_len`.
+    tail: Vec<u8>,
+    /// Appended, not written yet: the bytes from `written_len` to `len`.
+    pending: Vec<Chunk>,
+    /// Written buffers kept for reads, oldest first; each starts at or before the end of
+    /// the one before it, so together they cover `kept[0].pos..written_len`.
+    kept: VecDeque<Kept<F::Buf>>,
+    /// How many written bytes to keep in memory for reads (0: none but the tail).
+    keep: u64,
+    /// Bytes from here on were appended through this handle (checked on the way in),
+    /// not read back from the file.
+    appended_from: u64,
 }
 
 impl<F: DiskFile> AppendFile<F> {
     /// Wraps `file` whose first `len` bytes are valid data; later bytes are ignored and
     /// will be overwritten. Reads the partial tail block back into memory.
     pub(crate) async fn open(file: F, len: u64) -> io::Result<Self> {
-        let buf_start = align_down(len);
-        let buf = read_stable(&file, buf_start, (len - buf_start) as usize).await?;
-        if buf.len() as u64 != len - buf_start {
+        let start = align_down(len);
+        let tail = read_stable(&file, start, (len - start) as usize).await?;
+        if tail.len() as u64 != len - start {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "file shorter than its recovered length",
@@ -48,28 +87,19 @@ impl<F: DiskFile> AppendFile<F> {
         Ok(Self {
             file,
             len,
-            mem_start: buf_start,
-            buf_start,
-            buf,
-            keep: 0,
             written_len: len,
+            tail,
+            pending: Vec::new(),
+            kept: VecDeque::new(),
+            keep: 0,
+            appended_from: len,
         })
     }
 
     /// Keeps about `bytes` of written data in memory for reads (0: only the tail block).
     pub(crate) fn set_keep(&mut self, bytes: u64) {
-        let shrinking = align_down(bytes) < self.keep;
-        self.keep = align_down(bytes);
+        self.keep = bytes;
         self.trim();
-        if shrinking {
-            // `drain` keeps the capacity: a sealed segment would hold on to megabytes.
-            self.buf.shrink_to_fit();
-        }
-    }
-
-    /// The first byte of `buf` not yet written for good.
-    fn off(&self) -> usize {
-        (self.buf_start - self.mem_start) as usize
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -81,9 +111,36 @@ impl<F: DiskFile> AppendFile<F> {
         self.len - self.written_len
     }
 
+    /// Where the bytes served from memory begin: reads from here on touch no device.
+    fn mem_start(&self) -> u64 {
+        self.kept
+            .front()
+            .map_or(align_down(self.written_len), |k| k.pos)
+    }
+
+    /// Positions from here on are read from memory holding bytes that came in through
+    /// [`AppendFile::append`] or [`AppendFile::append_shared`], never from the device:
+    /// whatever their callers checked on the way in still holds.
+    pub(crate) fn memory_from(&self) -> u64 {
+        self.mem_start().max(self.appended_from)
+    }
+
+    /// Appends a copy of `data` (small appends share one chunk).
     pub(crate) fn append(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        match self.pending.last_mut() {
+            Some(Chunk::Owned(v)) if v.len() + data.len() <= SMALL => v.extend_from_slice(data),
+            _ => self.pending.push(Chunk::Owned(data.to_vec())),
+        }
         self.len += data.len() as u64;
+    }
+
+    /// Appends `data` without copying it: it is held until the next write.
+    pub(crate) fn append_shared(&mut self, data: Bytes) {
+        if data.len() < BLOCK_COPY {
+            return self.append(&data);
+        }
+        self.len += data.len() as u64;
+        self.pending.push(Chunk::Shared(data));
     }
 
     /// Writes everything appended, the tail block padded with zeros.
@@ -91,50 +148,80 @@ impl<F: DiskFile> AppendFile<F> {
         if self.written_len == self.len {
             return Ok(());
         }
-        let data_len = self.buf.len();
-        let off = self.off();
-        self.buf
-            .resize(off + align_up((data_len - off) as u64) as usize, 0);
-        let result = self.file.write_at(self.buf_start, &self.buf[off..]).await;
-        self.buf.truncate(data_len);
-        result?;
-        self.written_len = self.len;
-        self.drop_full_blocks();
-        Ok(())
+        self.write_out(false).await
     }
 
-    /// Writes only the whole blocks of the buffer, keeping the partial tail in memory:
-    /// bounds memory for large appends without rewriting anything.
+    /// Writes only the whole blocks of what is unwritten, keeping the partial remainder
+    /// for later: starts large appends on their way without rewriting anything.
     pub(crate) async fn flush_full_blocks(&mut self) -> io::Result<()> {
-        let off = self.off();
-        let full = align_down((self.buf.len() - off) as u64) as usize;
-        if full == 0 {
+        let data = self.tail.len() as u64 + self.unwritten();
+        if align_down(data) == 0 {
             return Ok(());
         }
-        self.file
-            .write_at(self.buf_start, &self.buf[off..off + full])
-            .await?;
-        self.written_len = self.written_len.max(self.buf_start + full as u64);
-        self.drop_full_blocks();
+        self.write_out(true).await
+    }
+
+    /// One write of the tail block and everything pending, from `align_down(written_len)`:
+    /// up to the last whole block (`full_only`), or all of it, zero padded.
+    async fn write_out(&mut self, full_only: bool) -> io::Result<()> {
+        let pos = align_down(self.written_len);
+        let data_len = self.tail.len() + self.unwritten() as usize;
+        let write_len = if full_only {
+            align_down(data_len as u64)
+        } else {
+            align_up(data_len as u64)
+        } as usize;
+        let copy_len = data_len.min(write_len);
+        let mut buf = self.file.alloc_buf(write_len);
+        let mut rest = Vec::new();
+        {
+            let out = buf.as_bytes_mut();
+            let mut at = 0;
+            let parts =
+                std::iter::once(&self.tail[..]).chain(self.pending.iter().map(Chunk::bytes));
+            for part in parts {
+                let n = part.len().min(copy_len - at);
+                out[at..at + n].copy_from_slice(&part[..n]);
+                at += n;
+                rest.extend_from_slice(&part[n..]);
+            }
+            out[copy_len..].fill(0);
+        }
+        let buf = Rc::new(buf);
+        self.file.write_buf(pos, buf.clone()).await?;
+        let end = pos + copy_len as u64;
+        self.written_len = end;
+        self.tail.clear();
+        self.pending.clear();
+        if full_only {
+            // `end` is a block boundary: the remainder is still unwritten.
+            if !rest.is_empty() {
+                self.pending.push(Chunk::Owned(rest));
+            }
+        } else {
+            let from = align_down(end) - pos;
+            self.tail
+                .extend_from_slice(&buf.as_bytes()[from as usize..copy_len]);
+        }
+        if self.keep > 0 {
+            self.kept.push_back(Kept {
+                pos,
+                len: copy_len,
+                buf,
+            });
+            self.trim();
+        }
         Ok(())
     }
 
-    /// Marks the written whole blocks as done (the partial tail block stays to be
-    /// rewritten) and trims what is kept for reads.
-    fn drop_full_blocks(&mut self) {
-        let full = align_down((self.buf.len() - self.off()) as u64);
-        self.buf_start += full;
-        if self.buf_start - self.mem_start > 2 * self.keep {
-            self.trim();
-        }
-    }
-
-    /// Drops written bytes beyond the last `keep`.
+    /// Drops the oldest kept buffers while the rest still cover the last `keep` bytes.
     fn trim(&mut self) {
-        let excess = (self.buf_start - self.mem_start).saturating_sub(self.keep);
-        if excess > 0 {
-            self.buf.drain(..excess as usize);
-            self.mem_start += excess;
+        if self.keep == 0 {
+            self.kept.clear();
+            return;
+        }
+        while self.kept.len() > 1 && self.written_len - self.kept[1].pos >= self.keep {
+            self.kept.pop_front();
         }
     }
 
@@ -144,31 +231,62 @@ impl<F: DiskFile> AppendFile<F> {
         self.file.sync().await
     }
 
-    /// Reads `len` bytes at `pos`, from the file or from memory (the kept written bytes
-    /// and the unwritten tail) as far as they reach.
+    /// Reads `len` bytes at `pos`, from the file or from memory (the kept written bytes,
+    /// the tail and what is unwritten) as far as they reach.
     pub(crate) async fn read(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
         let end = (pos + len as u64).min(self.len);
         if pos >= end {
             return Ok(Vec::new());
         }
-        let file_end = end.min(self.mem_start);
+        let mem_start = self.mem_start();
+        let file_end = end.min(mem_start);
         let mut out = if pos < file_end {
-            let got = self.file.read_at(pos, (file_end - pos) as usize).await?;
+            let mut got = self.file.read_at(pos, (file_end - pos) as usize).await?;
             if got.len() as u64 != file_end - pos {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "log file shorter than written",
                 ));
             }
+            got.reserve_exact((end - file_end) as usize);
             got
         } else {
             Vec::with_capacity((end - pos) as usize)
         };
-        if end > self.mem_start {
-            let from = pos.max(self.mem_start) - self.mem_start;
-            out.extend_from_slice(&self.buf[from as usize..(end - self.mem_start) as usize]);
-        }
+        self.copy_from_memory(pos.max(mem_start), end, &mut out);
         Ok(out)
+    }
+
+    /// Appends the bytes `from..to` (all at or past `mem_start`) to `out`.
+    fn copy_from_memory(&self, mut from: u64, to: u64, out: &mut Vec<u8>) {
+        let tail_start = align_down(self.written_len);
+        while from < to && from < self.written_len {
+            let i = self.kept.partition_point(|k| k.pos <= from);
+            let (base, bytes) = match i.checked_sub(1).map(|i| &self.kept[i]) {
+                Some(k) if from < k.pos + k.len as u64 => (k.pos, &k.buf.as_bytes()[..k.len]),
+                _ => {
+                    debug_assert!(from >= tail_start, "a gap in what memory holds");
+                    (tail_start, &self.tail[..])
+                }
+            };
+            let stop = to.min(base + bytes.len() as u64);
+            out.extend_from_slice(&bytes[(from - base) as usize..(stop - base) as usize]);
+            from = stop;
+        }
+        let mut base = self.written_len;
+        for chunk in &self.pending {
+            if from >= to {
+                break;
+            }
+            let bytes = chunk.bytes();
+            let chunk_end = base + bytes.len() as u64;
+            if from < chunk_end {
+                let stop = to.min(chunk_end);
+                out.extend_from_slice(&bytes[(from - base) as usize..(stop - base) as usize]);
+                from = stop;
+            }
+            base = chunk_end;
+        }
     }
 
     /// Cuts the stream to `len` bytes, durably: the file is truncated to the enclosing
@@ -178,23 +296,30 @@ impl<F: DiskFile> AppendFile<F> {
         assert!(len <= self.len, "truncate may only shorten");
         self.flush().await?;
         let start = align_down(len);
-        self.buf = if start < self.mem_start {
+        let block = if start < self.mem_start() {
             read_stable(&self.file, start, (len - start) as usize).await?
         } else {
             self.read(start, (len - start) as usize).await?
         };
-        self.mem_start = start;
-        self.buf_start = start;
-        self.len = len;
-        self.written_len = start; // force the tail block to be rewritten
+        self.kept.clear();
+        self.tail.clear();
+        self.pending.clear();
+        self.len = start;
+        self.written_len = start; // the tail block is rewritten, zero padded
+        // The rewritten block may have come back from the device: trust only what follows.
+        self.appended_from = self.appended_from.max(len);
         self.file.truncate(align_up(len)).await?;
         if len > start {
+            self.append(&block);
             self.flush().await?;
         }
-        self.written_len = len;
         self.file.sync().await
     }
 }
+
+/// Batches shorter than this are copied on append rather than held by reference: the
+/// copy costs less than a chunk's bookkeeping.
+const BLOCK_COPY: usize = 4096;
 
 /// Reads bytes that are about to be written back (the partial tail block): a bit flipped
 /// in transit would otherwise become a stored one. Two reads must agree.
@@ -279,5 +404,73 @@ mod tests {
             f.sync().await.unwrap();
             assert_eq!(f.read(4099, 3).await.unwrap(), vec![data[4099], b'z', b'z']);
         })
+    }
+    /// Any mix of copied and shared appends, partial and full flushes, syncs, truncations
+    /// and cache sizes reads back exactly what a plain byte vector holds, and the file
+    /// holds it too, zero padded.
+    #[test]
+    fn appends_flushes_and_truncations_read_back_like_a_vec() {
+        use proptest::prelude::*;
+        #[derive(Debug, Clone)]
+        enum Op {
+            Append(usize, bool),
+            Flush,
+            FlushFull,
+            Sync,
+            Truncate(usize),
+            Keep(usize),
+            Read(usize, usize),
+        }
+        let op = prop_oneof![
+            4 => (1usize..3 * BLOCK, any::<bool>()).prop_map(|(n, s)| Op::Append(n, s)),
+            1 => (0usize..12 * BLOCK, 0usize..12 * BLOCK).prop_map(|(a, b)| Op::Read(a, b)),
+            1 => Just(Op::Flush),
+            1 => Just(Op::FlushFull),
+            1 => Just(Op::Sync),
+            1 => (0usize..100).prop_map(Op::Truncate),
+            1 => (0usize..4).prop_map(|k| Op::Keep(k * BLOCK)),
+        ];
+        proptest!(ProptestConfig::with_cases(200), |(ops in proptest::collection::vec(op, 1..40))| {
+            block_on(async {
+                let disk = SimDisk::new(5);
+                let mut f = AppendFile::open(disk.open("x").await.unwrap(), 0).await.unwrap();
+                let mut model: Vec<u8> = Vec::new();
+                let mut next = 1u8;
+                for op in ops {
+                    match op {
+                        Op::Append(n, shared) => {
+                            let data: Vec<u8> = (0..n).map(|i| next.wrapping_add(i as u8) | 1).collect();
+                            next = next.wrapping_add(7);
+                            model.extend_from_slice(&data);
+                            if shared {
+                                f.append_shared(Bytes::from(data));
+                            } else {
+                                f.append(&data);
+                            }
+                        }
+                        Op::Flush => f.flush().await.unwrap(),
+                        Op::FlushFull => f.flush_full_blocks().await.unwrap(),
+                        Op::Sync => f.sync().await.unwrap(),
+                        Op::Truncate(pct) => {
+                            let len = model.len() * pct / 100;
+                            f.truncate(len as u64).await.unwrap();
+                            model.truncate(len);
+                        }
+                        Op::Keep(k) => f.set_keep(k as u64),
+                        Op::Read(a, n) => {
+                            let a = a.min(model.len());
+                            let end = (a + n).min(model.len());
+                            assert_eq!(f.read(a as u64, n).await.unwrap(), &model[a..end]);
+                        }
+                    }
+                    assert_eq!(f.len(), model.len() as u64);
+                }
+                assert_eq!(f.read(0, model.len() + 1).await.unwrap(), model);
+                f.sync().await.unwrap();
+                let raw = disk.contents("x").unwrap();
+                assert_eq!(&raw[..model.len()], &model[..]);
+                assert!(raw[model.len()..].iter().all(|&b| b == 0));
+            });
+        });
     }
 }

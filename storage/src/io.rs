@@ -14,6 +14,7 @@
 #![allow(async_fn_in_trait)]
 
 use std::io;
+use std::rc::Rc;
 
 /// The direct-I/O block: alignment of every write position and length.
 pub const BLOCK: usize = 4096;
@@ -43,9 +44,25 @@ pub trait Disk {
     async fn sync_dir(&self) -> io::Result<()>;
 }
 
+/// Memory a [`DiskFile`] can write from without copying it first (for direct I/O:
+/// block-aligned, from the backend's own allocator).
+pub trait IoBuf: 'static {
+    fn as_bytes(&self) -> &[u8];
+    fn as_bytes_mut(&mut self) -> &mut [u8];
+}
+
 /// One open file.
 pub trait DiskFile {
+    /// What [`DiskFile::write_buf`] writes from.
+    type Buf: IoBuf;
+
+    /// A buffer of exactly `len` bytes (a [`BLOCK`] multiple), contents unspecified.
+    fn alloc_buf(&self, len: usize) -> Self::Buf;
+    /// Writes all of `buf` at `pos` (a [`BLOCK`] multiple) with no copy of its bytes; the
+    /// caller may keep its own reference to read from afterwards. Not durable until `sync`.
+    async fn write_buf(&self, pos: u64, buf: Rc<Self::Buf>) -> io::Result<()>;
     /// Writes `data` at `pos`; both must be [`BLOCK`]-aligned. Not durable until `sync`.
+    /// Copies `data` once into a buffer of the backend's: for small writes.
     async fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()>;
     /// Reads up to `len` bytes at `pos` (any alignment); shorter only at end of file.
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>>;

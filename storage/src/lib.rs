@@ -23,6 +23,6 @@ mod start_checkpoint;
 pub use error::StorageError;
 #[cfg(all(feature = "glommio", not(madsim)))]
 pub use glommio_disk::{GlommioDisk, GlommioFile};
-pub use io::{Disk, DiskFile};
+pub use io::{Disk, DiskFile, IoBuf};
 pub use log::{AppendInfo, Log, LogConfig, ReadBatches, TimestampHit};
-pub use sim_disk::{FaultConfig, SimDisk, SimFile};
+pub use sim_disk::{FaultConfig, SimBuf, SimDisk, SimFile};

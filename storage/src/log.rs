@@ -2,6 +2,8 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
+
 use crate::batch::{self, BatchHeader};
 use crate::error::StorageError;
 use crate::index;
@@ -44,7 +46,7 @@ impl Default for LogConfig {
             max_batch_bytes: 1_048_588,
             index_interval_bytes: 4096,
             index_checkpoint_bytes: 16 * BLOCK as u64,
-            write_behind_bytes: 1 << 20,
+            write_behind_bytes: 8 << 20,
             preallocate: true,
         }
     }
@@ -80,7 +82,7 @@ pub struct AppendInfo {
 /// Whole batches read from the log, bytes exactly as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadBatches {
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
     /// The offset after the last batch returned (where the next read starts).
     pub next_offset: u64,
 }
@@ -90,6 +92,13 @@ pub struct ReadBatches {
 pub struct TimestampHit {
     pub offset: u64,
     pub timestamp: i64,
+}
+
+/// A batch on its way into the log: borrowed (copied on append) or shared (held as it is
+/// until written).
+enum Incoming<'a> {
+    Copied(&'a [u8]),
+    Shared(Bytes),
 }
 
 /// A partition log on a [`Disk`]. Lives on one shard; `&mut self` serialises writers.
@@ -238,30 +247,33 @@ impl<D: Disk> Log<D> {
             base_offset: base_offset as i64,
             ..header
         };
-        self.append_validated(batch, header, now_ms).await
+        self.append_validated(Incoming::Copied(batch), header, now_ms)
+            .await
     }
 
     /// Appends a batch whose offsets were assigned elsewhere (by the replication leader):
     /// validated like [`Log::append`], and its base offset must be exactly
-    /// [`Log::next_offset`]. The bytes are stored unchanged.
+    /// [`Log::next_offset`]. The bytes are stored unchanged, and not copied until they are
+    /// written to the device.
     pub async fn append_at(
         &mut self,
-        batch: &[u8],
+        batch: Bytes,
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
-        let header = batch::validate(batch, self.config.max_batch_bytes)?;
+        let header = batch::validate(&batch, self.config.max_batch_bytes)?;
         if header.base_offset != self.next_offset() as i64 {
             return Err(StorageError::NotNextOffset {
                 base_offset: header.base_offset,
                 next_offset: self.next_offset(),
             });
         }
-        self.append_validated(batch, header, now_ms).await
+        self.append_validated(Incoming::Shared(batch), header, now_ms)
+            .await
     }
 
     async fn append_validated(
         &mut self,
-        batch: &[u8],
+        batch: Incoming<'_>,
         header: BatchHeader,
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
@@ -272,7 +284,10 @@ impl<D: Disk> Log<D> {
         let position = active.log.len();
         active.track(position, &header);
         active.created_ms.get_or_insert(now_ms);
-        active.log.append(batch);
+        match batch {
+            Incoming::Copied(b) => active.log.append(b),
+            Incoming::Shared(b) => active.log.append_shared(b),
+        }
         if active.log.unwritten() >= write_behind {
             active.log.flush_full_blocks().await?;
         }
@@ -377,7 +392,7 @@ impl<D: Disk> Log<D> {
         }
         let end_offset = end_offset.min(end);
         let empty = ReadBatches {
-            bytes: Vec::new(),
+            bytes: Bytes::new(),
             next_offset: from,
         };
         if from >= end_offset {
@@ -400,10 +415,17 @@ impl<D: Disk> Log<D> {
         // CRC, so they are checked against this chain instead.
         let mut expected = seg.base + entry.map_or(0, |e| u64::from(e.relative_offset));
         let seg_end = seg.size();
-        let mut out = Vec::new();
-        let mut next_offset = from;
+        // Bytes from here on come from memory that held them since they were appended
+        // (and checked): their CRC cannot have rotted, so it is not computed again.
+        let verified_from = seg.log.memory_from();
+        // The answer is one range of the last chunk read (returned without a copy); a
+        // chunk that ends mid-answer is read again from the answer's first batch.
         let mut chunk = Vec::new();
         let mut chunk_start = position;
+        // Where the answer starts, and the base offset of its first batch.
+        let mut first: Option<(u64, u64)> = None;
+        let mut answer_end = position;
+        let mut next_offset = from;
         while position < seg_end {
             let at = (position - chunk_start) as usize;
             let size = match chunk.get(at..).and_then(|b| BatchHeader::parse(b).ok()) {
@@ -411,16 +433,23 @@ impl<D: Disk> Log<D> {
                 None => batch::HEADER_LEN,
             };
             if chunk.len() < at + size {
+                let read_from = first.map_or(position, |(p, _)| p);
+                let need = (position - read_from) as usize + size;
                 let want = (size + max_bytes + self.config.index_interval_bytes as usize)
-                    .min((seg_end - position) as usize);
-                chunk = seg.log.read(position, want.max(size)).await?;
-                chunk_start = position;
-                if chunk.len() < size {
+                    .min((seg_end - read_from) as usize);
+                chunk = seg.log.read(read_from, want.max(need)).await?;
+                chunk_start = read_from;
+                if chunk.len() < need {
                     return Err(StorageError::Corrupt {
                         segment: seg.base,
                         position,
                         reason: "batch runs past the end of the segment".into(),
                     });
+                }
+                // The answer is served from this chunk: what was checked in the last one
+                // is checked again here (a read can differ from the one before).
+                if let Some((p, e)) = first.take() {
+                    (position, expected, next_offset) = (p, e, from);
                 }
                 continue;
             }
@@ -440,12 +469,12 @@ impl<D: Disk> Log<D> {
             let last = header.last_offset() as u64;
             expected = last + 1;
             if last >= from {
-                if !out.is_empty() && out.len() + size > max_bytes {
+                if first.is_some_and(|(p, _)| (answer_end - p) as usize + size > max_bytes) {
                     break;
                 }
                 // Nothing failing its CRC is ever served, and nothing is decided on fields
                 // the CRC has not vouched for (lastOffsetDelta).
-                if !batch::crc_ok(bytes) {
+                if position < verified_from && !batch::crc_ok(bytes) {
                     return Err(corrupt(
                         seg.base,
                         position,
@@ -455,13 +484,19 @@ impl<D: Disk> Log<D> {
                 if last >= end_offset {
                     break;
                 }
-                out.extend_from_slice(bytes);
+                first.get_or_insert((position, header.base_offset as u64));
+                answer_end = position + size as u64;
                 next_offset = last + 1;
             }
             position += size as u64;
         }
+        let Some((first, _)) = first else {
+            return Ok(empty);
+        };
+        let from_at = (first - chunk_start) as usize;
+        let to_at = (answer_end - chunk_start) as usize;
         Ok(ReadBatches {
-            bytes: out,
+            bytes: Bytes::from(chunk).slice(from_at..to_at),
             next_offset,
         })
     }

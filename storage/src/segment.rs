@@ -15,9 +15,10 @@ use crate::io::{Disk, DiskFile};
 const SCAN_CHUNK: usize = 1 << 20;
 
 /// Written bytes of the active segment kept in memory for consumers at the head (up to
-/// twice this per partition): tens of milliseconds of a busy partition, so a consumer
-/// that keeps up never waits for a device read.
-pub(crate) const ACTIVE_READ_CACHE: u64 = 512 << 10;
+/// one written buffer more per partition): a few milliseconds of a partition at disk
+/// speed, and four of the largest batches, so a consumer that keeps up never waits for a
+/// device read, even with 1 MiB batches. Memory: this much per partition written to.
+pub(crate) const ACTIVE_READ_CACHE: u64 = 1 << 20;
 
 pub(crate) fn log_name(base: u64) -> String {
     format!("{base:020}.log")
@@ -35,7 +36,7 @@ pub(crate) fn parse_log_name(name: &str) -> Option<u64> {
         .flatten()
 }
 
-pub(crate) struct Segment<F> {
+pub(crate) struct Segment<F: DiskFile> {
     pub(crate) base: u64,
     pub(crate) log: AppendFile<F>,
     pub(crate) index: AppendFile<F>,

@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::rc::Rc;
 
-use crate::io::{BLOCK, Disk, DiskFile};
+use crate::io::{BLOCK, Disk, DiskFile, IoBuf};
 
 const SECTOR: usize = 512;
 
@@ -263,7 +263,30 @@ fn einval(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, what.to_string())
 }
 
+/// The simulated disk's write buffer: plain memory.
+pub struct SimBuf(Vec<u8>);
+
+impl IoBuf for SimBuf {
+    fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
 impl DiskFile for SimFile {
+    type Buf = SimBuf;
+
+    fn alloc_buf(&self, len: usize) -> SimBuf {
+        // Not zeroed, like fresh DMA memory: code that forgets its padding shows up.
+        SimBuf(vec![0xa5; len])
+    }
+
+    async fn write_buf(&self, pos: u64, buf: Rc<SimBuf>) -> io::Result<()> {
+        self.write_at(pos, &buf.0).await
+    }
+
     async fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
         self.check_alive()?;
         if pos % BLOCK as u64 != 0 || data.len() % BLOCK != 0 {

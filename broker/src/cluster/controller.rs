@@ -375,7 +375,7 @@ impl Task {
             if got.bytes.is_empty() {
                 break;
             }
-            let mut rest = got.bytes.as_slice();
+            let mut rest = &got.bytes[..];
             while let Ok(h) = BatchHeader::parse(rest) {
                 if h.size > rest.len() {
                     break;

@@ -64,7 +64,7 @@ pub async fn read_all<D: Disk>(log: &Log<D>) -> Vec<(u64, Vec<u8>)> {
     while from < log.next_offset() {
         let got = log.read(from, 64 * 1024).await.expect("read");
         assert!(got.next_offset > from, "read made no progress at {from}");
-        let mut rest = got.bytes.as_slice();
+        let mut rest = &got.bytes[..];
         while !rest.is_empty() {
             let h = BatchHeader::parse(rest).expect("stored batch parses");
             out.push((h.base_offset as u64, rest[..h.size].to_vec()));
@@ -470,15 +470,19 @@ async fn append_at_keeps_assigned_offsets_and_refuses_gaps<D: Disk + Clone>(disk
     let mut b = test_batch(2, 0); // three records
     batch::set_base_offset(&mut b, 0);
     batch::set_partition_leader_epoch(&mut b, 4);
-    log.append_at(&b, 0).await.unwrap();
+    log.append_at(bytes::Bytes::from(b.clone()), 0)
+        .await
+        .unwrap();
     assert_eq!(log.next_offset(), 3);
     batch::set_base_offset(&mut b, 5);
     assert!(matches!(
-        log.append_at(&b, 0).await,
+        log.append_at(bytes::Bytes::from(b.clone()), 0).await,
         Err(StorageError::NotNextOffset { .. })
     ));
     batch::set_base_offset(&mut b, 3);
-    log.append_at(&b, 0).await.unwrap();
+    log.append_at(bytes::Bytes::from(b.clone()), 0)
+        .await
+        .unwrap();
     log.sync().await.unwrap();
     drop(log);
     let log = Log::open(disk, small()).await.unwrap();
