@@ -23,6 +23,11 @@ pub struct Args {
     /// Rounds of corelog + every peer; the summary takes each system's median.
     #[arg(long, default_value_t = 2)]
     pub rounds: u32,
+    /// With raw-disk, also write the same bytes at this queue depth through io_uring, one
+    /// fdatasync per round of that many batches (the device's ceiling; row
+    /// raw-disk-qdN). 0: only the queue-depth-one peer.
+    #[arg(long, default_value_t = 8)]
+    pub raw_depth: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -128,14 +133,41 @@ fn summarize(name: &str, rows: &[&Row]) -> Row {
     }
 }
 
-/// O_DIRECT writes of `bytes` in batches of the workload's size: the disk's limit.
-fn raw_disk(w: &Workload, args: &Args, bytes: u64, round: u32) -> Result<Row, String> {
+/// O_DIRECT writes of `bytes` in batches of the workload's size: the disk's limit, at
+/// queue depth one (`depth` 1: write, fdatasync, next) or `depth` (io_uring, one
+/// fdatasync per round of `depth` batches).
+fn raw_disk(
+    w: &Workload,
+    args: &Args,
+    bytes: u64,
+    round: u32,
+    depth: usize,
+) -> Result<Row, String> {
     let per_batch = ((w.batch_bytes / w.message_bytes).max(1) * w.message_bytes) as u64;
-    let (secs, hist) = crate::storage::raw_disk(&args.common.dir, per_batch, bytes.max(per_batch))?;
-    let mb_per_s = bytes.max(per_batch) as f64 / 1e6 / secs;
+    let total = bytes.max(per_batch);
+    let (secs, hist) = if depth <= 1 {
+        crate::storage::raw_disk(&args.common.dir, per_batch, total)?
+    } else {
+        let batch = crate::storage::make_batch(per_batch.max(4096));
+        crate::uring::raw_disk_queued(&args.common.dir, &batch, total, depth)?
+    };
+    let mb_per_s = total as f64 / 1e6 / secs;
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let (system, durability) = if depth <= 1 {
+        (
+            "raw-disk".to_string(),
+            format!("O_DIRECT write + fdatasync per {per_batch}-byte batch"),
+        )
+    } else {
+        (
+            format!("raw-disk-qd{depth}"),
+            format!(
+                "O_DIRECT writes of {depth} {per_batch}-byte batches in flight (io_uring), then one fdatasync"
+            ),
+        )
+    };
     Ok(Row {
-        system: "raw-disk".into(),
+        system,
         round,
         msgs_per_s: mb_per_s * 1e6 / w.message_bytes as f64,
         mb_per_s,
@@ -144,7 +176,7 @@ fn raw_disk(w: &Workload, args: &Args, bytes: u64, round: u32) -> Result<Row, St
         publish_p999_ms: ms(0.999),
         e2e_p99_ms: None,
         errors: 0,
-        durability: format!("O_DIRECT write + fdatasync per {per_batch}-byte batch"),
+        durability,
         result: None,
     })
 }
@@ -213,17 +245,27 @@ pub fn run(args: Args) -> Result<(), String> {
             if system == System::Corelog && peers.contains(&Peer::RawDisk) {
                 // The bytes corelog just acknowledged, written raw.
                 let bytes = r.messages_acked * w.message_bytes as u64;
-                let raw = raw_disk(&w, &args, bytes, round)?;
+                let raw = raw_disk(&w, &args, bytes, round, 1)?;
                 println!(
                     "raw-disk: {:.1} MB/s, write+fdatasync p99 {:.3} ms",
                     raw.mb_per_s, raw.publish_p99_ms
                 );
                 runs.push(raw);
+                if args.raw_depth > 1 {
+                    let raw = raw_disk(&w, &args, bytes, round, args.raw_depth)?;
+                    println!(
+                        "{}: {:.1} MB/s, round of writes + fdatasync p99 {:.3} ms",
+                        raw.system, raw.mb_per_s, raw.publish_p99_ms
+                    );
+                    runs.push(raw);
+                }
             }
         }
     }
+    let queued = format!("raw-disk-qd{}", args.raw_depth);
     let names: Vec<&str> = std::iter::once("corelog")
         .chain(peers.iter().map(|p| p.name()))
+        .chain((peers.contains(&Peer::RawDisk) && args.raw_depth > 1).then_some(queued.as_str()))
         .collect();
     let summary: Vec<Row> = names
         .iter()
@@ -250,12 +292,12 @@ pub fn run(args: Args) -> Result<(), String> {
         w.name
     );
     println!(
-        "  {:<9} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10}  durability",
+        "  {:<14} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10}  durability",
         "system", "msg/s", "MB/s", "pub p50", "pub p99", "pub p99.9", "e2e p99"
     );
     for s in &summary {
         println!(
-            "  {:<9} {:>10.0} {:>9.1} {:>10.3} {:>10.3} {:>10.3} {:>10}  {}",
+            "  {:<14} {:>10.0} {:>9.1} {:>10.3} {:>10.3} {:>10.3} {:>10}  {}",
             s.system,
             s.msgs_per_s,
             s.mb_per_s,

@@ -34,6 +34,11 @@ pub struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The device's ceiling beside them: the same bytes at this many writes in flight
+    /// through io_uring, one fdatasync per round (column raw qdN); 0 to skip. At 1 it is the
+    /// queue-depth-one loop without the log's tail-block rewrite or any copy.
+    #[arg(long, default_value_t = 8)]
+    raw_depth: usize,
 }
 
 #[derive(Serialize, Clone)]
@@ -52,6 +57,9 @@ struct Row {
     raw_sync_p999_us: u64,
     raw_sync_max_us: u64,
     sync_p99_vs_raw: f64,
+    /// MB/s at `raw_depth` writes in flight (io_uring, one fdatasync per round).
+    raw_queued_mb_s: Option<f64>,
+    raw_depth: usize,
 }
 
 #[derive(Serialize)]
@@ -75,26 +83,36 @@ pub fn run(args: Args) -> Result<(), String> {
     );
     println!("machine: {machine}");
     println!(
-        "{:>9} {:>12} {:>10} {:>6}   {:>30}   {:>30}",
+        "{:>9} {:>12} {:>10} {:>6}   {:>30}   {:>30} {:>14}",
         "batch",
         "engine MB/s",
         "raw MB/s",
         "ratio",
         "engine p50/p99/p999/max us",
-        "raw p50/p99/p999/max us"
+        "raw p50/p99/p999/max us",
+        format!("raw qd{} MB/s", args.raw_depth)
     );
     let mut rows = Vec::new();
     for &batch_bytes in &args.batch_sizes {
         let dir = scratch.path().join(format!("b{batch_bytes}"));
         let size = args.size;
-        let row = LocalExecutorBuilder::new(Placement::Fixed(0))
+        let queued_dir = dir.clone();
+        let mut row = LocalExecutorBuilder::new(Placement::Fixed(0))
             .name("bench")
             .spawn(move || async move { measure(&dir, size, batch_bytes).await })
             .map_err(|e| format!("executor: {e}"))?
             .join()
             .map_err(|e| format!("executor: {e}"))??;
+        if args.raw_depth > 0 {
+            let batch = make_batch(batch_bytes);
+            let total = row.batches * batch.len() as u64;
+            let (secs, _) =
+                crate::uring::raw_disk_queued(&queued_dir, &batch, total, args.raw_depth)?;
+            row.raw_queued_mb_s = Some(total as f64 / secs / 1e6);
+            row.raw_depth = args.raw_depth;
+        }
         println!(
-            "{:>9} {:>12.1} {:>10.1} {:>6.2}   {:>30}   {:>30}",
+            "{:>9} {:>12.1} {:>10.1} {:>6.2}   {:>30}   {:>30} {:>14}",
             human(batch_bytes),
             row.engine_mb_s,
             row.raw_mb_s,
@@ -107,6 +125,8 @@ pub fn run(args: Args) -> Result<(), String> {
                 "{}/{}/{}/{}",
                 row.raw_sync_p50_us, row.raw_sync_p99_us, row.raw_sync_p999_us, row.raw_sync_max_us
             ),
+            row.raw_queued_mb_s
+                .map_or("-".to_string(), |v| format!("{v:.1}")),
         );
         rows.push(row);
     }
@@ -125,7 +145,7 @@ pub fn run(args: Args) -> Result<(), String> {
 }
 
 /// One batch of 1 KiB records, about `batch_bytes` long in all.
-fn make_batch(batch_bytes: u64) -> Vec<u8> {
+pub fn make_batch(batch_bytes: u64) -> Vec<u8> {
     let records = ((batch_bytes as usize - 61) / (RECORD_BYTES + 8)).max(1);
     let mut rng = fastrand::Rng::with_seed(batch_bytes);
     let values: Vec<Vec<u8>> = (0..records)
@@ -177,6 +197,8 @@ async fn measure(dir: &Path, size: u64, batch_bytes: u64) -> Result<Row, String>
         raw_sync_max_us: raw_hist.max(),
         sync_p99_vs_raw: engine_hist.value_at_quantile(0.99) as f64
             / raw_hist.value_at_quantile(0.99).max(1) as f64,
+        raw_queued_mb_s: None,
+        raw_depth: 0,
     })
 }
 
