@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use corelog_replication::{Envelope, GroupId, LeaderClaim, Message, NodeId, frame};
 use event_listener::Event;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,6 +41,10 @@ const QUEUE_ENVELOPES: usize = 4096;
 const FRAME_TARGET: usize = 8 << 20;
 /// Largest frame read from a peer: bounds what one connection can make us buffer.
 const MAX_FRAME: usize = 32 << 20;
+
+/// The least a peer connection reads at once, and the most room it makes for one read.
+const READ_CHUNK: usize = 64 << 10;
+const READ_MAX: usize = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -406,19 +410,25 @@ async fn serve_peer(
         host,
         port,
     });
-    let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
+    // Bytes are read straight into the frame buffer and each whole frame is split off
+    // it without a copy: the batches an Append carries are slices of it all the way to
+    // the follower's storage, which copies them once, into its DMA buffer.
+    let mut buf = BytesMut::new();
     loop {
         // Whole frames at the front of the buffer are delivered first.
+        let mut missing = 0;
         loop {
             let len = match frame::frame_len(&buf) {
                 Ok(Some(n)) if n > MAX_FRAME => return Err(format!("frame of {n} bytes")),
                 Ok(Some(n)) if buf.len() >= n => n,
-                Ok(_) => break,
+                Ok(Some(n)) => {
+                    missing = n - buf.len();
+                    break;
+                }
+                Ok(None) => break,
                 Err(e) => return Err(format!("bad frame from node {from}: {e}")),
             };
-            let rest = buf.split_off(len);
-            let frame_bytes = Bytes::from(std::mem::replace(&mut buf, rest));
+            let frame_bytes = buf.split_to(len).freeze();
             let env = frame::decode(frame_bytes)
                 .map_err(|e| format!("bad frame from node {from}: {e}"))?;
             if env.from != from {
@@ -435,13 +445,18 @@ async fn serve_peer(
         if deliver.stopping() {
             return Ok(());
         }
-        let n = with_timeout(IDLE_TIMEOUT, stream.read(&mut chunk))
+        // Room for the rest of the frame under way (bounded: a header alone must not make
+        // the broker allocate a whole frame's worth), or a chunk.
+        let room = missing.clamp(READ_CHUNK, READ_MAX);
+        let filled = buf.len();
+        buf.resize(filled + room, 0);
+        let n = with_timeout(IDLE_TIMEOUT, stream.read(&mut buf[filled..]))
             .await
             .map_err(|e| format!("read: {e}"))?;
+        buf.truncate(filled + n);
         if n == 0 {
             return Ok(());
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
