@@ -240,6 +240,11 @@ pub struct RunResult {
     /// reads counted), the measure issue 13 sets its target in.
     #[serde(default)]
     pub server_core_s_per_gb: Option<f64>,
+    /// The server's CPU seconds by thread over the run: each shard's (`b0/corelog-shard-1`,
+    /// the broker index first), and the rest of the process (io_uring workers, and any
+    /// thread that came and went) as `bN/other`. Shows whether one shard saturates.
+    #[serde(default)]
+    pub server_threads_cpu_s: Vec<(String, f64)>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -301,6 +306,53 @@ impl ThreadMeter {
                 .fetch_max((busy * 1000.0) as u64, Ordering::Relaxed);
         }
     }
+}
+
+/// CPU seconds of each shard of the given server processes, by `bN/thread-name` (a shard's
+/// executor thread and glommio's helper thread share its name, and its sum).
+fn shard_cpu(pids: &[u32]) -> Vec<(String, f64)> {
+    let mut out: std::collections::BTreeMap<String, f64> = Default::default();
+    for (i, pid) in pids.iter().enumerate() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let path = t.path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let name = name.trim();
+            if name.starts_with("corelog-shard") {
+                let stat = path.join("stat");
+                *out.entry(format!("b{i}/{name}")).or_default() +=
+                    cpu_seconds_of(&stat.to_string_lossy());
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Per-shard CPU over the run (end minus start), and each process's rest as `bN/other`.
+fn shard_cpu_over_run(
+    start: &[(String, f64)],
+    end: &[(String, f64)],
+    totals: &[f64],
+) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = end
+        .iter()
+        .map(|(n, c)| {
+            let c0 = start.iter().find(|(m, _)| m == n).map_or(0.0, |(_, c)| *c);
+            (n.clone(), c - c0)
+        })
+        .collect();
+    for (i, total) in totals.iter().enumerate() {
+        let prefix = format!("b{i}/");
+        let shards: f64 = out
+            .iter()
+            .filter(|(n, _)| n.starts_with(&prefix))
+            .map(|(_, c)| c)
+            .sum();
+        out.push((format!("b{i}/other"), (total - shards).max(0.0)));
+    }
+    out
 }
 
 fn cpu_seconds_of(stat_path: &str) -> f64 {
@@ -418,6 +470,14 @@ pub fn print_result(r: &RunResult) {
         if let Some(g) = r.server_core_s_per_gb {
             println!("  server CPU per GB produced + consumed: {g:.2} core-s");
         }
+        if !r.server_threads_cpu_s.is_empty() {
+            let by: Vec<String> = r
+                .server_threads_cpu_s
+                .iter()
+                .map(|(n, c)| format!("{n} {c:.2} s"))
+                .collect();
+            println!("  server CPU by thread: {}", by.join(", "));
+        }
     }
     println!(
         "  client CPU: {:.0}% of the machine, busiest client thread {:.0}% of a core{}",
@@ -484,6 +544,9 @@ pub fn run_workload(
         (!server_stats.is_empty()).then(|| server_stats.iter().map(|s| cpu_seconds_of(s)).sum())
     };
     let server_cpu0 = server_cpu();
+    let per_server = || -> Vec<f64> { server_stats.iter().map(|s| cpu_seconds_of(s)).collect() };
+    let per_server0 = per_server();
+    let shards0 = shard_cpu(server_pids);
     let mut catchup = None;
     let mut backlog_s = None;
     let warmup_ns = w.warmup_s * 1_000_000_000;
@@ -615,6 +678,12 @@ pub fn run_workload(
     let _ = progress.join();
     let cpu = cpu_seconds() - cpu0;
     let server_cpu_s = server_cpu().zip(server_cpu0).map(|(c, c0)| c - c0);
+    let totals: Vec<f64> = per_server()
+        .iter()
+        .zip(&per_server0)
+        .map(|(c, c0)| c - c0)
+        .collect();
+    let server_threads_cpu_s = shard_cpu_over_run(&shards0, &shard_cpu(server_pids), &totals);
     let acked_bytes = shared.acked.load(Ordering::Relaxed) as f64 * w.message_bytes as f64;
     let consumed_bytes = shared.consumed.load(Ordering::Relaxed) as f64 * w.message_bytes as f64;
     let wall = shared.start.elapsed().as_secs_f64();
@@ -668,6 +737,7 @@ pub fn run_workload(
         server_core_s_per_gb: server_cpu_s
             .filter(|_| acked_bytes + consumed_bytes > 0.0)
             .map(|s| s * 1e9 / (acked_bytes + consumed_bytes)),
+        server_threads_cpu_s,
     })
 }
 
@@ -929,6 +999,48 @@ fn start_consumers(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shard_threads_are_found_by_name_and_the_rest_is_other() {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let t = std::thread::Builder::new()
+            .name("corelog-shard-9".into())
+            .spawn(move || {
+                let mut x = 0u64;
+                while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            })
+            .unwrap();
+        let pid = std::process::id();
+        let before = shard_cpu(&[pid]);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let after = shard_cpu(&[pid]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        t.join().unwrap();
+        let named: Vec<&str> = after.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(named.contains(&"b0/corelog-shard-9"), "{named:?}");
+        let over = shard_cpu_over_run(&before, &after, &[100.0]);
+        let shard = over
+            .iter()
+            .find(|(n, _)| n == "b0/corelog-shard-9")
+            .unwrap()
+            .1;
+        assert!(shard > 0.05, "a busy thread used {shard} s");
+        let other = over.iter().find(|(n, _)| n == "b0/other").unwrap().1;
+        assert!(
+            (other
+                + over
+                    .iter()
+                    .filter(|(n, _)| n.contains("shard"))
+                    .map(|(_, c)| c)
+                    .sum::<f64>()
+                - 100.0)
+                .abs()
+                < 1e-9
+        );
+    }
+
     use super::*;
 
     #[test]
