@@ -16,6 +16,11 @@ mod uring;
 
 use clap::{Parser, Subcommand};
 
+/// See the workspace Cargo.toml: the client's own allocations must not cost more than the
+/// broker it measures.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "corelog-bench", version, about = "corelog benchmarks")]
 struct Cli {
