@@ -16,11 +16,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Instant;
 
+use corelog_storage::io::BLOCK;
 use hdrhistogram::Histogram;
 use io_uring::{IoUring, opcode, types};
-
-const BLOCK: usize = 4096;
-const O_DIRECT: i32 = 0o40000;
 
 /// Block-aligned memory: a block-aligned window of a plain allocation.
 struct Aligned {
@@ -56,18 +54,22 @@ pub fn raw_disk_queued(
 ) -> Result<(f64, Histogram<u64>), String> {
     let depth = depth.max(1);
     let path = dir.join(format!("corelog-bench-raw-qd-{}.tmp", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(O_DIRECT)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = open_direct(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let result = run(&file, batch, total_bytes, depth);
     drop(file);
     let _ = std::fs::remove_file(&path);
     result
+}
+
+/// Creates (or empties) `path` for O_DIRECT reads and writes.
+fn open_direct(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+        .open(path)
 }
 
 fn run(
@@ -170,14 +172,7 @@ mod tests {
             .map(|i| (i % 251) as u8)
             .collect();
         let path = dir.path().join("keep");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(O_DIRECT)
-            .open(&path)
-            .unwrap();
+        let file = open_direct(&path).unwrap();
         let (secs, hist) = run(&file, &batch, 7 * batch.len() as u64, 3).unwrap();
         assert!(secs > 0.0);
         assert_eq!(hist.len(), 3, "rounds of 3, 3 and 1");

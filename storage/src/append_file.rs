@@ -28,6 +28,10 @@ use crate::io::{DiskFile, IoBuf, align_down, align_up};
 /// Appends smaller than this are copied into one growing chunk rather than held apart.
 const SMALL: usize = 64 << 10;
 
+/// Shared batches shorter than this are copied on append rather than held by reference:
+/// the copy costs less than a chunk's bookkeeping.
+const BLOCK_COPY: usize = 4096;
+
 /// Bytes appended and not yet written.
 enum Chunk {
     /// A batch as it came, shared with whoever else holds it (the replication log).
@@ -316,10 +320,6 @@ impl<F: DiskFile> AppendFile<F> {
         self.file.sync().await
     }
 }
-
-/// Batches shorter than this are copied on append rather than held by reference: the
-/// copy costs less than a chunk's bookkeeping.
-const BLOCK_COPY: usize = 4096;
 
 /// Reads bytes that are about to be written back (the partial tail block): a bit flipped
 /// in transit would otherwise become a stored one. Two reads must agree.
