@@ -11,13 +11,13 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corelog_replication::driver::{self, DriveError, Replica, StartMove};
+use corelog_replication::driver::{self, DriveError, Replica, StartMove, Syncing};
 use corelog_replication::producers::SeqCheck;
 use corelog_replication::{
     Envelope, EpochCache, GroupId, HardState, Message, Node, NodeId, Raft, RaftConfig, Role,
 };
 use corelog_storage::batch::{self, BatchError, BatchHeader};
-use corelog_storage::{Disk, GlommioDisk, Log, StorageError};
+use corelog_storage::{Disk, GlommioDisk, GlommioFile, Log, StorageError};
 use event_listener::Event;
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
@@ -340,12 +340,13 @@ pub async fn open(
         },
         membership,
         pending: Vec::new(),
+        syncing: None,
         view: View::default(),
     };
     // The election of a group of one happened in `on_tick`: persist its term (and the
     // new leader's first batch) before serving anything. A full disk at start does not
     // keep the broker down: the partition waits for space like one that filled up later.
-    if let Err(e) = task.drive().await {
+    if let Err(e) = task.drive_synced().await {
         if !is_enospc(e.storage()) {
             return Err(e.to_string());
         }
@@ -496,8 +497,18 @@ struct PartitionTask {
     io: RpcIo,
     /// Produces waiting for their batches to commit (or, acks=1, to be durable here).
     pending: Vec<Pending>,
+    /// The log's fdatasync in flight (one at most): the task takes and writes the next
+    /// rounds while it runs, and hands its outcome to the driver when it ends.
+    syncing: Option<glommio::Task<(Syncing<GlommioFile>, std::io::Result<()>)>>,
     /// The view last published.
     view: View,
+}
+
+/// What ends the task's wait between rounds.
+enum Wake {
+    Cmd(Option<Cmd>),
+    Timer,
+    Synced(Syncing<GlommioFile>, std::io::Result<()>),
 }
 
 /// A produce waiting for its batch to commit.
@@ -532,16 +543,35 @@ impl PartitionTask {
                 }
                 wait = wait.min(REOPEN_CHECK_MS);
             }
-            let first = futures_lite::future::or(async { Some(rx.next().await) }, async {
-                glommio::timer::sleep(Duration::from_millis(wait)).await;
-                None
-            })
+            let syncing = &mut self.syncing;
+            let wake = futures_lite::future::or(
+                async { Wake::Cmd(rx.next().await) },
+                futures_lite::future::or(
+                    async {
+                        match syncing {
+                            Some(t) => {
+                                let (s, outcome) = t.await;
+                                Wake::Synced(s, outcome)
+                            }
+                            None => std::future::pending().await,
+                        }
+                    },
+                    async {
+                        glommio::timer::sleep(Duration::from_millis(wait)).await;
+                        Wake::Timer
+                    },
+                ),
+            )
             .await;
             let mut cmds = Vec::new();
-            match first {
-                Some(Some(cmd)) => cmds.push(cmd),
-                Some(None) => return self.close().await, // every handle dropped
-                None => {}
+            match wake {
+                Wake::Cmd(Some(cmd)) => cmds.push(cmd),
+                Wake::Cmd(None) => return self.close().await, // every handle dropped
+                Wake::Timer => {}
+                Wake::Synced(s, outcome) => {
+                    self.syncing = None;
+                    self.synced(s, outcome).await;
+                }
             }
             // Everything already queued shares this round (and its one sync).
             while cmds.len() < QUEUE {
@@ -983,8 +1013,50 @@ impl PartitionTask {
     /// Carries out what the group asks for, through the replica driver: term and vote
     /// durable first, then truncations and appends with the epoch checkpoint, one
     /// fdatasync, `on_persisted`.
+    /// Drives the group; the log sync it starts runs on while the task goes on taking
+    /// rounds (their appends are written meanwhile), and comes back to [`Self::synced`].
     async fn drive(&mut self) -> Result<(), DriveError> {
-        driver::drive(&mut self.node, &mut self.replicas, &mut self.io).await
+        let started = driver::drive(&mut self.node, &mut self.replicas, &mut self.io).await?;
+        for s in started {
+            self.start_sync(s);
+        }
+        Ok(())
+    }
+
+    fn start_sync(&mut self, s: Syncing<GlommioFile>) {
+        // The driver starts one sync per group at a time, and this task has one group.
+        debug_assert!(self.syncing.is_none(), "a second sync in flight");
+        self.syncing = Some(glommio::spawn_local(async move {
+            let outcome = s.point.wait().await;
+            (s, outcome)
+        }));
+    }
+
+    /// The sync in flight ended: the group learns what is durable (and starts the next
+    /// sync if more was written), then is driven (a follower's acknowledgement goes out),
+    /// and the produces it completed are answered.
+    async fn synced(&mut self, s: Syncing<GlommioFile>, outcome: std::io::Result<()>) {
+        let r = driver::synced(&mut self.node, &mut self.replicas, s, outcome, &mut self.io).await;
+        let r = match r {
+            Ok(next) => {
+                if let Some(next) = next {
+                    self.start_sync(next);
+                }
+                self.drive().await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            self.fail(e.storage());
+        }
+        self.publish();
+        self.resolve_pending();
+    }
+
+    /// Drives the group with every sync awaited: at open and reopen, with nothing else to
+    /// overlap.
+    async fn drive_synced(&mut self) -> Result<(), DriveError> {
+        driver::drive_synced(&mut self.node, &mut self.replicas, &mut self.io).await
     }
 
     fn replica(&self) -> &Replica<GlommioDisk> {
@@ -1119,13 +1191,15 @@ impl PartitionTask {
                 self.recent.borrow_mut().clear(0);
                 let old = std::mem::replace(&mut self.replicas, fresh.replicas);
                 self.node = fresh.node;
+                // A sync of the old log proves nothing of the new one.
+                self.syncing = None;
                 // Its files only: nothing of its state may reach the disk any more.
                 for (_, r) in old {
                     if let Err(e) = r.into_log().await.abandon().await {
                         tracing::debug!(dir = %self.dir.display(), error = %e, "closing the old log");
                     }
                 }
-                match self.drive().await {
+                match self.drive_synced().await {
                     Ok(()) => {
                         self.out_of_space = None;
                         self.publish();
@@ -1173,6 +1247,14 @@ impl PartitionTask {
     }
 
     async fn close(mut self) {
+        // The sync in flight is seen through first: its file is closed after it.
+        if let Some(t) = self.syncing.take() {
+            let (s, outcome) = t.await;
+            self.synced(s, outcome).await;
+        }
+        if let Some(t) = self.syncing.take() {
+            let _ = t.await;
+        }
         let Some(replica) = self.replicas.remove(&self.membership.group) else {
             return;
         };

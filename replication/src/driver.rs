@@ -13,8 +13,17 @@
 //! 2. the messages, handed to the transport (a leader's appends go out while its own disk
 //!    writes, as Raft allows);
 //! 3. per group, truncations and appends in order, the epoch checkpoint before the first
-//!    append that needs it (or after the ops), one fdatasync, then `on_persisted`;
+//!    append that needs it (or after the ops), the appended bytes written, and one
+//!    fdatasync started ([`Syncing`]) unless one is in flight already;
 //! 4. catch-up reads for followers, answered with `on_read`.
+//!
+//! The fdatasync is not awaited inside [`drive`]: its caller awaits it while it takes in
+//! the next messages and proposals and drives again (whose appends are written while the
+//! sync runs), and hands the outcome to [`synced`], which calls `on_persisted` with what
+//! the sync proved durable and starts the next sync if more was written meanwhile. A
+//! truncation or restart between a sync's start and its end voids it (the log's
+//! generation): it proves nothing about entries that replaced what it covered. Callers
+//! with nothing to overlap run [`drive_synced`].
 //!
 //! No runtime, no clock and no files but through `Disk`: the clock, the network and the
 //! simulator's observation come in through [`Io`].
@@ -24,7 +33,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use corelog_storage::batch::BatchHeader;
-use corelog_storage::{Disk, DiskFile, Log, LogConfig, ReadBatches, StorageError};
+use corelog_storage::{Disk, DiskFile, Log, LogConfig, ReadBatches, StorageError, SyncPoint};
 
 use crate::epochs::EpochCache;
 use crate::node::{Envelope, GroupId, Node, NodeReady};
@@ -51,9 +60,6 @@ pub trait Io {
     /// Hands one envelope to the transport. Must not wait on a slow peer: the transport
     /// queues (bounded) or drops, and Raft retries.
     async fn send(&mut self, to: NodeId, env: Envelope);
-    /// Before each write that must be durable (hard state, the log's fdatasync): the
-    /// simulator adds disk latency here.
-    async fn before_sync(&mut self) {}
     /// The wall clock for the index's timestamps of appended batches (milliseconds).
     fn wall_ms(&self) -> i64 {
         self.now_ms() as i64
@@ -109,6 +115,17 @@ pub struct Replica<D: Disk> {
     hard_seq: u64,
     epochs_file: D::File,
     epoch_seq: u64,
+    /// A sync of the log is in flight (its [`Syncing`] is the caller's).
+    syncing: bool,
+    /// Written since the sync in flight started: another is due when it ends.
+    dirty: bool,
+}
+
+/// A log sync [`drive`] started for `group`: the caller awaits [`SyncPoint::wait`] (the
+/// fdatasync) while other work goes on, then hands its outcome to [`synced`].
+pub struct Syncing<F> {
+    pub group: GroupId,
+    pub point: SyncPoint<F>,
 }
 
 /// What [`Replica::open`] found.
@@ -336,6 +353,8 @@ impl<D: Disk> Replica<D> {
                 hard_seq: hard_seq + 1,
                 epochs_file,
                 epoch_seq: epoch_seq + 1,
+                syncing: false,
+                dirty: false,
             },
             Recovered {
                 hard,
@@ -615,11 +634,14 @@ fn elide_undone(ops: Vec<StorageOp>) -> Vec<StorageOp> {
 /// so a driver's loop keeps turning): see the module docs for the order. A storage error
 /// is returned at once; the caller fails the node (the simulator restarts it from its
 /// disks, the broker takes the partition offline or waits out ENOSPC).
+/// Returns the log syncs it started (at most one per group): the caller awaits each and
+/// hands its outcome to [`synced`].
 pub async fn drive<D: Disk>(
     node: &mut Node,
     replicas: &mut BTreeMap<GroupId, Replica<D>>,
     io: &mut impl Io,
-) -> Result<(), DriveError> {
+) -> Result<Vec<Syncing<D::File>>, DriveError> {
+    let mut started = Vec::new();
     for _ in 0..64 {
         let NodeReady { work, envelopes } = node.take_ready();
         if work.is_empty() && envelopes.is_empty() {
@@ -628,7 +650,6 @@ pub async fn drive<D: Disk>(
         for gw in &work {
             if let Some(hs) = gw.hard_state {
                 let r = replicas.get_mut(&gw.group).expect("a replica per group");
-                io.before_sync().await;
                 r.save_hard_state(hs).await?;
             }
         }
@@ -691,10 +712,14 @@ pub async fn drive<D: Disk>(
             if let Some(e) = epochs.take() {
                 r.save_epochs(&e).await?;
             }
-            if wrote {
-                io.before_sync().await;
-                let durable = r.log.sync().await.map_err(err("sync"))?;
-                node.on_persisted(io.now_ms(), group, durable);
+            r.dirty |= wrote;
+            if r.dirty {
+                if r.syncing {
+                    // Written now, beside the sync in flight; synced by the next one.
+                    r.log.write().await.map_err(err("write"))?;
+                } else {
+                    started.extend(start_sync(node, r, group, io).await?);
+                }
             }
             for (peer, from, max_bytes) in reads {
                 let end = r.log.next_offset();
@@ -716,6 +741,90 @@ pub async fn drive<D: Disk>(
                     }
                 }
             }
+        }
+    }
+    Ok(started)
+}
+
+/// Writes what `group` appended and starts its fdatasync; with nothing new to sync, tells
+/// the group what is durable at once (a truncation alone is durable on return).
+async fn start_sync<D: Disk>(
+    node: &mut Node,
+    r: &mut Replica<D>,
+    group: GroupId,
+    io: &mut impl Io,
+) -> Result<Option<Syncing<D::File>>, DriveError> {
+    r.dirty = false;
+    match r.log.write_pending().await.map_err(err("write"))? {
+        Some(point) => {
+            r.syncing = true;
+            Ok(Some(Syncing { group, point }))
+        }
+        None => {
+            node.on_persisted(io.now_ms(), group, r.log.durable_offset());
+            Ok(None)
+        }
+    }
+}
+
+/// A sync [`drive`] started has ended with `outcome`: the group learns what it made
+/// durable (nothing, if a truncation or restart overtook it), and if the group wrote more
+/// meanwhile the next sync starts (returned, like [`drive`]'s). The caller drives again
+/// afterwards: the group may have acknowledgements to send. A failed sync is returned
+/// as an error, like any storage error of [`drive`].
+pub async fn synced<D: Disk>(
+    node: &mut Node,
+    replicas: &mut BTreeMap<GroupId, Replica<D>>,
+    s: Syncing<D::File>,
+    outcome: std::io::Result<()>,
+    io: &mut impl Io,
+) -> Result<Option<Syncing<D::File>>, DriveError> {
+    outcome.map_err(io_err("sync"))?;
+    let group = s.group;
+    // The group may be gone (a deleted topic): nothing to tell.
+    let Some(r) = replicas.get_mut(&group) else {
+        return Ok(None);
+    };
+    r.syncing = false;
+    let durable = match r.log.complete_sync(&s.point) {
+        None => {
+            io.event(format!(
+                "g{group}: a truncation overtook the sync to {}",
+                s.point.end()
+            ));
+            None
+        }
+        d => d,
+    };
+    if let Some(durable) = durable {
+        node.on_persisted(io.now_ms(), group, durable);
+    }
+    if r.dirty {
+        return start_sync(node, r, group, io).await;
+    }
+    Ok(None)
+}
+
+/// [`drive`], with every sync it starts awaited in turn and the work their completion
+/// readies (acknowledgements, the next syncs) driven too: for callers with nothing to
+/// overlap a sync with (opening a group, the controller group, tests).
+pub async fn drive_synced<D: Disk>(
+    node: &mut Node,
+    replicas: &mut BTreeMap<GroupId, Replica<D>>,
+    io: &mut impl Io,
+) -> Result<(), DriveError> {
+    let mut syncs = drive(node, replicas, io).await?;
+    // Every sync started is seen through (a group left with one unfinished would never
+    // sync again); the driving stops after 64 turns, as `drive`'s own loop does.
+    let mut turns = 0;
+    while !syncs.is_empty() {
+        for s in std::mem::take(&mut syncs) {
+            let outcome = s.point.wait().await;
+            syncs.extend(synced(node, replicas, s, outcome, io).await?);
+        }
+        turns += 1;
+        if turns < 64 {
+            syncs.extend(drive(node, replicas, io).await?);
         }
     }
     Ok(())
@@ -799,6 +908,110 @@ mod tests {
         assert_eq!(out[1], StorageOp::Restart(7));
         assert_eq!(bases(&out[2]), vec![7]);
         assert_eq!(out.len(), 3);
+    }
+
+    /// A follower's sync starts, then a new leader's Append truncates what it covers and
+    /// appends other entries before it ends: its end proves nothing about them, so they
+    /// are neither counted durable nor acknowledged until a sync of their own.
+    #[test]
+    fn a_sync_a_truncation_overtook_proves_nothing() {
+        use crate::message::{Append, Message};
+        use crate::raft::{Raft, RaftConfig};
+        use corelog_storage::SimDisk;
+        use corelog_storage::batch::{self, build};
+
+        /// Records what the follower told its leaders it holds durably.
+        #[derive(Default)]
+        struct Acks(Vec<Offset>);
+        impl Io for Acks {
+            fn now_ms(&self) -> u64 {
+                1
+            }
+            async fn send(&mut self, _to: NodeId, env: Envelope) {
+                for (_, m) in env.items {
+                    if let Message::AppendResponse {
+                        success: true, end, ..
+                    } = m
+                    {
+                        self.0.push(end);
+                    }
+                }
+            }
+        }
+        let entry = |base: i64, term: i32| {
+            let mut b = build::batch(&[b"x".as_slice()], 0);
+            batch::set_base_offset(&mut b, base);
+            batch::set_partition_leader_epoch(&mut b, term);
+            Bytes::from(b)
+        };
+        let append = |term: Term, prev_end: Offset, prev_term: Term, entries: Vec<Bytes>| {
+            let from = if term == 1 { 1 } else { 3 };
+            Envelope {
+                from,
+                items: vec![(
+                    7,
+                    Message::Append(Append {
+                        term,
+                        prev_end,
+                        prev_term,
+                        commit: 0,
+                        entries,
+                        sent_ms: 1,
+                        log_start: 0,
+                    }),
+                )],
+                claims: None,
+            }
+        };
+        futures_lite::future::block_on(async {
+            let disk = SimDisk::new(5);
+            let (replica, rec) = Replica::open(disk, LogConfig::default(), |_, _| {})
+                .await
+                .unwrap();
+            let mut node = Node::new(2);
+            let raft = Raft::new(RaftConfig::new(2, vec![1, 2, 3], 9), rec.hard, rec.log, 0);
+            node.add_group(7, raft);
+            let mut replicas = BTreeMap::from([(7, replica)]);
+            let io = &mut Acks::default();
+
+            // Leader 1 (term 1) sends offsets 0 and 1; their sync starts (and takes its
+            // snapshot of the file now) but has not ended.
+            node.on_envelope(1, append(1, 0, 0, vec![entry(0, 1), entry(1, 1)]));
+            let mut started = drive(&mut node, &mut replicas, io).await.unwrap();
+            assert_eq!(started.len(), 1);
+            let old = started.pop().unwrap();
+            assert_eq!(old.point.end(), 2);
+            let old_outcome = old.point.wait().await;
+
+            // Leader 3 (term 2) replaces offset 1 and adds 2: written, not synced.
+            node.on_envelope(1, append(2, 1, 1, vec![entry(1, 2), entry(2, 2)]));
+            let started = drive(&mut node, &mut replicas, io).await.unwrap();
+            assert!(started.is_empty(), "one sync in flight per group");
+            assert_eq!(replicas[&7].log.next_offset(), 3);
+            assert!(io.0.is_empty(), "acked before durable: {:?}", io.0);
+
+            // The old sync ends: offset 1 of term 2 is not durable, nothing is acked.
+            let next = synced(&mut node, &mut replicas, old, old_outcome, io)
+                .await
+                .unwrap()
+                .expect("the new entries get a sync of their own");
+            drive(&mut node, &mut replicas, io).await.unwrap();
+            assert!(node.group(7).unwrap().durable_end() <= 1);
+            assert!(io.0.iter().all(|&end| end <= 1), "acked {:?}", io.0);
+
+            // Their own sync ends: durable, and acknowledged, through offset 2.
+            assert_eq!(next.point.end(), 3);
+            let outcome = next.point.wait().await;
+            assert!(
+                synced(&mut node, &mut replicas, next, outcome, io)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            drive(&mut node, &mut replicas, io).await.unwrap();
+            assert_eq!(node.group(7).unwrap().durable_end(), 3);
+            assert_eq!(io.0.last(), Some(&3));
+        });
     }
 
     #[test]

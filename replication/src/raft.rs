@@ -527,20 +527,26 @@ impl Raft {
     pub fn on_persisted(&mut self, _now: u64, durable_end: Offset) {
         self.durable_end = durable_end.min(self.end);
         if let Some(ack) = self.pending_ack {
-            if self.durable_end >= ack.end || self.bugs().ack_before_fsync {
+            let whole = self.durable_end >= ack.end || self.bugs().ack_before_fsync;
+            if whole {
                 self.pending_ack = None;
-                if ack.term == self.hard.term {
-                    self.send(
-                        ack.leader,
-                        Message::AppendResponse {
-                            term: ack.term,
-                            end: ack.end,
-                            success: true,
-                            prev_end: ack.prev_end,
-                            echo_ms: ack.echo_ms,
-                        },
-                    );
-                }
+            }
+            // With syncs pipelined, the next Append is written while the previous one's
+            // sync runs, and that sync ends short of the newest Append's end: what is
+            // durable is acknowledged now, not a whole sync later. The log matches this
+            // leader's up to `ack.end`, so its durable prefix is the leader's too.
+            let end = if whole { ack.end } else { self.durable_end };
+            if ack.term == self.hard.term && (whole || end > 0) {
+                self.send(
+                    ack.leader,
+                    Message::AppendResponse {
+                        term: ack.term,
+                        end,
+                        success: true,
+                        prev_end: ack.prev_end,
+                        echo_ms: ack.echo_ms,
+                    },
+                );
             }
         }
         if self.role == Role::Leader {

@@ -6,18 +6,21 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use corelog_replication::controller::{self, CONTROLLER_GROUP, ClusterMetadata, MetadataCommand};
-use corelog_replication::driver::{self, Damage, Io, Replica, StartMove, read_checked};
+use corelog_replication::driver::{self, Damage, Io, Replica, StartMove, Syncing, read_checked};
 use corelog_replication::frame;
 use corelog_replication::producers::SeqCheck;
 use corelog_replication::{Envelope, GroupId, Node, NodeId, Offset, Raft, RaftConfig, Role, Term};
 use corelog_storage::batch::{self, BatchHeader, build};
-use corelog_storage::{Disk, FaultConfig, LogConfig, SimDisk};
+use corelog_storage::{Disk, FaultConfig, LogConfig, SimDisk, SimFile};
 use madsim::net::{Endpoint, NetSim};
 use madsim::runtime::Handle;
 use madsim::time::{Instant, sleep};
@@ -65,6 +68,10 @@ pub struct RunOptions {
     /// the driver must keep it within what is committed, and lagging replicas must
     /// catch up from a leader that no longer holds what they lack.
     pub start_move_every_ms: u64,
+    /// Fdatasyncs per thousand that stall (300 ms to 1.5 s, a slow or shared device): a
+    /// broker goes on while its sync runs, so elections, truncations and appends come
+    /// between a sync's start and its end.
+    pub fsync_stalls_per_mille: u64,
     #[cfg(feature = "inject-bugs")]
     pub bugs: corelog_replication::Bugs,
 }
@@ -95,6 +102,7 @@ impl RunOptions {
             rot_weight: r.below(3) as u32,
             // Drawn last: the earlier options of every seed stay what they were.
             start_move_every_ms: [0, 300, 1_500][r.below(3) as usize],
+            fsync_stalls_per_mille: [0, 10, 50][r.below(3) as usize],
             #[cfg(feature = "inject-bugs")]
             bugs: corelog_replication::Bugs::default(),
         }
@@ -130,7 +138,7 @@ struct World {
     clock_jump_ms: RefCell<BTreeMap<NodeId, u64>>,
     /// Bumped at each (re)start of a node: seeds its election jitter afresh.
     incarnation: RefCell<BTreeMap<NodeId, u64>>,
-    disk_rng: RefCell<SplitMix64>,
+    disk_rng: Rc<RefCell<SplitMix64>>,
     /// Nodes whose one disk gets latent read errors (at most one replica).
     read_faults: RefCell<BTreeSet<NodeId>>,
     finished: RefCell<bool>,
@@ -191,7 +199,21 @@ impl World {
                     },
                     ..FaultConfig::default()
                 };
-                SimDisk::with_faults(seed, faults)
+                let disk = SimDisk::with_faults(seed, faults);
+                // Every fdatasync takes up to the seed's maximum: it covers what was
+                // written when it began, durable only when it ends.
+                let rng = self.disk_rng.clone();
+                let (max_us, stalls) = (self.opts.fsync_us_max, self.opts.fsync_stalls_per_mille);
+                disk.set_sync_delay(Rc::new(move || {
+                    let mut r = rng.borrow_mut();
+                    let us = if r.below(1000) < stalls {
+                        300_000 + r.below(1_200_000)
+                    } else {
+                        r.below(max_us) + 50
+                    };
+                    Box::pin(sleep(Duration::from_micros(us)))
+                }));
+                disk
             })
             .clone()
     }
@@ -212,11 +234,6 @@ impl World {
                 format!("node {node} g{group} {how} at {start}, past {allowed}, the most any replica could delete"),
             );
         }
-    }
-
-    async fn disk_latency(&self) {
-        let us = self.disk_rng.borrow_mut().below(self.opts.fsync_us_max) + 50;
-        sleep(Duration::from_micros(us)).await;
     }
 }
 
@@ -282,10 +299,6 @@ impl Io for SimIo<'_> {
         let mut bytes = vec![wire::RAFT];
         bytes.extend_from_slice(&frame::encode(&env));
         let _ = self.ep.send_to(addr(to), 0, &bytes).await;
-    }
-
-    async fn before_sync(&mut self) {
-        self.w.disk_latency().await;
     }
 
     fn appended(&mut self, group: GroupId, b: &[u8], term: Term) {
@@ -427,6 +440,10 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
     let mut start_rng =
         SplitMix64(w.seed ^ 0x57a7_0ff5 ^ (u64::from(id) << 32) ^ (incarnation << 48));
     let mut next_start_move = w.sim_ms() + w.opts.start_move_every_ms;
+    // Log syncs in flight, as a broker's partition tasks keep them: the node goes on taking
+    // envelopes (truncating and appending) while they run, and drives their outcome when
+    // they end.
+    let mut syncing: Vec<SyncFuture> = Vec::new();
     loop {
         if w.opts.start_move_every_ms > 0 && w.sim_ms() >= next_start_move {
             next_start_move = w.sim_ms()
@@ -439,11 +456,16 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
         // As a broker's partition task takes every queued command as one round, several
         // envelopes (from different leaders, across an election) may reach one drive.
         let mut patience = Duration::from_millis(wait);
+        let mut ended = Vec::new();
         for _ in 0..4 {
-            let Ok(Ok((payload, from))) =
-                madsim::time::timeout(patience, ep.recv_from_raw(0)).await
-            else {
-                break;
+            let (payload, from) = match next_event(&ep, patience, &mut syncing).await {
+                Event::Idle => break,
+                Event::Synced(s, outcome) => {
+                    ended.push((s, outcome));
+                    patience = Duration::from_micros(1);
+                    continue;
+                }
+                Event::Datagram(payload, from) => (payload, from),
             };
             patience = Duration::from_micros(1);
             let bytes = *payload
@@ -471,9 +493,25 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
             ep: &ep,
             groups: &mut groups,
         };
-        driver::drive(&mut node, &mut replicas, &mut io)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut started = Vec::new();
+        for (s, outcome) in ended {
+            started.extend(
+                driver::synced(&mut node, &mut replicas, s, outcome, &mut io)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        started.extend(
+            driver::drive(&mut node, &mut replicas, &mut io)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        for s in started {
+            syncing.push(Box::pin(async move {
+                let outcome = s.point.wait().await;
+                (s, outcome)
+            }));
+        }
         report(&w, id, &node, &mut groups);
         apply_metadata(&w, id, &mut node, &replicas, &mut metadata).await?;
         answer_pending(&w, id, &node, &mut pending, &ep).await;
@@ -481,6 +519,34 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
             return Ok(());
         }
     }
+}
+
+/// A log sync in flight on a simulated broker, and its outcome.
+type SyncFuture = Pin<Box<dyn Future<Output = (Syncing<SimFile>, std::io::Result<()>)>>>;
+
+/// What a broker's wait between drives ends with.
+enum Event {
+    Datagram(Box<dyn std::any::Any + Send>, SocketAddr),
+    Synced(Syncing<SimFile>, std::io::Result<()>),
+    Idle,
+}
+
+/// The next datagram or the next sync to end, whichever comes first within `patience`.
+async fn next_event(ep: &Endpoint, patience: Duration, syncing: &mut Vec<SyncFuture>) -> Event {
+    let mut recv = std::pin::pin!(madsim::time::timeout(patience, ep.recv_from_raw(0)));
+    std::future::poll_fn(|cx| {
+        for i in 0..syncing.len() {
+            if let Poll::Ready((s, outcome)) = syncing[i].as_mut().poll(cx) {
+                drop(syncing.remove(i));
+                return Poll::Ready(Event::Synced(s, outcome));
+            }
+        }
+        recv.as_mut().poll(cx).map(|r| match r {
+            Ok(Ok((payload, from))) => Event::Datagram(payload, from),
+            _ => Event::Idle,
+        })
+    })
+    .await
 }
 
 /// Moves the log start of one partition on this broker, as retention or DeleteRecords
@@ -1056,7 +1122,7 @@ async fn orchestrate(seed: u64, opts: RunOptions) {
         disks: RefCell::new(BTreeMap::new()),
         clock_jump_ms: RefCell::new(BTreeMap::new()),
         incarnation: RefCell::new(BTreeMap::new()),
-        disk_rng: RefCell::new(SplitMix64(seed ^ 0xd15c)),
+        disk_rng: Rc::new(RefCell::new(SplitMix64(seed ^ 0xd15c))),
         read_faults: RefCell::new(BTreeSet::new()),
         finished: RefCell::new(false),
         stop_clients: RefCell::new(false),

@@ -57,7 +57,9 @@ struct Kept<B> {
 }
 
 pub(crate) struct AppendFile<F: DiskFile> {
-    pub(crate) file: F,
+    /// Shared with a sync in flight ([`crate::SyncPoint`]), which outlives no write: the
+    /// log's owner awaits it while it goes on appending.
+    pub(crate) file: Rc<F>,
     /// Logical length: bytes of real data.
     len: u64,
     /// Logical length already written to the file (not necessarily synced).
@@ -79,9 +81,10 @@ pub(crate) struct AppendFile<F: DiskFile> {
 impl<F: DiskFile> AppendFile<F> {
     /// Wraps `file` whose first `len` bytes are valid data; later bytes are ignored and
     /// will be overwritten. Reads the partial tail block back into memory.
-    pub(crate) async fn open(file: F, len: u64) -> io::Result<Self> {
+    pub(crate) async fn open(file: impl Into<Rc<F>>, len: u64) -> io::Result<Self> {
+        let file = file.into();
         let start = align_down(len);
-        let tail = read_stable(&file, start, (len - start) as usize).await?;
+        let tail = read_stable(&*file, start, (len - start) as usize).await?;
         if tail.len() as u64 != len - start {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -235,6 +238,15 @@ impl<F: DiskFile> AppendFile<F> {
         self.file.sync().await
     }
 
+    /// Closes the file, or, while a sync in flight still holds it, leaves the close to
+    /// whichever holder drops it last (the backend closes a dropped file).
+    pub(crate) async fn close(self) -> io::Result<()> {
+        match Rc::try_unwrap(self.file) {
+            Ok(f) => f.close().await,
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Reads `len` bytes at `pos`, from the file or from memory (the kept written bytes,
     /// the tail and what is unwritten) as far as they reach.
     pub(crate) async fn read(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -301,7 +313,7 @@ impl<F: DiskFile> AppendFile<F> {
         self.flush().await?;
         let start = align_down(len);
         let block = if start < self.mem_start() {
-            read_stable(&self.file, start, (len - start) as usize).await?
+            read_stable(&*self.file, start, (len - start) as usize).await?
         } else {
             self.read(start, (len - start) as usize).await?
         };

@@ -24,5 +24,5 @@ pub use error::StorageError;
 #[cfg(all(feature = "glommio", not(madsim)))]
 pub use glommio_disk::{GlommioDisk, GlommioFile};
 pub use io::{Disk, DiskFile, IoBuf};
-pub use log::{AppendInfo, Log, LogConfig, ReadBatches, TimestampHit};
+pub use log::{AppendInfo, Log, LogConfig, ReadBatches, SyncPoint, TimestampHit};
 pub use sim_disk::{FaultConfig, SimBuf, SimDisk, SimFile};

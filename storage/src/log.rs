@@ -1,13 +1,14 @@
 //! The partition log: an ordered run of segments, the last one active.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use bytes::Bytes;
 
 use crate::batch::{self, BatchHeader};
 use crate::error::StorageError;
 use crate::index;
-use crate::io::{BLOCK, Disk};
+use crate::io::{BLOCK, Disk, DiskFile};
 use crate::segment::{self, Segment};
 use crate::start_checkpoint;
 
@@ -101,6 +102,37 @@ enum Incoming<'a> {
     Shared(Bytes),
 }
 
+/// Logs opened in this process: the high half of each one's first generation.
+static LOGS_OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// An fdatasync of a log in flight, started by [`Log::write_pending`]: everything appended
+/// before it was written to the file, and this makes it durable. It borrows nothing of the
+/// log, so its owner awaits [`SyncPoint::wait`] while it goes on appending (the next
+/// round's writes overlap this one's sync), then hands it to [`Log::complete_sync`].
+pub struct SyncPoint<F> {
+    file: Rc<F>,
+    /// The log end the sync covers.
+    end: u64,
+    /// The active segment it covers, and how many of its index entries.
+    segment: u64,
+    entries: usize,
+    /// The log's truncation generation when it started: a truncation or restart since
+    /// may have replaced what it covers, so it then proves nothing.
+    generation: u64,
+}
+
+impl<F: DiskFile> SyncPoint<F> {
+    /// The fdatasync itself.
+    pub async fn wait(&self) -> std::io::Result<()> {
+        self.file.sync().await
+    }
+
+    /// The log end this sync makes durable.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+}
+
 /// A partition log on a [`Disk`]. Lives on one shard; `&mut self` serialises writers.
 pub struct Log<D: Disk> {
     disk: D,
@@ -108,6 +140,12 @@ pub struct Log<D: Disk> {
     /// Oldest first; the last is the active segment. Never empty.
     segments: VecDeque<Segment<D::File>>,
     durable_offset: u64,
+    /// The end the newest sync started covers (>= `durable_offset`): nothing new to sync
+    /// while the log ends there.
+    issued_offset: u64,
+    /// Moves at every truncation and restart: a [`SyncPoint`] of another generation (or of
+    /// another log) proves nothing about what this log holds now.
+    generation: u64,
     /// The start DeleteRecords set, which may lie inside the first segment (0: none), and
     /// the sequence of its last checkpoint write.
     start: u64,
@@ -178,6 +216,10 @@ impl<D: Disk> Log<D> {
             config,
             segments,
             durable_offset,
+            issued_offset: durable_offset,
+            // Every log opened in this process starts apart, so that a point of another
+            // (one closed and opened again) never matches.
+            generation: LOGS_OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 32,
             start,
             start_seq,
         };
@@ -328,6 +370,7 @@ impl<D: Disk> Log<D> {
         active.index.sync().await?;
         let base = active.next_offset;
         self.durable_offset = base;
+        self.issued_offset = base;
         let seg = Segment::create(
             &self.disk,
             base,
@@ -342,18 +385,53 @@ impl<D: Disk> Log<D> {
     /// Makes every batch appended so far durable with one fdatasync, however many appends
     /// came before it (group commit), and returns the durable end offset.
     pub async fn sync(&mut self) -> Result<u64, StorageError> {
-        let active = self.segments.back_mut().expect("never empty");
-        if self.durable_offset == active.next_offset && active.log.unwritten() == 0 {
-            return Ok(self.durable_offset);
+        // Even when a sync in flight covers the end (its owner may not wait for it).
+        if let Some(point) = self.start_sync(true).await? {
+            point.wait().await?;
+            self.complete_sync(&point);
         }
-        // Checkpoint the index once a block of entries has piled up, in parallel with the
-        // log's own write and fdatasync so it adds no latency. Only entries for batches
-        // durable since the previous sync go out, and unsynced on purpose: recovery
-        // verifies an entry before it starts scanning there.
+        Ok(self.durable_offset)
+    }
+
+    /// Writes everything appended so far to the file and returns the fdatasync that will
+    /// make it durable, without waiting for it: the caller awaits [`SyncPoint::wait`] while
+    /// it appends and writes more, then calls [`Log::complete_sync`]. `None`: nothing
+    /// appended since the last sync started.
+    pub async fn write_pending(&mut self) -> Result<Option<SyncPoint<D::File>>, StorageError> {
+        self.start_sync(false).await
+    }
+
+    /// Writes everything appended so far to the file, without a sync: the writes of a
+    /// round that come while the previous round's sync is in flight.
+    pub async fn write(&mut self) -> Result<(), StorageError> {
+        let active = self.segments.back_mut().expect("never empty");
+        active.log.flush().await?;
+        Ok(())
+    }
+
+    /// `again`: a sync even if one already started covers the end.
+    async fn start_sync(
+        &mut self,
+        again: bool,
+    ) -> Result<Option<SyncPoint<D::File>>, StorageError> {
+        let active = self.segments.back_mut().expect("never empty");
+        let unwritten = active.log.unwritten() > 0;
+        let covered = if again {
+            self.durable_offset
+        } else {
+            self.issued_offset
+        };
+        if covered == active.next_offset && !unwritten {
+            return Ok(None);
+        }
+        // Checkpoint the index once a block of entries has piled up, beside the log's own
+        // write so it adds no latency. Only entries for batches durable at a completed
+        // sync go out, and unsynced on purpose: recovery verifies an entry before it
+        // starts scanning there.
         active.stage_index(active.durable_entries);
         let checkpoint = active.index.unwritten() >= self.config.index_checkpoint_bytes;
         let (log, index) = (&mut active.log, &mut active.index);
-        let (synced, flushed) = futures_lite::future::zip(log.sync(), async {
+        let (written, flushed) = futures_lite::future::zip(log.flush(), async {
             if checkpoint {
                 index.flush().await
             } else {
@@ -361,11 +439,31 @@ impl<D: Disk> Log<D> {
             }
         })
         .await;
-        synced?;
+        written?;
         flushed?;
-        active.durable_entries = active.entries.len();
-        self.durable_offset = active.next_offset;
-        Ok(self.durable_offset)
+        self.issued_offset = active.next_offset;
+        Ok(Some(SyncPoint {
+            file: active.log.file.clone(),
+            end: active.next_offset,
+            segment: active.base,
+            entries: active.entries.len(),
+            generation: self.generation,
+        }))
+    }
+
+    /// A [`SyncPoint`]'s fdatasync succeeded: what it covers is durable, unless a
+    /// truncation or restart came between (then `None`: it proves nothing, and the next
+    /// sync covers what the log holds). Returns the durable end.
+    pub fn complete_sync(&mut self, point: &SyncPoint<D::File>) -> Option<u64> {
+        if point.generation != self.generation {
+            return None;
+        }
+        let active = self.segments.back_mut().expect("never empty");
+        if point.segment == active.base {
+            active.durable_entries = active.durable_entries.max(point.entries);
+        }
+        self.durable_offset = self.durable_offset.max(point.end);
+        Some(self.durable_offset)
     }
 
     /// Reads whole batches starting with the one holding `from`, up to `max_bytes` (always
@@ -567,6 +665,8 @@ impl<D: Disk> Log<D> {
         if offset >= self.next_offset() {
             return Ok(());
         }
+        // First, so that even a truncation that fails part way voids the syncs in flight.
+        self.generation += 1;
         if offset <= self.log_start_offset() {
             // Kafka's truncateFullyAndStartAt: nothing below the start may come back.
             while let Some(seg) = self.segments.pop_back() {
@@ -598,6 +698,7 @@ impl<D: Disk> Log<D> {
             self.disk.sync_dir().await?;
         }
         self.durable_offset = self.durable_offset.min(self.next_offset());
+        self.issued_offset = self.durable_offset;
         Ok(())
     }
 
@@ -605,6 +706,7 @@ impl<D: Disk> Log<D> {
     /// the end): a replica whose leader holds nothing it could continue from (Kafka's
     /// truncateFullyAndStartAt). Durable on return.
     pub async fn restart_at(&mut self, offset: u64) -> Result<(), StorageError> {
+        self.generation += 1;
         // Newest first: a crash part way leaves a shorter log, never a gap.
         while let Some(seg) = self.segments.pop_back() {
             self.remove_segment_files(seg).await?;
@@ -629,6 +731,7 @@ impl<D: Disk> Log<D> {
         }
         self.disk.sync_dir().await?;
         self.durable_offset = offset;
+        self.issued_offset = offset;
         Ok(())
     }
 
@@ -719,10 +822,9 @@ impl<D: Disk> Log<D> {
     }
 
     async fn remove_segment_files(&self, seg: Segment<D::File>) -> Result<(), StorageError> {
-        use crate::io::DiskFile;
         let base = seg.base;
-        seg.log.file.close().await?;
-        seg.index.file.close().await?;
+        seg.log.close().await?;
+        seg.index.close().await?;
         // The log goes first: an index without its log is cleaned up on open, a log
         // without its index is rebuilt.
         self.disk.remove(&segment::log_name(base)).await?;
@@ -733,24 +835,22 @@ impl<D: Disk> Log<D> {
     /// Closes the files without writing anything: for a log whose in-memory state is no
     /// longer trusted (a write failed) and that is being opened afresh from the disk.
     pub async fn abandon(self) -> Result<(), StorageError> {
-        use crate::io::DiskFile;
         for seg in self.segments {
-            seg.log.file.close().await?;
-            seg.index.file.close().await?;
+            seg.log.close().await?;
+            seg.index.close().await?;
         }
         Ok(())
     }
 
     /// Syncs everything, writes the active index, and closes the files.
     pub async fn close(mut self) -> Result<(), StorageError> {
-        use crate::io::DiskFile;
         self.sync().await?;
         let active = self.segments.back_mut().expect("never empty");
         active.stage_index(active.entries.len());
         active.index.sync().await?;
         for seg in self.segments {
-            seg.log.file.close().await?;
-            seg.index.file.close().await?;
+            seg.log.close().await?;
+            seg.index.close().await?;
         }
         Ok(())
     }

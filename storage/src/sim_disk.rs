@@ -23,6 +23,11 @@
 //!    data a read returns (a bad cable, controller or DMA), leaving the stored bytes
 //!    intact: the same read again returns the truth.
 //!
+//! An fdatasync takes time ([`SimDisk::set_sync_delay`]; none by default): it covers the
+//! file as it was when the call was made, and makes that durable only when it returns,
+//! so a crash in between loses what it would have covered, and writes made while it runs
+//! are not covered (they wait for the next sync), as on a real disk.
+//!
 //! Direct-I/O alignment is enforced as the kernel does: an unaligned write or truncate
 //! fails with `EINVAL`, so alignment bugs surface here first.
 //!
@@ -31,7 +36,9 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
 
 use crate::io::{BLOCK, Disk, DiskFile, IoBuf};
@@ -62,6 +69,9 @@ impl Default for FaultConfig {
     }
 }
 
+/// How long an fdatasync takes: a future made for each one (a simulator's timer).
+pub type SyncDelay = Rc<dyn Fn() -> Pin<Box<dyn Future<Output = ()>>>>;
+
 /// A cheap clonable handle: clones share one simulated device.
 #[derive(Clone)]
 pub struct SimDisk {
@@ -81,6 +91,7 @@ struct State {
     failing_blocks: BTreeSet<(String, u64)>,
     /// fdatasync calls per file name, for tests that count them (group commit).
     syncs: BTreeMap<String, u64>,
+    sync_delay: Option<SyncDelay>,
 }
 
 #[derive(Default, Clone)]
@@ -88,6 +99,9 @@ struct FileData {
     current: Vec<u8>,
     durable: Vec<u8>,
     unsynced: Vec<Op>,
+    /// Operations ever taken into `durable` by a sync: a sync covers those before its
+    /// own count, and one that ends after a later one made more durable changes nothing.
+    synced_ops: usize,
 }
 
 #[derive(Clone)]
@@ -111,8 +125,14 @@ impl SimDisk {
                 faults,
                 failing_blocks: BTreeSet::new(),
                 syncs: BTreeMap::new(),
+                sync_delay: None,
             })),
         }
+    }
+
+    /// Every fdatasync from now on takes as long as a future `delay` makes.
+    pub fn set_sync_delay(&self, delay: SyncDelay) {
+        self.state.borrow_mut().sync_delay = Some(delay);
     }
 
     /// Power loss: every file returns to its durable bytes plus a random subset of its
@@ -159,6 +179,7 @@ impl SimDisk {
                 current: content.clone(),
                 durable: content,
                 unsynced: Vec::new(),
+                synced_ops: 0,
             };
             files.insert(name, Rc::new(RefCell::new(fresh)));
         }
@@ -334,16 +355,27 @@ impl DiskFile for SimFile {
 
     async fn sync(&self) -> io::Result<()> {
         self.check_alive()?;
-        *self
-            .disk
-            .state
-            .borrow_mut()
-            .syncs
-            .entry(self.name.clone())
-            .or_default() += 1;
+        let delay = {
+            let mut s = self.disk.state.borrow_mut();
+            *s.syncs.entry(self.name.clone()).or_default() += 1;
+            s.sync_delay.clone()
+        };
+        // What this sync covers: the file as it is now.
+        let (snapshot, covers) = {
+            let d = self.data.borrow();
+            (d.current.clone(), d.synced_ops + d.unsynced.len())
+        };
+        if let Some(delay) = delay {
+            delay().await;
+            self.check_alive()?;
+        }
         let mut d = self.data.borrow_mut();
-        d.durable = d.current.clone();
-        d.unsynced.clear();
+        if covers > d.synced_ops {
+            let n = covers - d.synced_ops;
+            d.unsynced.drain(..n);
+            d.synced_ops = covers;
+            d.durable = snapshot;
+        }
         Ok(())
     }
 

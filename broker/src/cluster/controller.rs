@@ -205,7 +205,9 @@ impl Task {
             }
             self.register_brokers();
             self.node.on_tick(mono_ms());
-            if let Err(e) = driver::drive(&mut self.node, &mut self.replicas, &mut self.io).await {
+            if let Err(e) =
+                driver::drive_synced(&mut self.node, &mut self.replicas, &mut self.io).await
+            {
                 // A controller replica whose disk fails stops taking part, as a
                 // partition's does; the others carry the metadata on.
                 tracing::error!(error = %e, "controller storage failed; this broker leaves the controller group");
