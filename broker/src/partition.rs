@@ -544,23 +544,22 @@ impl PartitionTask {
                 wait = wait.min(REOPEN_CHECK_MS);
             }
             let syncing = &mut self.syncing;
+            // The sync's end first: with commands always queued (a busy partition), it
+            // would otherwise wait, and the produces it completes with it.
             let wake = futures_lite::future::or(
-                async { Wake::Cmd(rx.next().await) },
-                futures_lite::future::or(
-                    async {
-                        match syncing {
-                            Some(t) => {
-                                let (s, outcome) = t.await;
-                                Wake::Synced(s, outcome)
-                            }
-                            None => std::future::pending().await,
+                async {
+                    match syncing {
+                        Some(t) => {
+                            let (s, outcome) = t.await;
+                            Wake::Synced(s, outcome)
                         }
-                    },
-                    async {
-                        glommio::timer::sleep(Duration::from_millis(wait)).await;
-                        Wake::Timer
-                    },
-                ),
+                        None => std::future::pending().await,
+                    }
+                },
+                futures_lite::future::or(async { Wake::Cmd(rx.next().await) }, async {
+                    glommio::timer::sleep(Duration::from_millis(wait)).await;
+                    Wake::Timer
+                }),
             )
             .await;
             let mut cmds = Vec::new();
@@ -648,17 +647,17 @@ impl PartitionTask {
                 other => reads.push(other),
             }
         }
-        // Reads first: they see what was committed before this round (nothing of this
-        // round is committed before its sync), so a consumer at the head is answered
-        // now, not after the round's appends and fdatasync.
-        for cmd in reads {
-            self.read(cmd).await;
-        }
         if self.replicated() {
             self.node.on_tick(mono_ms());
         }
+        // The round's appends are written and their sync started first; the reads (of
+        // what was committed before, as nothing of this round is committed before its
+        // sync ends) then run beside that sync instead of holding up the writes.
         if let Err(e) = self.drive().await {
             self.fail(e.storage());
+        }
+        for cmd in reads {
+            self.read(cmd).await;
         }
         self.publish();
         self.resolve_pending();
