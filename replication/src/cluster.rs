@@ -222,7 +222,7 @@ impl Cluster {
                     let mut reads = Vec::new();
                     for op in w.storage {
                         match op {
-                            StorageOp::Append(bs) => {
+                            StorageOp::Append(bs) | StorageOp::AppendOwn(bs) => {
                                 for b in bs {
                                     let h = BatchHeader::parse(&b).unwrap();
                                     assert_eq!(
@@ -834,7 +834,7 @@ mod tests {
         let (base, end) = r.propose(1000, build::batch(&[b"v"], 0)).unwrap();
         assert_eq!((base, end), (0, 1));
         let ready = r.take_ready();
-        assert!(matches!(ready.storage.as_slice(), [StorageOp::Append(b)] if b.len() == 1));
+        assert!(matches!(ready.storage.as_slice(), [StorageOp::AppendOwn(b)] if b.len() == 1));
         assert_eq!(r.commit(), 0, "nothing is committed before it is durable");
         r.on_persisted(1000, end);
         assert_eq!(r.commit(), 1);

@@ -614,7 +614,7 @@ fn elide_undone(ops: Vec<StorageOp>) -> Vec<StorageOp> {
         match &op {
             StorageOp::Truncate(x) => {
                 for prior in out.iter_mut() {
-                    if let StorageOp::Append(batches) = prior {
+                    if let StorageOp::Append(batches) | StorageOp::AppendOwn(batches) = prior {
                         batches.retain(|b| base(b) < *x);
                     }
                 }
@@ -624,7 +624,9 @@ fn elide_undone(ops: Vec<StorageOp>) -> Vec<StorageOp> {
             }
             _ => {}
         }
-        out.retain(|o| !matches!(o, StorageOp::Append(b) if b.is_empty()));
+        out.retain(
+            |o| !matches!(o, StorageOp::Append(b) | StorageOp::AppendOwn(b) if b.is_empty()),
+        );
         out.push(op);
     }
     out
@@ -668,16 +670,19 @@ pub async fn drive<D: Disk>(
             // sit on disk under a history that no longer names their term).
             let mut epochs = gw.epochs;
             for op in elide_undone(gw.storage) {
+                let own = matches!(op, StorageOp::AppendOwn(_));
                 match op {
-                    StorageOp::Append(batches) => {
+                    StorageOp::Append(batches) | StorageOp::AppendOwn(batches) => {
                         if let Some(e) = epochs.take() {
                             r.save_epochs(&e).await?;
                         }
                         for b in batches {
-                            r.log
-                                .append_at(b.clone(), io.wall_ms())
-                                .await
-                                .map_err(err("append"))?;
+                            let appended = if own {
+                                r.log.append_own(b.clone(), io.wall_ms()).await
+                            } else {
+                                r.log.append_at(b.clone(), io.wall_ms()).await
+                            };
+                            appended.map_err(err("append"))?;
                             r.producers.on_batch(&b);
                             let term = BatchHeader::parse(&b)
                                 .map_or(0, |h| h.partition_leader_epoch as Term);

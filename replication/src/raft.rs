@@ -90,8 +90,13 @@ pub struct LogState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageOp {
-    /// Append these batches (offsets and epochs set) at the current end.
+    /// Append these batches (offsets and epochs set) at the current end: a leader's,
+    /// received, so storage checks each in full (CRC32C included).
     Append(Vec<Bytes>),
+    /// Append this node's own proposals at the current end. Whoever proposed them checked
+    /// or built each batch (see [`Raft::propose`]), so storage checks their framing but does
+    /// not compute their CRC32C again.
+    AppendOwn(Vec<Bytes>),
     /// Drop every batch from this offset on.
     Truncate(Offset),
     /// Read batches from `from` (up to `max_bytes`) for `peer`; answer with `on_read`.
@@ -410,7 +415,9 @@ impl Raft {
     }
 
     /// Proposes a batch (leader only): stamps its base offset and leader epoch, appends it
-    /// and replicates it. Returns (base offset, end offset).
+    /// and replicates it. Returns (base offset, end offset). The caller has verified the
+    /// batch's CRC32C (a produced batch) or computed it (a batch it built): this node's
+    /// storage does not compute it again (followers do).
     pub fn propose(&mut self, now: u64, batch: Vec<u8>) -> Result<(Offset, Offset), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader {
@@ -746,7 +753,7 @@ impl Raft {
             let (_, _, b) = self.cache.pop_front().expect("len > 1");
             self.cache_bytes -= b.len();
         }
-        self.ready.storage.push(StorageOp::Append(vec![bytes]));
+        self.ready.storage.push(StorageOp::AppendOwn(vec![bytes]));
     }
 
     /// Moves our start up to the leader's as far as `start_bound` allows: at each Append,

@@ -683,7 +683,9 @@ async fn handle_datagram(
                 let _ = ep.send_to(from, 0, &not_leader(raft)).await;
                 return;
             }
-            let Ok(h) = BatchHeader::parse(req.rest) else {
+            // Checked in full as the broker's produce path does (the leader's storage trusts
+            // its own proposals' CRC).
+            let Ok(h) = batch::validate(req.rest, usize::MAX) else {
                 return;
             };
             // The broker's own idempotence check, on the table the driver keeps.

@@ -303,6 +303,26 @@ impl<D: Disk> Log<D> {
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
         let header = batch::validate(&batch, self.config.max_batch_bytes)?;
+        self.append_assigned(batch, header, now_ms).await
+    }
+
+    /// [`Log::append_at`] for a batch whose CRC32C this process verified or computed itself
+    /// (a leader's own proposals): every other check holds, the CRC is not computed again.
+    pub async fn append_own(
+        &mut self,
+        batch: Bytes,
+        now_ms: i64,
+    ) -> Result<AppendInfo, StorageError> {
+        let header = batch::validate_framing(&batch, self.config.max_batch_bytes)?;
+        self.append_assigned(batch, header, now_ms).await
+    }
+
+    async fn append_assigned(
+        &mut self,
+        batch: Bytes,
+        header: BatchHeader,
+        now_ms: i64,
+    ) -> Result<AppendInfo, StorageError> {
         if header.base_offset != self.next_offset() as i64 {
             return Err(StorageError::NotNextOffset {
                 base_offset: header.base_offset,
