@@ -1010,10 +1010,9 @@ impl PartitionTask {
     }
 
     /// Carries out what the group asks for, through the replica driver: term and vote
-    /// durable first, then truncations and appends with the epoch checkpoint, one
-    /// fdatasync, `on_persisted`.
-    /// Drives the group; the log sync it starts runs on while the task goes on taking
-    /// rounds (their appends are written meanwhile), and comes back to [`Self::synced`].
+    /// durable first, then truncations and appends with the epoch checkpoint, written,
+    /// and one fdatasync started. The sync runs on while the task takes the next rounds
+    /// (their appends are written meanwhile) and comes back to [`Self::synced`].
     async fn drive(&mut self) -> Result<(), DriveError> {
         let started = driver::drive(&mut self.node, &mut self.replicas, &mut self.io).await?;
         for s in started {
@@ -1035,12 +1034,11 @@ impl PartitionTask {
     /// sync if more was written), then is driven (a follower's acknowledgement goes out),
     /// and the produces it completed are answered.
     async fn synced(&mut self, s: Syncing<GlommioFile>, outcome: std::io::Result<()>) {
-        let r = driver::synced(&mut self.node, &mut self.replicas, s, outcome, &mut self.io).await;
-        let r = match r {
+        let next =
+            driver::synced(&mut self.node, &mut self.replicas, s, outcome, &mut self.io).await;
+        let r = match next {
             Ok(next) => {
-                if let Some(next) = next {
-                    self.start_sync(next);
-                }
+                next.into_iter().for_each(|n| self.start_sync(n));
                 self.drive().await
             }
             Err(e) => Err(e),
@@ -1246,13 +1244,11 @@ impl PartitionTask {
     }
 
     async fn close(mut self) {
-        // The sync in flight is seen through first: its file is closed after it.
-        if let Some(t) = self.syncing.take() {
+        // Syncs in flight are seen through first (their produces answered): the log's
+        // file is closed after them.
+        while let Some(t) = self.syncing.take() {
             let (s, outcome) = t.await;
             self.synced(s, outcome).await;
-        }
-        if let Some(t) = self.syncing.take() {
-            let _ = t.await;
         }
         let Some(replica) = self.replicas.remove(&self.membership.group) else {
             return;
