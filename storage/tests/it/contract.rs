@@ -31,6 +31,7 @@ contract!(
     segments_roll_by_age,
     append_at_keeps_assigned_offsets_and_refuses_gaps,
     advance_start_hides_records_below_it_and_survives_reopen,
+    a_sync_point_proves_what_was_written_before_it_and_nothing_else,
 );
 
 fn small() -> LogConfig {
@@ -495,6 +496,63 @@ async fn append_at_keeps_assigned_offsets_and_refuses_gaps<D: Disk + Clone>(disk
             .partition_leader_epoch,
         4
     );
+}
+
+/// A sync started with `write_pending` covers what was appended before it, not what is
+/// appended and written while it runs, and proves nothing once a truncation came between.
+async fn a_sync_point_proves_what_was_written_before_it_and_nothing_else<D: Disk + Clone>(disk: D) {
+    let mut log = Log::open(disk.clone(), small()).await.unwrap();
+    let a = append_n(&mut log, 0, 5).await;
+    let p1 = log.write_pending().await.unwrap().expect("appends to sync");
+    assert_eq!(p1.end(), end_of(&a));
+    // Written beside the sync in flight.
+    let b = append_n(&mut log, 5, 3).await;
+    log.write().await.unwrap();
+    p1.wait().await.unwrap();
+    assert_eq!(log.complete_sync(&p1), Some(end_of(&a)));
+    assert_eq!(log.durable_offset(), end_of(&a), "not what came after it");
+    let p2 = log.write_pending().await.unwrap().expect("b to sync");
+    assert_eq!(p2.end(), end_of(&b));
+    assert!(log.write_pending().await.unwrap().is_none(), "nothing new");
+    p2.wait().await.unwrap();
+    assert_eq!(log.complete_sync(&p2), Some(end_of(&b)));
+    // A truncation between a sync's start and its end voids it.
+    append_n(&mut log, 8, 2).await;
+    let p3 = log.write_pending().await.unwrap().expect("c to sync");
+    log.truncate_to(end_of(&b)).await.unwrap();
+    p3.wait().await.unwrap();
+    assert_eq!(log.complete_sync(&p3), None);
+    assert_eq!(log.durable_offset(), end_of(&b));
+    drop(log);
+    let log = Log::open(disk, small()).await.unwrap();
+    let all = read_all(&log).await;
+    assert_eq!(all.len(), 8);
+    assert_eq!(&all[..5], &a[..]);
+    assert_eq!(&all[5..], &b[..]);
+}
+
+/// SimDisk-only: a power loss while a sync runs keeps what it covers (once it ended) and
+/// may lose what was written after it started.
+#[test]
+fn writes_made_while_a_sync_runs_wait_for_the_next_one() {
+    block_on(async {
+        let faults = corelog_storage::FaultConfig {
+            persist_probability: 0.0,
+            torn_probability: 0.0,
+            ..Default::default()
+        };
+        let disk = SimDisk::with_faults(3, faults);
+        let mut log = Log::open(disk.clone(), small()).await.unwrap();
+        let a = append_n(&mut log, 0, 4).await;
+        let p = log.write_pending().await.unwrap().expect("appends to sync");
+        p.wait().await.unwrap();
+        append_n(&mut log, 4, 4).await;
+        log.write().await.unwrap();
+        assert_eq!(log.complete_sync(&p), Some(end_of(&a)));
+        disk.crash();
+        let log = Log::open(disk, small()).await.unwrap();
+        assert_eq!(read_all(&log).await, a, "exactly what the sync covered");
+    })
 }
 
 /// SimDisk-only: bits flipped in transit (not stored) never shorten the log at recovery
