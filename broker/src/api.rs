@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use futures::future::join_all;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::create_topics_response::{
@@ -29,6 +29,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::config::topic_default;
 use crate::errors as code;
+use crate::frame::{Frame, Splicer};
 use crate::partition::{Answer, Query};
 use crate::shard::{AdminOp, AdminResult, Shard};
 use crate::topic_configs::{self, TOPIC_CONFIGS};
@@ -75,7 +76,7 @@ pub fn supported(key: ApiKey, version: i16) -> bool {
         .any(|&(k, lo, hi)| k == key && (lo..=hi).contains(&version))
 }
 
-pub type Reply = Result<Option<Bytes>, String>;
+pub type Reply = Result<Option<Frame>, String>;
 
 fn decode<R: Decodable>(body: &mut Bytes, version: i16) -> Result<R, String> {
     R::decode(body, version).map_err(|e| format!("malformed request body: {e:#}"))
@@ -83,23 +84,40 @@ fn decode<R: Decodable>(body: &mut Bytes, version: i16) -> Result<R, String> {
 
 /// Frames a response: `[i32 length][header][body]`.
 pub fn respond<R: Encodable + HeaderVersion>(correlation_id: i32, version: i16, resp: &R) -> Reply {
+    respond_splicing(correlation_id, version, resp, Splicer::default())
+}
+
+/// [`respond`], sending the records sections `splicer` holds by reference.
+pub fn respond_splicing<R: Encodable + HeaderVersion>(
+    correlation_id: i32,
+    version: i16,
+    resp: &R,
+    splicer: Splicer,
+) -> Reply {
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    // Sized up front: a fetch response of megabytes would otherwise be copied again at
-    // every doubling of the buffer.
+    let header_version = R::header_version(version);
+    // Sized up front: the length prefix goes first, and a fetch response of megabytes
+    // would otherwise be copied again at every doubling of the buffer.
     let size = header
-        .compute_size(R::header_version(version))
+        .compute_size(header_version)
         .and_then(|h| Ok(h + resp.compute_size(version)?))
-        .unwrap_or(64);
-    let mut buf = BytesMut::with_capacity(4 + size);
-    buf.put_i32(0);
-    header
-        .encode(&mut buf, R::header_version(version))
-        .map_err(|e| format!("encoding response header: {e:#}"))?;
-    resp.encode(&mut buf, version)
         .map_err(|e| format!("encoding response: {e:#}"))?;
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(Some(buf.freeze()))
+    let prefix = i32::try_from(size).map_err(|_| format!("a response of {size} bytes"))?;
+    let frame = splicer.encode(4 + size, |buf| {
+        buf.put_i32(prefix);
+        header
+            .encode(buf, header_version)
+            .map_err(|e| format!("encoding response header: {e:#}"))?;
+        resp.encode(buf, version)
+            .map_err(|e| format!("encoding response: {e:#}"))
+    })?;
+    if frame.len() != 4 + size {
+        return Err(format!(
+            "response encoded to {} bytes where {size} were computed",
+            frame.len() - 4
+        ));
+    }
+    Ok(Some(frame))
 }
 
 fn s(v: impl Into<String>) -> StrBytes {
@@ -425,7 +443,7 @@ async fn fetch(shard: &Rc<Shard>, c: i32, version: i16, req: FetchRequest) -> Re
                         error: *e,
                         high_watermark: -1,
                         log_start: -1,
-                        records: Bytes::new(),
+                        records: Default::default(),
                     });
                 }
                 // No partition reads more than the whole response may hold (Kafka's rule:
@@ -445,6 +463,7 @@ async fn fetch(shard: &Rc<Shard>, c: i32, version: i16, req: FetchRequest) -> Re
         if total >= min_bytes.max(1) || errored || Instant::now() >= deadline {
             let mut budget = max_bytes;
             let mut first = true;
+            let mut splicer = Splicer::default();
             for ((name, p, _, _, _), r) in wanted.iter().zip(results) {
                 let mut part = PartitionData::default().with_partition_index(*p);
                 match r {
@@ -459,7 +478,7 @@ async fn fetch(shard: &Rc<Shard>, c: i32, version: i16, req: FetchRequest) -> Re
                         if r.records.len() <= budget || first {
                             budget = budget.saturating_sub(r.records.len());
                             first &= r.records.is_empty();
-                            part.records = Some(r.records);
+                            part.records = Some(splicer.register(r.records));
                         }
                     }
                 }
@@ -476,7 +495,7 @@ async fn fetch(shard: &Rc<Shard>, c: i32, version: i16, req: FetchRequest) -> Re
                     ),
                 }
             }
-            return respond(c, version, &resp);
+            return respond_splicing(c, version, &resp, splicer);
         }
         // Long poll: wait until any partition has data past its offset, or the deadline.
         let left = deadline.saturating_duration_since(Instant::now());

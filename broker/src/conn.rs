@@ -225,8 +225,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         glommio::spawn_local(async move {
             while let Some(task) = rx.recv().await {
                 match task.await {
-                    Some(Ok(Some(bytes))) => {
-                        if let Err(e) = out.write_all(&bytes).await {
+                    Some(Ok(Some(frame))) => {
+                        // Pieces in order: the codec's bytes and the stored batches it
+                        // refers to (crate::frame).
+                        let mut failed = None;
+                        for part in frame.parts() {
+                            if let Err(e) = out.write_all(part).await {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                        if let Some(e) = failed {
                             tracing::debug!(%peer, error = %e, "write failed; closing connection");
                             break;
                         }

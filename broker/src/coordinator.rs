@@ -971,7 +971,8 @@ impl Shard {
                         out.error
                     ));
                 }
-                let mut rest = &out.records[..];
+                let records = out.records.to_bytes();
+                let mut rest = &records[..];
                 while let Ok(h) = BatchHeader::parse(rest) {
                     for r in batch::records(&rest[..h.size]).unwrap_or_default() {
                         let Some(key) = r.key else { continue };

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod coordinator;
 pub mod disk_space;
 pub mod errors;
+pub mod frame;
 pub mod group;
 pub mod handlers;
 pub mod limits;

@@ -91,7 +91,8 @@ pub struct FetchOutcome {
     pub error: i16,
     pub high_watermark: i64,
     pub log_start: i64,
-    pub records: Bytes,
+    /// Stored batches, uncopied: the response sends them by reference.
+    pub records: crate::frame::Records,
 }
 
 pub enum Cmd {
@@ -853,7 +854,7 @@ impl PartitionTask {
                     error: code::NONE,
                     high_watermark: hw,
                     log_start: status.log_start,
-                    records: Bytes::new(),
+                    records: Default::default(),
                 };
                 if !status.online {
                     out.error = code::KAFKA_STORAGE_ERROR;
@@ -867,7 +868,7 @@ impl PartitionTask {
                         .read_up_to(offset as u64, max_bytes.max(1), hw as u64)
                         .await
                     {
-                        Ok(r) => out.records = r.bytes,
+                        Ok(r) => out.records = r.bytes.into(),
                         Err(StorageError::OffsetOutOfRange { .. }) => {
                             out.error = code::OFFSET_OUT_OF_RANGE;
                         }
@@ -1540,7 +1541,7 @@ mod tests {
                 let (tx, rx) = oneshot::channel();
                 h.send(Cmd::Close(tx)).await;
                 rx.await.unwrap();
-                BatchHeader::parse(&fetched.records)
+                BatchHeader::parse(&fetched.records.to_bytes())
                     .unwrap()
                     .partition_leader_epoch
             })

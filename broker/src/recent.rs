@@ -15,7 +15,9 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+
+use crate::frame::Records;
 
 /// How many bytes of newest batches a leading partition keeps here: a few rounds of a
 /// partition at disk speed, several of the largest (1 MiB) batches.
@@ -59,7 +61,9 @@ impl RecentBatches {
     /// Whole batches from the one holding `offset`, each ending at or below
     /// `high_watermark`, up to `max_bytes` (at least one batch, as Kafka serves); `None`
     /// when `offset` is not held here (the partition task answers then).
-    pub fn read(&self, offset: u64, high_watermark: u64, max_bytes: usize) -> Option<Bytes> {
+    /// The batches are handed out by reference (no copy): the response sends them as
+    /// they are.
+    pub fn read(&self, offset: u64, high_watermark: u64, max_bytes: usize) -> Option<Records> {
         let first = self.batches.front()?.0;
         if offset < first || offset >= high_watermark {
             return None;
@@ -70,24 +74,16 @@ impl RecentBatches {
             .range(i..)
             .take_while(|&&(_, end, _)| end <= high_watermark);
         let (_, _, one) = picked.next()?;
+        let mut out = Records::from(one.clone());
         let mut total = one.len();
-        let more: Vec<&Bytes> = picked
-            .map(|(_, _, b)| b)
-            .take_while(|b| {
-                total += b.len();
-                total <= max_bytes
-            })
-            .collect();
-        if more.is_empty() {
-            return Some(one.clone());
+        for (_, _, b) in picked {
+            total += b.len();
+            if total > max_bytes {
+                break;
+            }
+            out.push(b.clone());
         }
-        let len = one.len() + more.iter().map(|b| b.len()).sum::<usize>();
-        let mut out = BytesMut::with_capacity(len);
-        out.extend_from_slice(one);
-        for b in more {
-            out.extend_from_slice(b);
-        }
-        Some(out.freeze())
+        Some(out)
     }
 }
 
@@ -106,10 +102,10 @@ mod tests {
         r.push(3, 20, 30, batch(2, 100));
         r.push(3, 30, 40, batch(3, 100));
         // Below what is held, and at or past the high watermark: not answered here.
-        assert_eq!(r.read(9, 40, 1000), None);
-        assert_eq!(r.read(30, 30, 1000), None);
+        assert!(r.read(9, 40, 1000).is_none());
+        assert!(r.read(30, 30, 1000).is_none());
         // From inside the first batch, stopping before the uncommitted one.
-        let got = r.read(15, 30, 1000).unwrap();
+        let got = r.read(15, 30, 1000).unwrap().to_bytes();
         assert_eq!(got.len(), 200);
         assert_eq!((got[0], got[199]), (1, 2));
         // max_bytes cuts at a batch boundary but always serves one.
@@ -123,17 +119,17 @@ mod tests {
         let mut r = RecentBatches::default();
         r.push(1, 0, 10, batch(1, 10));
         r.push(2, 10, 20, batch(2, 10));
-        assert_eq!(r.read(5, 20, 100), None, "the old term's batch is gone");
+        assert!(r.read(5, 20, 100).is_none(), "the old term's batch is gone");
         r.push(2, 25, 30, batch(3, 10));
-        assert_eq!(r.read(10, 30, 100), None, "a gap starts afresh");
-        assert_eq!(r.read(25, 30, 100).unwrap()[0], 3);
+        assert!(r.read(10, 30, 100).is_none(), "a gap starts afresh");
+        assert_eq!(r.read(25, 30, 100).unwrap().to_bytes()[0], 3);
         let big = RECENT_BYTES / 4 + 1;
         for i in 0..8u64 {
             r.push(2, 30 + i, 31 + i, batch(4, big));
         }
         assert!(r.bytes <= RECENT_BYTES && r.batches.len() == 3);
         r.clear(5);
-        assert_eq!(r.read(37, 38, 100), None);
+        assert!(r.read(37, 38, 100).is_none());
         assert_eq!(r.term(), 5);
     }
 }

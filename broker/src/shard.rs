@@ -493,7 +493,7 @@ impl Shard {
             error: code::NOT_LEADER_OR_FOLLOWER,
             high_watermark: -1,
             log_start: -1,
-            records: Bytes::new(),
+            records: Default::default(),
         })
     }
 
@@ -515,7 +515,7 @@ impl Shard {
                         error: code::NONE,
                         high_watermark: s.high_watermark,
                         log_start: s.log_start,
-                        records: Bytes::new(),
+                        records: Default::default(),
                     });
                     return;
                 }
@@ -549,7 +549,7 @@ impl Shard {
                     error: code::UNKNOWN_TOPIC_OR_PARTITION,
                     high_watermark: -1,
                     log_start: -1,
-                    records: Bytes::new(),
+                    records: Default::default(),
                 });
             }
         }
