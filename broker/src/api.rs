@@ -159,7 +159,7 @@ pub async fn dispatch(
                 .await
         }
         ApiKey::ApiVersions => api_versions(c, version),
-        ApiKey::Metadata => metadata(shard, c, version, decode(b, version)?).await,
+        ApiKey::Metadata => metadata(shard, c, version, decode(b, version)?, &client).await,
         ApiKey::Produce => produce(shard, c, version, decode(b, version)?).await,
         ApiKey::Fetch => fetch(shard, c, version, decode(b, version)?).await,
         ApiKey::ListOffsets => list_offsets(shard, c, version, decode(b, version)?).await,
@@ -171,7 +171,7 @@ pub async fn dispatch(
         ApiKey::IncrementalAlterConfigs => {
             incremental_alter_configs(shard, c, version, decode(b, version)?).await
         }
-        ApiKey::DescribeCluster => describe_cluster(shard, c, version),
+        ApiKey::DescribeCluster => describe_cluster(shard, c, version, &client),
         ApiKey::CreatePartitions => {
             crate::handlers::create_partitions::handle(shard, c, version, decode(b, version)?).await
         }
@@ -219,9 +219,15 @@ pub fn api_versions(correlation_id: i32, version: i16) -> Reply {
     respond(correlation_id, version, &resp)
 }
 
-async fn metadata(shard: &Rc<Shard>, c: i32, version: i16, req: MetadataRequest) -> Reply {
+async fn metadata(
+    shard: &Rc<Shard>,
+    c: i32,
+    version: i16,
+    req: MetadataRequest,
+    client: &crate::coordinator::Client,
+) -> Reply {
     let mut resp = MetadataResponse::default();
-    resp.brokers = crate::handlers::brokers(shard)
+    resp.brokers = crate::handlers::brokers(shard, client.listener)
         .into_iter()
         .map(|(node, host, port)| {
             MetadataResponseBroker::default()
@@ -761,15 +767,22 @@ const BROKER: i8 = 4;
 /// The broker's configuration under Kafka's names, as DescribeConfigs reports it.
 fn broker_configs(cfg: &crate::config::Config) -> Vec<(&'static str, String, topic_configs::Kind)> {
     use topic_configs::Kind::{Boolean, Int, List, Long, Text};
-    let (host, port) = cfg.advertised();
+    let listeners = cfg.listener_list().unwrap_or_default();
+    let list = |f: &dyn Fn(&crate::config::Listener) -> String| {
+        listeners.iter().map(f).collect::<Vec<_>>().join(",")
+    };
     let opt = |v: Option<u64>| v.map_or(-1, |b| b as i64).to_string();
     vec![
         ("node.id", cfg.node_id.to_string(), Int),
         ("broker.id", cfg.node_id.to_string(), Int),
-        ("listeners", format!("PLAINTEXT://{}", cfg.listen), List),
+        (
+            "listeners",
+            list(&|l| format!("{}://{}", l.name, l.addr)),
+            List,
+        ),
         (
             "advertised.listeners",
-            format!("PLAINTEXT://{host}:{port}"),
+            list(&|l| format!("{}://{}:{}", l.name, l.advertised.0, l.advertised.1)),
             List,
         ),
         ("log.dirs", cfg.data_dir.display().to_string(), Text),
@@ -1019,12 +1032,17 @@ async fn incremental_alter_configs(
     respond(c, version, &resp)
 }
 
-fn describe_cluster(shard: &Rc<Shard>, c: i32, version: i16) -> Reply {
+fn describe_cluster(
+    shard: &Rc<Shard>,
+    c: i32,
+    version: i16,
+    client: &crate::coordinator::Client,
+) -> Reply {
     let mut resp = DescribeClusterResponse::default();
     resp.cluster_id = s(shard.cluster_id.borrow().clone());
     resp.controller_id = BrokerId(crate::handlers::controller_id(shard));
     resp.endpoint_type = 1;
-    resp.brokers = crate::handlers::brokers(shard)
+    resp.brokers = crate::handlers::brokers(shard, client.listener)
         .into_iter()
         .map(|(node, host, port)| {
             DescribeClusterBroker::default()

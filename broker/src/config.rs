@@ -13,6 +13,16 @@ pub struct Config {
     pub listen: String,
     /// `host:port` clients are told to connect to (Metadata); defaults to `listen`.
     pub advertised_listener: Option<String>,
+    /// Kafka's `listeners`: `PROTOCOL://HOST:PORT` each (PLAINTEXT or SSL), a list or
+    /// one comma-separated string. When set, it replaces `listen`.
+    #[serde(deserialize_with = "one_or_many")]
+    pub listeners: Vec<String>,
+    /// Kafka's `advertised.listeners`: what each listener (by name) tells clients to
+    /// connect to; a listener not named here advertises its own address.
+    #[serde(deserialize_with = "one_or_many")]
+    pub advertised_listeners: Vec<String>,
+    /// Certificate, key and client-certificate checks of the SSL listeners.
+    pub tls: Option<crate::tls::TlsConfig>,
     pub data_dir: PathBuf,
     /// Executors (one per core, pinned); defaults to the number of cores.
     pub shards: Option<usize>,
@@ -97,6 +107,9 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:9092".into(),
             advertised_listener: None,
+            listeners: Vec::new(),
+            advertised_listeners: Vec::new(),
+            tls: None,
             data_dir: PathBuf::from("./corelog-data"),
             shards: None,
             cpuset: None,
@@ -184,16 +197,98 @@ impl Config {
         Ok(cpus)
     }
 
-    /// (host, port) announced to clients.
+    /// (host, port) announced to clients of the first listener (the one a cluster
+    /// registers for this broker).
     pub fn advertised(&self) -> (String, i32) {
-        let addr = self.advertised_listener.as_deref().unwrap_or(&self.listen);
-        let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "9092"));
-        let host = if host == "0.0.0.0" || host.is_empty() {
-            "127.0.0.1"
-        } else {
-            host
+        match self.listener_list() {
+            Ok(l) if !l.is_empty() => l[0].advertised.clone(),
+            _ => host_port(self.advertised_listener.as_deref().unwrap_or(&self.listen)),
+        }
+    }
+
+    /// (host, port) announced to clients that came in through listener `index`.
+    pub fn advertised_for(&self, index: usize) -> (String, i32) {
+        match self.listener_list() {
+            Ok(l) if index < l.len() => l[index].advertised.clone(),
+            _ => self.advertised(),
+        }
+    }
+
+    /// The Kafka listeners, checked: `listeners` if given, else one PLAINTEXT listener
+    /// on `listen`.
+    pub fn listener_list(&self) -> Result<Vec<Listener>, String> {
+        if self.listeners.is_empty() {
+            let adv = self.advertised_listener.as_deref().unwrap_or(&self.listen);
+            return Ok(vec![Listener {
+                name: "PLAINTEXT".into(),
+                protocol: Protocol::Plaintext,
+                addr: self.listen.clone(),
+                advertised: host_port(adv),
+            }]);
+        }
+        let entries = |list: &[String]| -> Result<Vec<(String, String)>, String> {
+            let mut out: Vec<(String, String)> = Vec::new();
+            for one in list
+                .iter()
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+            {
+                let (name, addr) = one.split_once("://").ok_or_else(|| {
+                    format!("listener {one:?} is not NAME://HOST:PORT (e.g. SSL://0.0.0.0:9093)")
+                })?;
+                let (host, port) = addr
+                    .rsplit_once(':')
+                    .ok_or_else(|| format!("listener {one:?} has no port"))?;
+                port.parse::<u16>()
+                    .map_err(|_| format!("listener {one:?}: bad port"))?;
+                let host = if host.is_empty() { "0.0.0.0" } else { host };
+                let name = name.to_ascii_uppercase();
+                if out.iter().any(|(n, _)| *n == name) {
+                    return Err(format!("listener {name} is given twice"));
+                }
+                out.push((name, format!("{host}:{port}")));
+            }
+            Ok(out)
         };
-        (host.to_string(), port.parse().unwrap_or(9092))
+        let advertised = entries(&self.advertised_listeners)?;
+        let mut out = Vec::new();
+        for (name, addr) in entries(&self.listeners)? {
+            let protocol = match name.as_str() {
+                "PLAINTEXT" => Protocol::Plaintext,
+                "SSL" => Protocol::Ssl,
+                "SASL_PLAINTEXT" | "SASL_SSL" => {
+                    return Err(format!(
+                        "listener {name}: SASL is not supported yet (PLAINTEXT and SSL are)"
+                    ));
+                }
+                _ => {
+                    return Err(format!(
+                        "listener {name}: the name must be its protocol, PLAINTEXT or SSL"
+                    ));
+                }
+            };
+            let adv = advertised
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(addr.as_str(), |(_, a)| a.as_str());
+            out.push(Listener {
+                advertised: host_port(adv),
+                name,
+                protocol,
+                addr,
+            });
+        }
+        if let Some((n, _)) = advertised
+            .iter()
+            .find(|(n, _)| !out.iter().any(|l| l.name == *n))
+        {
+            return Err(format!("advertised listener {n} names no listener"));
+        }
+        if out.is_empty() {
+            return Err("listeners is empty".into());
+        }
+        Ok(out)
     }
 
     /// The voters as (node id, RPC address), checked: ids positive and distinct, this
@@ -245,6 +340,22 @@ impl Config {
 
     pub fn check(&self) -> Result<(), String> {
         self.voter_list()?;
+        let listeners = self.listener_list()?;
+        if listeners.iter().any(|l| l.protocol == Protocol::Ssl) {
+            match &self.tls {
+                None => return Err("an SSL listener needs [tls] certificate and key".into()),
+                Some(t) => {
+                    t.load()?;
+                }
+            }
+        }
+        if listeners.len() > 1 && self.clustered() {
+            // Each broker registers one Kafka address with the controller today; a client
+            // on a second listener would be sent to the first listener of other brokers.
+            return Err(
+                "a cluster member has one listener for now (PLAINTEXT or SSL), not several".into(),
+            );
+        }
         if self.node_id < 0 {
             return Err("node_id must not be negative".into());
         }
@@ -370,6 +481,48 @@ pub fn parse_cpuset(spec: &str) -> Result<Vec<usize>, String> {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn listeners_are_checked_and_advertised_by_name() {
+        let cfg = |l: &[&str], a: &[&str]| Config {
+            listeners: l.iter().map(|s| s.to_string()).collect(),
+            advertised_listeners: a.iter().map(|s| s.to_string()).collect(),
+            ..Config::default()
+        };
+        let ok = cfg(
+            &["PLAINTEXT://127.0.0.1:9092,ssl://0.0.0.0:9093"],
+            &["SSL://broker.example:19093"],
+        )
+        .listener_list()
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[1].protocol, Protocol::Ssl);
+        assert_eq!(ok[1].addr, "0.0.0.0:9093");
+        assert_eq!(ok[1].advertised, ("broker.example".to_string(), 19093));
+        assert_eq!(ok[0].advertised, ("127.0.0.1".to_string(), 9092));
+        for (l, a, why) in [
+            (&["SASL_SSL://:9094"][..], &[][..], "SASL"),
+            (
+                &["INTERNAL://:9094"][..],
+                &[][..],
+                "name must be its protocol",
+            ),
+            (&["SSL://:9093", "SSL://:9094"][..], &[][..], "twice"),
+            (
+                &["SSL://:9093"][..],
+                &["PLAINTEXT://h:1"][..],
+                "names no listener",
+            ),
+            (&["SSL://nohost"][..], &[][..], "no port"),
+        ] {
+            let e = cfg(l, a).listener_list().unwrap_err();
+            assert!(e.contains(why), "{l:?} {a:?}: {e}");
+        }
+        // No listeners: the one PLAINTEXT listener on `listen`, as before.
+        let legacy = Config::default().listener_list().unwrap();
+        assert_eq!(legacy[0].addr, "127.0.0.1:9092");
+        assert_eq!(legacy[0].protocol, Protocol::Plaintext);
+    }
+
+    #[test]
     fn cluster_keys_in_toml_and_their_checks() {
         let one: Config = toml::from_str(
             "node_id = 2\nrpc_listen = \"127.0.0.1:9193\"\nvoters = \"1@127.0.0.1:9192,2@127.0.0.1:9193\"\n",
@@ -435,4 +588,35 @@ mod tests {
             assert!(parse_cpuset(bad).is_err(), "{bad:?}");
         }
     }
+}
+
+/// A Kafka listener's security protocol (Kafka's `listener.security.protocol.map`, with
+/// each listener named by its protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Plaintext,
+    Ssl,
+}
+
+/// One Kafka listener: where it binds, how it is secured, what it tells clients.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub protocol: Protocol,
+    /// HOST:PORT to bind.
+    pub addr: String,
+    /// (host, port) Metadata names for this broker to clients of this listener.
+    pub advertised: (String, i32),
+}
+
+/// `host:port` as announced: a wildcard host becomes loopback (a client cannot connect to
+/// 0.0.0.0 elsewhere than here).
+fn host_port(addr: &str) -> (String, i32) {
+    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "9092"));
+    let host = if host == "0.0.0.0" || host.is_empty() {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    (host.to_string(), port.parse().unwrap_or(9092))
 }

@@ -22,11 +22,31 @@ use crate::api;
 use crate::limits::Reservation;
 use crate::shard::Shard;
 
-/// The two directions of one socket, used by two tasks on one thread. Each poll borrows
-/// the stream only for its own duration, so the borrows never overlap.
-struct Half(Rc<RefCell<TcpStream>>);
+/// A client connection's byte stream: plain TCP, or TLS over it.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + 'static {
+    /// The socket, when what is written to it reaches the client as it is (plain TCP):
+    /// a response's pieces then go out in one `sendmsg`.
+    fn plain_fd(&self) -> Option<std::os::fd::RawFd>;
+}
 
-impl AsyncRead for Half {
+impl Transport for TcpStream {
+    fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.as_raw_fd())
+    }
+}
+
+impl Transport for futures_rustls::server::TlsStream<TcpStream> {
+    fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+}
+
+/// The two directions of one stream, used by two tasks on one thread. Each poll borrows
+/// the stream only for its own duration, so the borrows never overlap.
+struct Half<S>(Rc<RefCell<S>>);
+
+impl<S: Transport> AsyncRead for Half<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -36,7 +56,7 @@ impl AsyncRead for Half {
     }
 }
 
-impl AsyncWrite for Half {
+impl<S: Transport> AsyncWrite for Half<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -59,13 +79,21 @@ type Pending = glommio::task::JoinHandle<api::Reply>;
 /// `sendmsg` of every piece while the socket has room (a separate send per piece would
 /// push a TCP segment, and on loopback run the receiver's side, per piece); when it is
 /// full, glommio's write waits for room and writes the first piece left.
-async fn send_frame(out: &mut Half, parts: &[Bytes]) -> io::Result<()> {
+/// Over TLS the pieces are written one after the other (rustls seals them into records)
+/// and flushed.
+async fn send_frame<S: Transport>(out: &mut Half<S>, parts: &[Bytes]) -> io::Result<()> {
     use std::io::IoSlice;
-    use std::os::fd::AsRawFd;
-    if let [one] = parts {
-        return out.write_all(one).await;
-    }
-    let fd = out.0.borrow().as_raw_fd();
+    let fd = out.0.borrow().plain_fd();
+    let fd = match (fd, parts) {
+        (Some(_), [one]) => return out.write_all(one).await,
+        (Some(fd), _) => fd,
+        (None, _) => {
+            for p in parts {
+                out.write_all(p).await?;
+            }
+            return out.flush().await;
+        }
+    };
     let (mut i, mut at) = (0, 0); // next piece, and how much of it was sent
     while i < parts.len() {
         let iov: Vec<IoSlice<'_>> = std::iter::once(&parts[i][at..])
@@ -110,8 +138,8 @@ enum Stop {
 
 /// Reads one frame body of `size` bytes: the buffer and the shard's request budget grow
 /// chunk by chunk as bytes arrive; the whole body must arrive within `timeout`.
-async fn read_body(
-    input: &mut Half,
+async fn read_body<S: Transport>(
+    input: &mut Half<S>,
     size: usize,
     reservation: &mut Reservation,
     timeout: Duration,
@@ -251,10 +279,11 @@ pub fn sample_frame(key: i16, version: i16, body: &[u8]) -> Vec<u8> {
     out
 }
 
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one client connection on `stream` (TCP with nodelay set, or TLS over it), which
+/// came in through the broker's listener number `listener`.
+pub async fn serve<S: Transport>(shard: Rc<Shard>, stream: S, peer: SocketAddr, listener: usize) {
     tracing::debug!(%peer, shard = shard.id, "connection opened");
     let host: std::sync::Arc<str> = format!("/{}", peer.ip()).into();
-    let _ = stream.set_nodelay(true);
     let stream = Rc::new(RefCell::new(stream));
     let (tx, rx) = local_channel::new_bounded::<Pending>(shard.cfg.max_inflight_requests.max(1));
     let closed = Rc::new((Cell::new(false), event_listener::Event::new()));
@@ -360,6 +389,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
                 let client = crate::coordinator::Client {
                     client_id: header.client_id,
                     host: host.clone(),
+                    listener,
                 };
                 let shard = shard.clone();
                 glommio::spawn_local(async move {

@@ -46,6 +46,8 @@ use crate::util::wall_ms;
 pub struct Client {
     pub client_id: Option<kafka_protocol::protocol::StrBytes>,
     pub host: std::sync::Arc<str>,
+    /// Which of the broker's listeners it came in through (what Metadata advertises).
+    pub listener: usize,
 }
 
 pub enum GroupOp {
@@ -157,7 +159,9 @@ impl Shard {
         client: Client,
     ) -> Reply {
         match key {
-            ApiKey::FindCoordinator => self.find_coordinator(correlation_id, version, body),
+            ApiKey::FindCoordinator => {
+                self.find_coordinator(correlation_id, version, body, client.listener)
+            }
             ApiKey::ListGroups => {
                 let req: ListGroupsRequest = decode(&mut body.clone(), version)?;
                 let mut groups = Vec::new();
@@ -235,12 +239,18 @@ impl Shard {
         }
     }
 
-    fn find_coordinator(&self, correlation_id: i32, version: i16, mut body: Bytes) -> Reply {
+    fn find_coordinator(
+        &self,
+        correlation_id: i32,
+        version: i16,
+        mut body: Bytes,
+        listener: usize,
+    ) -> Reply {
         let req: FindCoordinatorRequest = decode(&mut body, version)?;
         if self.cluster.is_some() && req.key_type == 0 {
             return self.find_cluster_coordinator(correlation_id, version, req);
         }
-        let (host, port) = self.cfg.advertised();
+        let (host, port) = self.cfg.advertised_for(listener);
         let node = self.cfg.node_id;
         let mut resp = FindCoordinatorResponse::default();
         // Transactions do not exist here: only group coordinators (key type 0). A

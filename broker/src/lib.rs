@@ -18,6 +18,7 @@ pub mod recent;
 pub mod records;
 pub mod server;
 pub mod shard;
+pub mod tls;
 pub mod topic_configs;
 pub mod topics;
 pub mod util;

@@ -18,6 +18,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once at start: the size of the serve variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Start a broker (defaults: 127.0.0.1:9092, data in ./corelog-data, one shard per core).
@@ -33,6 +35,25 @@ enum Cmd {
         /// HOST:PORT clients are told to connect to (defaults to --listen).
         #[arg(long)]
         advertised_listener: Option<String>,
+        /// Kafka listeners, comma-separated PROTOCOL://HOST:PORT (PLAINTEXT, SSL), e.g.
+        /// PLAINTEXT://127.0.0.1:9092,SSL://0.0.0.0:9093; replaces --listen.
+        #[arg(long)]
+        listeners: Option<String>,
+        /// What each listener tells clients, by name: SSL://broker1.example:9093,...
+        #[arg(long)]
+        advertised_listeners: Option<String>,
+        /// PEM certificate chain of the SSL listeners (may hold the key too).
+        #[arg(long)]
+        tls_certificate: Option<PathBuf>,
+        /// PEM private key of that certificate (default: the certificate file).
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
+        /// PEM CA certificates that client certificates must chain to.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// Client certificates: none, requested or required (Kafka's ssl.client.auth).
+        #[arg(long)]
+        tls_client_auth: Option<corelog_broker::tls::ClientAuth>,
         /// Shards (pinned executors); defaults to the number of cores.
         #[arg(long)]
         shards: Option<usize>,
@@ -134,6 +155,12 @@ fn main() -> ExitCode {
             listen,
             data_dir,
             advertised_listener,
+            listeners,
+            advertised_listeners,
+            tls_certificate,
+            tls_key,
+            tls_ca,
+            tls_client_auth,
             shards,
             cpuset,
             node_id,
@@ -159,6 +186,31 @@ fn main() -> ExitCode {
             }
             if let Some(v) = advertised_listener {
                 cfg.advertised_listener = Some(v);
+            }
+            if let Some(v) = listeners {
+                cfg.listeners = vec![v];
+            }
+            if let Some(v) = advertised_listeners {
+                cfg.advertised_listeners = vec![v];
+            }
+            if tls_certificate.is_some()
+                || tls_key.is_some()
+                || tls_ca.is_some()
+                || tls_client_auth.is_some()
+            {
+                let t = cfg.tls.get_or_insert_with(Default::default);
+                if let Some(v) = tls_certificate {
+                    t.certificate = v;
+                }
+                if let Some(v) = tls_key {
+                    t.key = Some(v);
+                }
+                if let Some(v) = tls_ca {
+                    t.ca = Some(v);
+                }
+                if let Some(v) = tls_client_auth {
+                    t.client_auth = v;
+                }
             }
             if let Some(v) = shards {
                 cfg.shards = Some(v);

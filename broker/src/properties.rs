@@ -10,9 +10,7 @@ const IGNORED: &[&str] = &[
     "process.roles",
     "controller.quorum.voters",
     "controller.quorum.bootstrap.servers",
-    "controller.listener.names",
     "inter.broker.listener.name",
-    "listener.security.protocol.map",
     "num.network.threads",
     "num.io.threads",
     "num.recovery.threads.per.data.dir",
@@ -68,16 +66,98 @@ pub fn parse(text: &str) -> Vec<(String, String)> {
     out
 }
 
-/// `PLAINTEXT://host:port[,NAME://...]` -> the first `host:port` (an empty host means all
+/// `NAME://host:port[,NAME://...]` -> (NAME, `host:port`) each (an empty host means all
 /// interfaces, as in Kafka).
-fn listener(v: &str) -> Result<String, String> {
-    let first = v.split(',').next().unwrap_or("").trim();
-    let addr = first.split_once("://").map_or(first, |(_, a)| a);
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| format!("listener {first:?} has no port"))?;
-    let host = if host.is_empty() { "0.0.0.0" } else { host };
-    Ok(format!("{host}:{port}"))
+fn listener_entries(v: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for one in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, addr) = one.split_once("://").unwrap_or(("PLAINTEXT", one));
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| format!("listener {one:?} has no port"))?;
+        let host = if host.is_empty() { "0.0.0.0" } else { host };
+        out.push((name.trim().to_ascii_uppercase(), format!("{host}:{port}")));
+    }
+    Ok(out)
+}
+
+/// Kafka's listeners, mapped through `listener.security.protocol.map` and without the
+/// KRaft controller's (corelog's controller runs on its RPC listener), onto corelog's:
+/// one PLAINTEXT listener stays `listen` (as before), several or SSL become `listeners`.
+fn apply_listeners(
+    cfg: &mut Config,
+    listeners: Option<&str>,
+    advertised: Option<&str>,
+    protocol_map: Option<&str>,
+    controller_names: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
+    let mut map: Vec<(String, String)> = ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+        .iter()
+        .map(|p| (p.to_string(), p.to_string()))
+        .collect();
+    for pair in protocol_map.unwrap_or("").split(',').map(str::trim) {
+        if let Some((name, proto)) = pair.split_once(':') {
+            map.push((
+                name.trim().to_ascii_uppercase(),
+                proto.trim().to_ascii_uppercase(),
+            ));
+        }
+    }
+    let controller: Vec<String> = controller_names
+        .split(',')
+        .map(|n| n.trim().to_ascii_uppercase())
+        .collect();
+    let resolve = |entries: Vec<(String, String)>, warnings: &mut Vec<String>| {
+        let mut out = Vec::new();
+        for (name, addr) in entries {
+            if controller.contains(&name) {
+                warnings.push(format!(
+                    "listener {name}: the KRaft controller's; corelog's controller uses rpc_listen, so it is not opened"
+                ));
+                continue;
+            }
+            let proto = map
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == name)
+                .map(|(_, p)| p.clone())
+                .ok_or_else(|| format!("listener {name}: not in listener.security.protocol.map"))?;
+            out.push((proto, addr));
+        }
+        Ok::<_, String>(out)
+    };
+    let Some(listeners) = listeners else {
+        if let Some(adv) = advertised {
+            // Advertised without listeners: the one PLAINTEXT listener's address.
+            if let Some((_, a)) = resolve(listener_entries(adv)?, warnings)?.first() {
+                cfg.advertised_listener = Some(a.clone());
+            }
+        }
+        return Ok(());
+    };
+    let listeners = resolve(listener_entries(listeners)?, warnings)?;
+    let advertised = match advertised {
+        Some(a) => resolve(listener_entries(a)?, warnings)?,
+        None => Vec::new(),
+    };
+    match listeners.as_slice() {
+        [(proto, addr)] if proto == "PLAINTEXT" => {
+            cfg.listen = addr.clone();
+            cfg.advertised_listener = advertised.first().map(|(_, a)| a.clone());
+        }
+        _ => {
+            cfg.listeners = listeners
+                .iter()
+                .map(|(p, a)| format!("{p}://{a}"))
+                .collect();
+            cfg.advertised_listeners = advertised
+                .iter()
+                .map(|(p, a)| format!("{p}://{a}"))
+                .collect();
+        }
+    }
+    Ok(())
 }
 
 /// Applies Kafka properties to `cfg`; returns the warnings to log (unknown or unused
@@ -87,6 +167,22 @@ pub fn apply(cfg: &mut Config, pairs: &[(String, String)]) -> Result<Vec<String>
     let mut warnings = Vec::new();
     let mut retention = (None, None, None); // ms, minutes, hours: the most precise wins
     let mut roll = (None, None);
+    let find = |k: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    apply_listeners(
+        cfg,
+        find("listeners"),
+        find("advertised.listeners"),
+        find("listener.security.protocol.map"),
+        find("controller.listener.names").unwrap_or("CONTROLLER"),
+        &mut warnings,
+    )?;
+    let tls = |cfg: &mut Config| cfg.tls.get_or_insert_with(Default::default).clone();
     for (key, value) in pairs {
         let int = || -> Result<i64, String> {
             value
@@ -100,8 +196,46 @@ pub fn apply(cfg: &mut Config, pairs: &[(String, String)]) -> Result<Vec<String>
         };
         match key.as_str() {
             "node.id" | "broker.id" => cfg.node_id = int()? as i32,
-            "listeners" => cfg.listen = listener(value)?,
-            "advertised.listeners" => cfg.advertised_listener = Some(listener(value)?),
+            // Applied above, together (their order in the file does not matter).
+            "listeners"
+            | "advertised.listeners"
+            | "listener.security.protocol.map"
+            | "controller.listener.names" => {}
+            "ssl.keystore.type" | "ssl.truststore.type" => {
+                if !value.eq_ignore_ascii_case("PEM") {
+                    return Err(format!(
+                        "{key}={value}: corelog reads PEM files (convert a JKS or PKCS12 store with openssl)"
+                    ));
+                }
+            }
+            // A PEM keystore file holds the key and the certificate chain.
+            "ssl.keystore.location" => {
+                let mut t = tls(cfg);
+                t.certificate = value.into();
+                cfg.tls = Some(t);
+            }
+            "ssl.truststore.location" => {
+                let mut t = tls(cfg);
+                t.ca = Some(value.into());
+                cfg.tls = Some(t);
+            }
+            "ssl.client.auth" => {
+                let mut t = tls(cfg);
+                t.client_auth = value.parse()?;
+                cfg.tls = Some(t);
+            }
+            "ssl.key.password" | "ssl.keystore.password" | "ssl.truststore.password" => {
+                if !value.is_empty() {
+                    return Err(format!(
+                        "{key}: encrypted keys and password-protected stores are not supported; give an unencrypted PEM key file readable only by the broker"
+                    ));
+                }
+            }
+            "ssl.enabled.protocols" => {
+                let mut t = tls(cfg);
+                t.protocols = value.split(',').map(|p| p.trim().to_string()).collect();
+                cfg.tls = Some(t);
+            }
             "log.dirs" | "log.dir" => {
                 let mut dirs = value.split(',').map(str::trim);
                 cfg.data_dir = dirs.next().unwrap_or_default().into();
@@ -228,5 +362,43 @@ mod tests {
         assert!(joined.contains("some.plugin.setting: unknown"), "{joined}");
         assert!(joined.contains("log.dirs"), "{joined}");
         assert!(apply(&mut cfg, &parse("num.partitions=three")).is_err());
+    }
+
+    #[test]
+    fn listeners_are_mapped_to_their_protocols_and_the_controllers_left_out() {
+        let text = "listeners=CLIENT://:9093,PLAINTEXT://127.0.0.1:9092,CONTROLLER://:9094
+            advertised.listeners=CLIENT://kafka.example:9093
+            listener.security.protocol.map=CLIENT:SSL,PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+            ssl.keystore.type=PEM
+ssl.keystore.location=/etc/corelog/broker.pem
+            ssl.truststore.location=/etc/corelog/ca.pem
+ssl.client.auth=required
+";
+        let mut cfg = Config::default();
+        let warnings = apply(&mut cfg, &parse(text)).unwrap();
+        assert_eq!(
+            cfg.listeners,
+            ["SSL://0.0.0.0:9093", "PLAINTEXT://127.0.0.1:9092"]
+        );
+        assert_eq!(cfg.advertised_listeners, ["SSL://kafka.example:9093"]);
+        let tls = cfg.tls.clone().unwrap();
+        assert_eq!(
+            tls.certificate,
+            std::path::PathBuf::from("/etc/corelog/broker.pem")
+        );
+        assert_eq!(tls.ca, Some("/etc/corelog/ca.pem".into()));
+        assert_eq!(tls.client_auth, crate::tls::ClientAuth::Required);
+        assert!(warnings.join("\n").contains("CONTROLLER"));
+        let l = cfg.listener_list().unwrap();
+        assert_eq!(l[0].advertised, ("kafka.example".to_string(), 9093));
+        assert_eq!(l[1].advertised, ("127.0.0.1".to_string(), 9092));
+        // A name the map does not know, a keystore Kafka's JKS format, an encrypted key.
+        for bad in [
+            "listeners=OTHER://:1\n",
+            "ssl.keystore.type=JKS\n",
+            "ssl.key.password=secret\n",
+        ] {
+            assert!(apply(&mut Config::default(), &parse(bad)).is_err(), "{bad}");
+        }
     }
 }

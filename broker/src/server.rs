@@ -12,9 +12,10 @@ use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 
 use crate::cluster::transport::{self, Peers};
 use crate::cluster::{ClusterCtx, controller};
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::conn;
 use crate::shard::{Shard, ShardMsg};
+use crate::tls::TlsState;
 use corelog_replication::NodeId;
 
 /// Capacity of each shard-to-shard channel; senders wait when it is full.
@@ -29,22 +30,25 @@ pub fn run(cfg: Config) -> Result<(), String> {
     // something already answers there. (A plain bind test would also trip over the
     // TIME_WAIT sockets a restart leaves behind.)
     use std::net::ToSocketAddrs;
-    let addrs: Vec<std::net::SocketAddr> = cfg
-        .listen
-        .to_socket_addrs()
-        .map_err(|e| format!("bad listen address {}: {e}", cfg.listen))?
-        .collect();
+    let listeners = cfg.listener_list()?;
+    let mut addrs: Vec<std::net::SocketAddr> = Vec::new();
+    for l in &listeners {
+        addrs.extend(
+            l.addr
+                .to_socket_addrs()
+                .map_err(|e| format!("bad listen address {}: {e}", l.addr))?,
+        );
+    }
     // A broker that just died can hold its listening socket for a moment longer (io_uring
     // tears down its pending accepts asynchronously), so a restart waits for it to go.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while addrs
+    while let Some(busy) = addrs
         .iter()
-        .any(|a| std::net::TcpStream::connect_timeout(a, Duration::from_millis(300)).is_ok())
+        .find(|a| std::net::TcpStream::connect_timeout(a, Duration::from_millis(300)).is_ok())
     {
         if std::time::Instant::now() >= deadline {
             return Err(format!(
-                "cannot listen on {}: another process is already listening there",
-                cfg.listen
+                "cannot listen on {busy}: another process is already listening there"
             ));
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -85,6 +89,21 @@ pub fn run(cfg: Config) -> Result<(), String> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| e.to_string())?;
     }
+    // SIGHUP reloads the TLS certificate: counted here, noticed by every shard.
+    let hangups = Arc::new(AtomicUsize::new(0));
+    {
+        let hangups = hangups.clone();
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+            .map_err(|e| e.to_string())?;
+        std::thread::Builder::new()
+            .name("corelog-sighup".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    hangups.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .map_err(|e| e.to_string())?;
+    }
     let mesh = MeshBuilder::<ShardMsg, _>::full(shards, MESH_CAPACITY);
     let drained = Arc::new(AtomicUsize::new(0));
     let per_ip = crate::limits::PerIp::new(cfg.max_connections_per_ip);
@@ -101,12 +120,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
         // the executor re-checks its rings for completions that often.
         .preempt_timer(Duration::from_millis(PREEMPT_MS))
         .on_all_shards(move || {
-            let (cfg, mesh, stop, drained, per_ip) = (
+            let (cfg, mesh, stop, drained, per_ip, hangups) = (
                 cfg.clone(),
                 mesh.clone(),
                 stop.clone(),
                 drained.clone(),
                 per_ip.clone(),
+                hangups.clone(),
             );
             async move {
                 let r = shard_main(
@@ -115,6 +135,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                     stop.clone(),
                     drained.clone(),
                     per_ip,
+                    hangups,
                 )
                 .await;
                 if let Err(e) = &r {
@@ -169,6 +190,7 @@ async fn shard_main(
     stop: Arc<AtomicBool>,
     drained: Arc<AtomicUsize>,
     per_ip: Arc<crate::limits::PerIp>,
+    hangups: Arc<AtomicUsize>,
 ) -> Result<(), String> {
     let (senders, mut receivers) = mesh
         .join()
@@ -237,12 +259,24 @@ async fn shard_main(
             move || shard.stopping.get(),
         );
     }
-    let listener = TcpListener::bind(&cfg.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let listeners = cfg.listener_list()?;
+    let tls = match (
+        &cfg.tls,
+        listeners.iter().any(|l| l.protocol == Protocol::Ssl),
+    ) {
+        (Some(t), true) => Some(TlsState::start(t.clone(), hangups, shard.clone())?),
+        _ => None,
+    };
+    let mut bound = Vec::new();
+    for l in &listeners {
+        bound.push(
+            TcpListener::bind(&l.addr).map_err(|e| format!("cannot listen on {}: {e}", l.addr))?,
+        );
+    }
     if shard.id == 0 {
         tracing::info!(
-            listen = %cfg.listen,
-            advertised = ?cfg.advertised(),
+            listeners = ?listeners.iter().map(|l| format!("{}://{}", l.name, l.addr)).collect::<Vec<_>>(),
+            advertised = ?listeners.iter().map(|l| format!("{}://{}:{}", l.name, l.advertised.0, l.advertised.1)).collect::<Vec<_>>(),
             shards = shard.count,
             data_dir = %cfg.data_dir.display(),
             cluster_id = %shard.cluster_id.borrow(),
@@ -263,6 +297,63 @@ async fn shard_main(
         })
         .detach();
     }
+    let accepting: Vec<_> = listeners
+        .iter()
+        .zip(bound)
+        .enumerate()
+        .map(|(index, (l, socket))| {
+            let tls = (l.protocol == Protocol::Ssl).then(|| tls.clone().expect("checked"));
+            glommio::spawn_local(accept_loop(
+                shard.clone(),
+                socket,
+                index,
+                tls,
+                per_ip.clone(),
+            ))
+        })
+        .collect();
+    futures::future::join_all(accepting).await;
+    // Requests in flight finish (long polls end at their max wait); then every partition
+    // syncs and closes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut reported = false;
+    while shard.connections.get() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+        if !reported && std::time::Instant::now() + Duration::from_secs(29) > deadline {
+            reported = true;
+            tracing::info!(
+                shard = shard.id,
+                open = shard.connections.get(),
+                "waiting for connections to finish their requests"
+            );
+        }
+    }
+    // Other shards' connections may still forward requests for partitions this shard
+    // owns: serve them until every shard has drained, then close the partitions.
+    drained.fetch_add(1, Ordering::SeqCst);
+    while drained.load(Ordering::SeqCst) < shard.count {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    shard.close_all().await;
+    if let Some(c) = &cluster {
+        c.peers.stop();
+    }
+    Ok(())
+}
+
+/// A TLS handshake must end within this long after the connection is accepted.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections on one listener until the broker stops; each is served by its
+/// own task (after its TLS handshake on an SSL listener).
+async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    index: usize,
+    tls: Option<Rc<TlsState>>,
+    per_ip: Arc<crate::limits::PerIp>,
+) {
+    let cfg = shard.cfg.clone();
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.stopped().await;
@@ -291,40 +382,30 @@ async fn shard_main(
             drop(stream);
             continue;
         };
+        let _ = stream.set_nodelay(true);
         shard.connections.set(shard.connections.get() + 1);
         let s = shard.clone();
+        let tls = tls.clone();
         glommio::spawn_local(async move {
-            conn::serve(s.clone(), stream, peer).await;
+            match tls {
+                None => conn::serve(s.clone(), stream, peer, index).await,
+                Some(tls) => {
+                    let handshake = futures_rustls::TlsAcceptor::from(tls.current()).accept(stream);
+                    let done = futures_lite::future::or(async { Some(handshake.await) }, async {
+                        glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT).await;
+                        None
+                    })
+                    .await;
+                    match done {
+                        Some(Ok(stream)) => conn::serve(s.clone(), stream, peer, index).await,
+                        Some(Err(e)) => crate::tls::log_refused(peer, &e),
+                        None => tracing::debug!(%peer, "closing connection: no TLS handshake within 10 s"),
+                    }
+                }
+            }
             drop(slot);
             s.connections.set(s.connections.get() - 1);
         })
         .detach();
     }
-    drop(listener);
-    // Requests in flight finish (long polls end at their max wait); then every partition
-    // syncs and closes.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut reported = false;
-    while shard.connections.get() > 0 && std::time::Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(10)).await;
-        if !reported && std::time::Instant::now() + Duration::from_secs(29) > deadline {
-            reported = true;
-            tracing::info!(
-                shard = shard.id,
-                open = shard.connections.get(),
-                "waiting for connections to finish their requests"
-            );
-        }
-    }
-    // Other shards' connections may still forward requests for partitions this shard
-    // owns: serve them until every shard has drained, then close the partitions.
-    drained.fetch_add(1, Ordering::SeqCst);
-    while drained.load(Ordering::SeqCst) < shard.count {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
-    shard.close_all().await;
-    if let Some(c) = &cluster {
-        c.peers.stop();
-    }
-    Ok(())
 }

@@ -59,7 +59,7 @@ impl Shard {
             return None;
         }
         let leader = at.leader;
-        crate::handlers::brokers(self)
+        crate::handlers::brokers(self, 0)
             .into_iter()
             .find(|b| b.0 == leader)
     }

@@ -100,8 +100,9 @@ pub fn placement(shard: &Shard, topic: &str, partition: i32) -> Placement {
 
 /// The brokers Metadata names: the registered ones on a cluster (this one at least),
 /// this one alone otherwise. (id, host, port)
-pub fn brokers(shard: &Shard) -> Vec<(i32, String, i32)> {
-    let (host, port) = shard.cfg.advertised();
+/// `listener`: the one the asking client came in through.
+pub fn brokers(shard: &Shard, listener: usize) -> Vec<(i32, String, i32)> {
+    let (host, port) = shard.cfg.advertised_for(listener);
     let me = (shard.cfg.node_id, host, port);
     if shard.cluster.is_none() {
         return vec![me];
