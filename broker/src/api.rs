@@ -68,6 +68,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::DescribeTopicPartitions, 0, 0),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    // v0: bare tokens follow the handshake; v1: inside SaslAuthenticate.
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 pub fn supported(key: ApiKey, version: i16) -> bool {
@@ -172,6 +175,9 @@ pub async fn dispatch(
             incremental_alter_configs(shard, c, version, decode(b, version)?).await
         }
         ApiKey::DescribeCluster => describe_cluster(shard, c, version, &client),
+        ApiKey::SaslHandshake | ApiKey::SaslAuthenticate => {
+            crate::handlers::sasl::out_of_place(key, version, c)
+        }
         ApiKey::CreatePartitions => {
             crate::handlers::create_partitions::handle(shard, c, version, decode(b, version)?).await
         }

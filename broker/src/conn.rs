@@ -281,7 +281,16 @@ pub fn sample_frame(key: i16, version: i16, body: &[u8]) -> Vec<u8> {
 
 /// Serves one client connection on `stream` (TCP with nodelay set, or TLS over it), which
 /// came in through the broker's listener number `listener`.
-pub async fn serve<S: Transport>(shard: Rc<Shard>, stream: S, peer: SocketAddr, listener: usize) {
+/// `auth`: the listener's SASL state; then nothing but ApiVersions and the SASL exchange
+/// is served until the client has authenticated.
+pub async fn serve<S: Transport>(
+    shard: Rc<Shard>,
+    stream: S,
+    peer: SocketAddr,
+    listener: usize,
+    auth: Option<Rc<crate::sasl::Auth>>,
+) {
+    let mut session = crate::handlers::sasl::Session::default();
     tracing::debug!(%peer, shard = shard.id, "connection opened");
     let host: std::sync::Arc<str> = format!("/{}", peer.ip()).into();
     let stream = Rc::new(RefCell::new(stream));
@@ -372,6 +381,22 @@ pub async fn serve<S: Transport>(shard: Rc<Shard>, stream: S, peer: SocketAddr, 
             Ok(b) => b,
             Err(stop) => break stop,
         };
+        if let (Some(auth), true) = (&auth, session.raw_tokens()) {
+            let (answer, close) =
+                crate::handlers::sasl::raw_token(auth, &mut session, peer.ip(), &body);
+            if let Some(bytes) = answer {
+                let frame = crate::frame::Frame::one(bytes);
+                let task = glommio::spawn_local(async move { Ok(Some(frame)) }).detach();
+                if tx.send(task).await.is_err() {
+                    break Stop::Closed;
+                }
+            }
+            if close {
+                glommio::timer::sleep(auth.delay).await;
+                break Stop::Closed;
+            }
+            continue;
+        }
         let (api_key, version, correlation_id, request) = match parse_request(Bytes::from(body)) {
             Ok(p) => p,
             Err(e) => {
@@ -379,6 +404,39 @@ pub async fn serve<S: Transport>(shard: Rc<Shard>, stream: S, peer: SocketAddr, 
                 break Stop::Closed;
             }
         };
+        if let (Some(auth), None, Request::Decodable { body, .. }) =
+            (&auth, &session.user, &request)
+        {
+            use crate::handlers::sasl::PreAuth;
+            match crate::handlers::sasl::before_auth(
+                auth,
+                &mut session,
+                peer.ip(),
+                api_key,
+                version,
+                correlation_id,
+                body.clone(),
+            ) {
+                PreAuth::Pass => {}
+                PreAuth::Answer { reply, close } => {
+                    let task = glommio::spawn_local(async move { reply }).detach();
+                    if tx.send(task).await.is_err() {
+                        break Stop::Closed;
+                    }
+                    if close {
+                        // Kafka's connection.failed.authentication.delay.ms: the answer goes
+                        // out, the close comes later, so retries cannot spin.
+                        glommio::timer::sleep(auth.delay).await;
+                        break Stop::Closed;
+                    }
+                    continue;
+                }
+                PreAuth::Refuse(why) => {
+                    tracing::debug!(%peer, "closing connection: {why}");
+                    break Stop::Closed;
+                }
+            }
+        }
         let task: Pending = match request {
             Request::NewerApiVersions => {
                 // Answered without decoding the body: its layout may be one we do not know.

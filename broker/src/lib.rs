@@ -16,6 +16,7 @@ pub mod partition;
 pub mod properties;
 pub mod recent;
 pub mod records;
+pub mod sasl;
 pub mod server;
 pub mod shard;
 pub mod tls;

@@ -81,6 +81,27 @@ fn listener_entries(v: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+/// `user_NAME="PASSWORD"` pairs of a JAAS config line.
+fn jaas_users(v: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = v;
+    while let Some(i) = rest.find("user_") {
+        rest = &rest[i + 5..];
+        let Some((name, after)) = rest.split_once('=') else {
+            break;
+        };
+        let Some(quoted) = after.trim_start().strip_prefix('"') else {
+            continue;
+        };
+        let Some(end) = quoted.find('"') else {
+            break;
+        };
+        out.push((name.trim().to_string(), quoted[..end].to_string()));
+        rest = &quoted[end + 1..];
+    }
+    out
+}
+
 /// Kafka's listeners, mapped through `listener.security.protocol.map` and without the
 /// KRaft controller's (corelog's controller runs on its RPC listener), onto corelog's:
 /// one PLAINTEXT listener stays `listen` (as before), several or SSL become `listeners`.
@@ -229,6 +250,19 @@ pub fn apply(cfg: &mut Config, pairs: &[(String, String)]) -> Result<Vec<String>
                     return Err(format!(
                         "{key}: encrypted keys and password-protected stores are not supported; give an unencrypted PEM key file readable only by the broker"
                     ));
+                }
+            }
+            "sasl.enabled.mechanisms" => {
+                let s = cfg.sasl.get_or_insert_with(Default::default);
+                s.mechanisms = value.split(',').map(|m| m.trim().to_string()).collect();
+            }
+            // The users of a JAAS PlainLoginModule/ScramLoginModule line (`user_NAME="PASSWORD"`),
+            // as Kafka's static PLAIN users are given; corelog offers them to every mechanism.
+            k if k.ends_with("sasl.jaas.config") => {
+                let s = cfg.sasl.get_or_insert_with(Default::default);
+                for (name, password) in jaas_users(value) {
+                    s.users.retain(|u| u.name != name);
+                    s.users.push(crate::sasl::ConfigUser { name, password });
                 }
             }
             "ssl.enabled.protocols" => {
@@ -392,6 +426,17 @@ ssl.client.auth=required
         let l = cfg.listener_list().unwrap();
         assert_eq!(l[0].advertised, ("kafka.example".to_string(), 9093));
         assert_eq!(l[1].advertised, ("127.0.0.1".to_string(), 9092));
+        let jaas = "listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username=\"admin\" password=\"a\" user_admin=\"a\" user_alice=\"s3cret x\";\nsasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512\n";
+        let mut c = Config::default();
+        apply(&mut c, &parse(jaas)).unwrap();
+        let sasl = c.sasl.unwrap();
+        let users: Vec<(&str, &str)> = sasl
+            .users
+            .iter()
+            .map(|u| (u.name.as_str(), u.password.as_str()))
+            .collect();
+        assert_eq!(users, [("admin", "a"), ("alice", "s3cret x")]);
+        assert_eq!(sasl.mechanisms, ["PLAIN", "SCRAM-SHA-512"]);
         // A name the map does not know, a keystore Kafka's JKS format, an encrypted key.
         for bad in [
             "listeners=OTHER://:1\n",

@@ -12,7 +12,7 @@ use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 
 use crate::cluster::transport::{self, Peers};
 use crate::cluster::{ClusterCtx, controller};
-use crate::config::{Config, Protocol};
+use crate::config::Config;
 use crate::conn;
 use crate::shard::{Shard, ShardMsg};
 use crate::tls::TlsState;
@@ -91,6 +91,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     // SIGHUP reloads the TLS certificate: counted here, noticed by every shard.
     let hangups = Arc::new(AtomicUsize::new(0));
+    // SASL users' credentials, derived once (PBKDF2) for every shard.
+    let users = match &cfg.sasl {
+        Some(s) => Arc::new(crate::sasl::Users::from_config(s)?),
+        None => Arc::new(crate::sasl::Users::default()),
+    };
     {
         let hangups = hangups.clone();
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
@@ -120,13 +125,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
         // the executor re-checks its rings for completions that often.
         .preempt_timer(Duration::from_millis(PREEMPT_MS))
         .on_all_shards(move || {
-            let (cfg, mesh, stop, drained, per_ip, hangups) = (
+            let (cfg, mesh, stop, drained, per_ip, hangups, users) = (
                 cfg.clone(),
                 mesh.clone(),
                 stop.clone(),
                 drained.clone(),
                 per_ip.clone(),
                 hangups.clone(),
+                users.clone(),
             );
             async move {
                 let r = shard_main(
@@ -136,6 +142,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                     drained.clone(),
                     per_ip,
                     hangups,
+                    users,
                 )
                 .await;
                 if let Err(e) = &r {
@@ -191,6 +198,7 @@ async fn shard_main(
     drained: Arc<AtomicUsize>,
     per_ip: Arc<crate::limits::PerIp>,
     hangups: Arc<AtomicUsize>,
+    users: Arc<crate::sasl::Users>,
 ) -> Result<(), String> {
     let (senders, mut receivers) = mesh
         .join()
@@ -260,11 +268,12 @@ async fn shard_main(
         );
     }
     let listeners = cfg.listener_list()?;
-    let tls = match (
-        &cfg.tls,
-        listeners.iter().any(|l| l.protocol == Protocol::Ssl),
-    ) {
+    let tls = match (&cfg.tls, listeners.iter().any(|l| l.protocol.tls())) {
         (Some(t), true) => Some(TlsState::start(t.clone(), hangups, shard.clone())?),
+        _ => None,
+    };
+    let auth = match (&cfg.sasl, listeners.iter().any(|l| l.protocol.sasl())) {
+        (Some(s), true) => Some(Rc::new(crate::sasl::Auth::new(s, users)?)),
         _ => None,
     };
     let mut bound = Vec::new();
@@ -302,12 +311,13 @@ async fn shard_main(
         .zip(bound)
         .enumerate()
         .map(|(index, (l, socket))| {
-            let tls = (l.protocol == Protocol::Ssl).then(|| tls.clone().expect("checked"));
+            let tls = l.protocol.tls().then(|| tls.clone().expect("checked"));
+            let auth = l.protocol.sasl().then(|| auth.clone().expect("checked"));
             glommio::spawn_local(accept_loop(
                 shard.clone(),
                 socket,
                 index,
-                tls,
+                (tls, auth),
                 per_ip.clone(),
             ))
         })
@@ -350,7 +360,7 @@ async fn accept_loop(
     shard: Rc<Shard>,
     listener: TcpListener,
     index: usize,
-    tls: Option<Rc<TlsState>>,
+    (tls, auth): (Option<Rc<TlsState>>, Option<Rc<crate::sasl::Auth>>),
     per_ip: Arc<crate::limits::PerIp>,
 ) {
     let cfg = shard.cfg.clone();
@@ -386,9 +396,10 @@ async fn accept_loop(
         shard.connections.set(shard.connections.get() + 1);
         let s = shard.clone();
         let tls = tls.clone();
+        let auth = auth.clone();
         glommio::spawn_local(async move {
             match tls {
-                None => conn::serve(s.clone(), stream, peer, index).await,
+                None => conn::serve(s.clone(), stream, peer, index, auth).await,
                 Some(tls) => {
                     let handshake = futures_rustls::TlsAcceptor::from(tls.current()).accept(stream);
                     let done = futures_lite::future::or(async { Some(handshake.await) }, async {
@@ -397,7 +408,9 @@ async fn accept_loop(
                     })
                     .await;
                     match done {
-                        Some(Ok(stream)) => conn::serve(s.clone(), stream, peer, index).await,
+                        Some(Ok(stream)) => {
+                            conn::serve(s.clone(), stream, peer, index, auth).await
+                        }
                         Some(Err(e)) => crate::tls::log_refused(peer, &e),
                         None => tracing::debug!(%peer, "closing connection: no TLS handshake within 10 s"),
                     }

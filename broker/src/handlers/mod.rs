@@ -6,6 +6,7 @@ pub mod describe_log_dirs;
 pub mod describe_producers;
 pub mod describe_topic_partitions;
 pub mod offset_for_leader_epoch;
+pub mod sasl;
 
 use crate::shard::Shard;
 

@@ -1,0 +1,202 @@
+//! SaslHandshake (17) and SaslAuthenticate (36): what a connection on a SASL listener may
+//! ask before it has authenticated (ApiVersions, these two, nothing else), and the answer
+//! to them on a connection that has (or a listener without SASL).
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+
+use crate::api::{Reply, respond};
+use crate::errors as code;
+use crate::sasl::{Auth, Exchange, Mechanism, Step};
+
+/// One connection's authentication so far.
+#[derive(Default)]
+pub struct Session {
+    exchange: Option<Exchange>,
+    /// SaslHandshake v0 was used: the tokens follow as bare length-prefixed frames, not
+    /// inside SaslAuthenticate (what librdkafka, which needs v0 advertised, never does
+    /// when v1 is there, but an old client may).
+    raw_tokens: bool,
+    /// Who authenticated, once someone has.
+    pub user: Option<String>,
+}
+
+/// What to do with a request that arrived before authentication.
+pub enum PreAuth {
+    /// Serve it as usual (ApiVersions).
+    Pass,
+    /// Send this answer; then go on reading, or close after the failure delay.
+    Answer { reply: Reply, close: bool },
+    /// Close at once: a request that has no business here.
+    Refuse(String),
+}
+
+fn mechanisms(auth: &Auth) -> Vec<StrBytes> {
+    auth.mechanisms
+        .iter()
+        .map(|m| StrBytes::from_static_str(m.name()))
+        .collect()
+}
+
+/// Handles a request on a SASL listener's connection that has not authenticated yet.
+pub fn before_auth(
+    auth: &Auth,
+    session: &mut Session,
+    ip: IpAddr,
+    key: ApiKey,
+    version: i16,
+    c: i32,
+    mut body: Bytes,
+) -> PreAuth {
+    match key {
+        ApiKey::ApiVersions => PreAuth::Pass,
+        ApiKey::SaslHandshake => {
+            let Ok(req) = SaslHandshakeRequest::decode(&mut body, version) else {
+                return PreAuth::Refuse("malformed SaslHandshake".into());
+            };
+            let chosen =
+                Mechanism::parse(req.mechanism.as_str()).filter(|m| auth.mechanisms.contains(m));
+            session.exchange = chosen.map(Exchange::new);
+            session.raw_tokens = chosen.is_some() && version == 0;
+            let resp = SaslHandshakeResponse::default()
+                .with_mechanisms(mechanisms(auth))
+                .with_error_code(match chosen {
+                    Some(_) => code::NONE,
+                    None => code::UNSUPPORTED_SASL_MECHANISM,
+                });
+            PreAuth::Answer {
+                reply: respond(c, version, &resp),
+                close: chosen.is_none(),
+            }
+        }
+        ApiKey::SaslAuthenticate => {
+            let Ok(req) = SaslAuthenticateRequest::decode(&mut body, version) else {
+                return PreAuth::Refuse("malformed SaslAuthenticate".into());
+            };
+            let fail = |error: i16, message: String| PreAuth::Answer {
+                reply: respond(
+                    c,
+                    version,
+                    &SaslAuthenticateResponse::default()
+                        .with_error_code(error)
+                        .with_error_message(Some(StrBytes::from_string(message))),
+                ),
+                close: true,
+            };
+            let Some(exchange) = session.exchange.as_mut() else {
+                return fail(
+                    code::ILLEGAL_SASL_STATE,
+                    "SaslAuthenticate before SaslHandshake".into(),
+                );
+            };
+            if auth.blocked(ip) {
+                tracing::info!(%ip, "SASL authentication refused: too many failures from this address");
+                return fail(
+                    code::SASL_AUTHENTICATION_FAILED,
+                    "too many failed authentications from this address; try again later".into(),
+                );
+            }
+            match exchange.step(&req.auth_bytes, &auth.users) {
+                Step::Challenge(challenge) => PreAuth::Answer {
+                    reply: respond(
+                        c,
+                        version,
+                        &SaslAuthenticateResponse::default()
+                            .with_auth_bytes(Bytes::from(challenge)),
+                    ),
+                    close: false,
+                },
+                Step::Done { user, reply } => {
+                    tracing::debug!(%ip, %user, "SASL authenticated");
+                    session.user = Some(user);
+                    session.exchange = None;
+                    PreAuth::Answer {
+                        // Session lifetime 0: no re-authentication asked of the client.
+                        reply: respond(
+                            c,
+                            version,
+                            &SaslAuthenticateResponse::default()
+                                .with_auth_bytes(Bytes::from(reply)),
+                        ),
+                        close: false,
+                    }
+                }
+                Step::Failed(why) => {
+                    auth.failed(ip);
+                    tracing::info!(%ip, reason = %why, "SASL authentication failed");
+                    fail(code::SASL_AUTHENTICATION_FAILED, why)
+                }
+            }
+        }
+        other => PreAuth::Refuse(format!("{other:?} before SASL authentication")),
+    }
+}
+
+/// SaslHandshake or SaslAuthenticate where no exchange may take place: after
+/// authentication (no re-authentication is asked for), or on a listener without SASL.
+pub fn out_of_place(key: ApiKey, version: i16, c: i32) -> Reply {
+    let message = "no SASL exchange expected on this connection now";
+    match key {
+        ApiKey::SaslHandshake => respond(
+            c,
+            version,
+            &SaslHandshakeResponse::default().with_error_code(code::ILLEGAL_SASL_STATE),
+        ),
+        _ => respond(
+            c,
+            version,
+            &SaslAuthenticateResponse::default()
+                .with_error_code(code::ILLEGAL_SASL_STATE)
+                .with_error_message(Some(StrBytes::from_static_str(message))),
+        ),
+    }
+}
+
+impl Session {
+    /// Whether the next frame is a bare SASL token (after SaslHandshake v0).
+    pub fn raw_tokens(&self) -> bool {
+        self.raw_tokens && self.user.is_none()
+    }
+}
+
+/// A bare token (after SaslHandshake v0): the bare answer to send, if any, and whether to
+/// close (a failure: v0 has no error to answer with).
+pub fn raw_token(
+    auth: &Auth,
+    session: &mut Session,
+    ip: IpAddr,
+    token: &[u8],
+) -> (Option<Bytes>, bool) {
+    let bare = |b: Vec<u8>| {
+        let mut out = (b.len() as i32).to_be_bytes().to_vec();
+        out.extend_from_slice(&b);
+        Some(Bytes::from(out))
+    };
+    if auth.blocked(ip) {
+        tracing::info!(%ip, "SASL authentication refused: too many failures from this address");
+        return (None, true);
+    }
+    let Some(exchange) = session.exchange.as_mut() else {
+        return (None, true);
+    };
+    match exchange.step(token, &auth.users) {
+        Step::Challenge(c) => (bare(c), false),
+        Step::Done { user, reply } => {
+            tracing::debug!(%ip, %user, "SASL authenticated");
+            session.user = Some(user);
+            session.exchange = None;
+            (bare(reply), false)
+        }
+        Step::Failed(why) => {
+            auth.failed(ip);
+            tracing::info!(%ip, reason = %why, "SASL authentication failed");
+            (None, true)
+        }
+    }
+}
