@@ -188,6 +188,9 @@ impl SaslConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Users {
     users: HashMap<String, HashMap<Mechanism, ScramCredential>>,
+    /// Key of the salts shown for unknown users: the same user gets the same salt every
+    /// time, as a real one would, so asking twice does not tell them apart.
+    decoy_key: [u8; 32],
 }
 
 impl Users {
@@ -195,6 +198,9 @@ impl Users {
     /// passwords are not kept.
     pub fn from_config(cfg: &SaslConfig) -> Result<Self, String> {
         let mut out = Self::default();
+        ring::rand::SystemRandom::new()
+            .fill(&mut out.decoy_key)
+            .map_err(|_| "no random numbers from the system".to_string())?;
         for u in &cfg.users {
             if u.name.is_empty() || u.password.is_empty() {
                 return Err("a sasl user needs a name and a password".into());
@@ -215,6 +221,12 @@ impl Users {
 
     fn get(&self, user: &str, mechanism: Mechanism) -> Option<&ScramCredential> {
         self.users.get(user)?.get(&mechanism.scram_mechanism())
+    }
+
+    /// The salt an unknown user is shown.
+    fn decoy_salt(&self, user: &str, mechanism: Mechanism) -> Vec<u8> {
+        let msg = format!("{}\0{user}", mechanism.name());
+        Scram::SHA256.hmac(&self.decoy_key, msg.as_bytes())
     }
 }
 
@@ -393,11 +405,7 @@ impl Exchange {
         // An unknown user gets a challenge that looks like a real one.
         let (salt, iterations) = match &cred {
             Some(c) => (c.salt.clone(), c.iterations),
-            None => {
-                let mut salt = vec![0u8; 32];
-                random(&mut salt);
-                (salt, ITERATIONS)
-            }
+            None => (users.decoy_salt(&user, mechanism), ITERATIONS),
         };
         let server_first = format!("r={nonce},s={},i={iterations}", B64.encode(&salt));
         let challenge = server_first.clone().into_bytes();
@@ -636,6 +644,22 @@ mod tests {
             Step::Failed(_)
         ));
         assert!(matches!(plain(b"alice-secret"), Step::Failed(_)));
+    }
+
+    #[test]
+    fn an_unknown_user_sees_a_salt_as_steady_as_a_real_ones() {
+        let u = users();
+        let salt = |user: &str| {
+            let mut ex = Exchange::new(Mechanism::ScramSha256);
+            let Step::Challenge(c) = ex.step(format!("n,,n={user},r=abc").as_bytes(), &u) else {
+                panic!()
+            };
+            let c = String::from_utf8(c).unwrap();
+            c.split(',').find(|a| a.starts_with("s=")).unwrap().to_string()
+        };
+        assert_eq!(salt("alice"), salt("alice"));
+        assert_eq!(salt("nobody"), salt("nobody"));
+        assert_ne!(salt("nobody"), salt("somebody"));
     }
 
     #[test]
