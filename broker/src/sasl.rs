@@ -655,7 +655,10 @@ mod tests {
                 panic!()
             };
             let c = String::from_utf8(c).unwrap();
-            c.split(',').find(|a| a.starts_with("s=")).unwrap().to_string()
+            c.split(',')
+                .find(|a| a.starts_with("s="))
+                .unwrap()
+                .to_string()
         };
         assert_eq!(salt("alice"), salt("alice"));
         assert_eq!(salt("nobody"), salt("nobody"));
