@@ -282,6 +282,11 @@ impl System {
         }
         let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut children = Vec::new();
+        // The RPC secret of a throwaway cluster on loopback: set, as a real cluster's is
+        // (it costs only at connect), not secret from anyone on this machine.
+        let secret = root.join("cluster-secret");
+        std::fs::write(&secret, format!("{:032x}", fastrand::u128(..)))
+            .map_err(|e| e.to_string())?;
         for i in 0..brokers {
             let log = std::fs::File::create(root.join(format!("broker-{}.log", i + 1)))
                 .map_err(|e| e.to_string())?;
@@ -295,6 +300,8 @@ impl System {
                     &kafka[i],
                 ])
                 .args(["--rpc-listen", rpc, "--voters", &voters.join(",")])
+                .arg("--cluster-secret-file")
+                .arg(&secret)
                 .arg("--data-dir")
                 .arg(root.join(format!("broker-{}", i + 1)))
                 .args(["--shards", "1", "--cpuset", &(i % ncpu).to_string()])

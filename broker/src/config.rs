@@ -39,6 +39,10 @@ pub struct Config {
     /// alone: a single-node broker.
     #[serde(deserialize_with = "one_or_many")]
     pub voters: Vec<String>,
+    /// A file holding the cluster's shared secret (at least 16 bytes; the same file on
+    /// every broker): a broker proves it knows it when it connects to a peer's RPC
+    /// listener, so a host without it cannot join or inject replication traffic.
+    pub cluster_secret_file: Option<PathBuf>,
     /// Replicas of topics created without a replication factor (`-1`), capped at the
     /// number of brokers (Kafka's `default.replication.factor`).
     pub default_replication_factor: i16,
@@ -119,6 +123,7 @@ impl Default for Config {
             node_id: 1,
             rpc_listen: None,
             voters: Vec::new(),
+            cluster_secret_file: None,
             default_replication_factor: 1,
             max_message_bytes: 1_048_588,
             max_request_bytes: 100 * 1024 * 1024,
@@ -333,6 +338,25 @@ impl Config {
         Ok(out)
     }
 
+    /// The cluster secret's bytes (the file's, without trailing whitespace), if one is set.
+    pub fn cluster_secret(&self) -> Result<Option<Vec<u8>>, String> {
+        let Some(path) = &self.cluster_secret_file else {
+            return Ok(None);
+        };
+        let mut bytes =
+            std::fs::read(path).map_err(|e| format!("cluster secret {}: {e}", path.display()))?;
+        while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+            bytes.pop();
+        }
+        if bytes.len() < 16 {
+            return Err(format!(
+                "cluster secret {}: at least 16 bytes, please (e.g. `openssl rand -hex 32 > FILE`)",
+                path.display()
+            ));
+        }
+        Ok(Some(bytes))
+    }
+
     /// Whether this broker is one of several (a cluster), not a single node.
     pub fn clustered(&self) -> bool {
         self.voter_list().is_ok_and(|v| v.len() > 1)
@@ -340,6 +364,7 @@ impl Config {
 
     pub fn check(&self) -> Result<(), String> {
         self.voter_list()?;
+        self.cluster_secret()?;
         let listeners = self.listener_list()?;
         if listeners.iter().any(|l| l.protocol.tls()) {
             match &self.tls {

@@ -73,6 +73,10 @@ enum Cmd {
         /// Replicas of topics created without a replication factor.
         #[arg(long)]
         default_replication_factor: Option<i16>,
+        /// File holding the cluster's shared secret (the same on every broker): peers
+        /// prove they know it when they connect to the RPC listener.
+        #[arg(long)]
+        cluster_secret_file: Option<PathBuf>,
     },
     /// Inspect consumer groups: members, assignments, committed offsets, lag.
     Group {
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
             tls_key,
             tls_ca,
             tls_client_auth,
+            cluster_secret_file,
             shards,
             cpuset,
             node_id,
@@ -186,6 +191,9 @@ fn main() -> ExitCode {
             }
             if let Some(v) = advertised_listener {
                 cfg.advertised_listener = Some(v);
+            }
+            if let Some(v) = cluster_secret_file {
+                cfg.cluster_secret_file = Some(v);
             }
             if let Some(v) = listeners {
                 cfg.listeners = vec![v];
@@ -500,6 +508,17 @@ fn dev(brokers: u32, port: u16, data_dir: &std::path::Path, shards: usize) -> Re
             .collect::<Vec<_>>()
             .join(",")
     };
+    // One secret for the brokers' RPC, made once and kept with the data: a restarted dev
+    // cluster finds the same one.
+    std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let secret = data_dir.join("cluster-secret");
+    if !secret.exists() {
+        let mut bytes = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| "no random numbers for the cluster secret".to_string())?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&secret, hex).map_err(|e| format!("{}: {e}", secret.display()))?;
+    }
     let mut children = Vec::new();
     for i in 1..=brokers {
         let dir = data_dir.join(format!("broker-{i}"));
@@ -509,6 +528,8 @@ fn dev(brokers: u32, port: u16, data_dir: &std::path::Path, shards: usize) -> Re
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(["serve", "--node-id", &i.to_string(), "--listen", &kafka(i)])
             .args(["--rpc-listen", &rpc(i), "--voters", &voters.join(",")])
+            .arg("--cluster-secret-file")
+            .arg(&secret)
             .arg("--data-dir")
             .arg(&dir)
             .args(["--shards", &shards.to_string(), "--cpuset", &cpuset(i)])

@@ -53,6 +53,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    if cfg.clustered() && cfg.cluster_secret_file.is_none() {
+        tracing::warn!(
+            "no cluster_secret_file: any host that reaches the RPC listener can act as a broker of this cluster"
+        );
+    }
     raise_open_files_limit();
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
@@ -204,11 +209,12 @@ async fn shard_main(
         .join()
         .await
         .map_err(|e| format!("shard mesh join failed: {e}"))?;
+    let secret: Option<Rc<[u8]>> = cfg.cluster_secret()?.map(Rc::from);
     let cluster = if cfg.clustered() {
         let voters = cfg.voter_list()?;
         let me = cfg.node_id as NodeId;
         let (host, port) = cfg.advertised();
-        let peers = Peers::start(me, &voters, (host, port as u16));
+        let peers = Peers::start(me, &voters, (host, port as u16), secret.clone());
         Some(Rc::new(ClusterCtx { me, voters, peers }))
     } else {
         None
@@ -216,7 +222,14 @@ async fn shard_main(
     let shard = Shard::start(cfg.clone(), senders, cluster.clone()).await?;
     if let Some(c) = &cluster {
         let rpc = cfg.rpc_listen.clone().expect("checked by voter_list");
-        transport::listen(&rpc, Rc::new(c.voter_ids()), c.me, shard.clone()).await?;
+        transport::listen(
+            &rpc,
+            Rc::new(c.voter_ids()),
+            c.me,
+            shard.clone(),
+            secret.clone(),
+        )
+        .await?;
         glommio::spawn_local(shard.clone().relay_views()).detach();
         if shard.id == 0 {
             glommio::spawn_local(shard.clone().announce_claims()).detach();

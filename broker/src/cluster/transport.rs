@@ -28,10 +28,14 @@ use glommio::net::{TcpListener, TcpStream};
 
 /// First bytes of every RPC connection, then a version byte, the sender's node id and
 /// its advertised Kafka address (`[u8 len][host][u16 LE port]`): how the controller
-/// leader learns the address to register for each broker.
+/// leader learns the address to register for each broker. Version 2 follows it with a
+/// tag that proves the sender knows the cluster's secret (see [`hello_tag`]).
 pub const HELLO_MAGIC: &[u8; 4] = b"CLRP";
-pub const HELLO_VERSION: u8 = 1;
+pub const HELLO_VERSION: u8 = 2;
 const HELLO_FIXED: usize = 10;
+/// The accepting broker's random challenge, the first bytes it writes; and the tag's size.
+pub const CHALLENGE_LEN: usize = 32;
+pub const TAG_LEN: usize = 32;
 
 /// Bytes of envelopes queued toward one peer (per shard) before new ones are dropped.
 const QUEUE_BYTES: usize = 16 << 20;
@@ -102,7 +106,12 @@ pub struct Hello {
 impl Peers {
     /// Starts a writer per peer (every voter but `me`); each connection opens with a
     /// hello naming `me` and its Kafka address.
-    pub fn start(me: NodeId, voters: &[(NodeId, String)], kafka: (String, u16)) -> Rc<Self> {
+    pub fn start(
+        me: NodeId,
+        voters: &[(NodeId, String)],
+        kafka: (String, u16),
+        secret: Option<Rc<[u8]>>,
+    ) -> Rc<Self> {
         let hello = Rc::new(encode_hello(&Hello {
             node: me,
             host: kafka.0,
@@ -122,7 +131,14 @@ impl Peers {
                 dropped: Cell::new(0),
             });
             links.insert(*id, link.clone());
-            glommio::spawn_local(writer(me, *id, link, stopping.clone(), hello.clone())).detach();
+            glommio::spawn_local(writer(
+                me,
+                *id,
+                link,
+                stopping.clone(),
+                (hello.clone(), secret.clone()),
+            ))
+            .detach();
         }
         Rc::new(Self {
             me,
@@ -192,6 +208,31 @@ fn merge(me: NodeId, link: &Link) -> Option<Envelope> {
     })
 }
 
+/// HMAC-SHA256 under the cluster secret of the acceptor's challenge and the hello: only a
+/// broker that has the secret can make it, and it is good for that one connection. With
+/// no secret configured it is zeros (and not checked).
+pub fn hello_tag(secret: Option<&[u8]>, challenge: &[u8], hello: &[u8]) -> [u8; TAG_LEN] {
+    let mut tag = [0u8; TAG_LEN];
+    if let Some(secret) = secret {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+        let mut ctx = ring::hmac::Context::with_key(&key);
+        ctx.update(b"corelog-rpc-hello-v2");
+        ctx.update(challenge);
+        ctx.update(hello);
+        tag.copy_from_slice(ctx.sign().as_ref());
+    }
+    tag
+}
+
+/// Whether `tag` proves the secret for this challenge and hello (constant time).
+fn tag_ok(secret: Option<&[u8]>, challenge: &[u8], hello: &[u8], tag: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    match secret {
+        None => true,
+        Some(_) => bool::from(hello_tag(secret, challenge, hello).ct_eq(tag)),
+    }
+}
+
 pub fn encode_hello(h: &Hello) -> Vec<u8> {
     let host = &h.host.as_bytes()[..h.host.len().min(255)];
     let mut out = Vec::with_capacity(HELLO_FIXED + host.len() + 2);
@@ -251,7 +292,7 @@ async fn writer(
     to: NodeId,
     link: Rc<Link>,
     stopping: Rc<Cell<bool>>,
-    hello: Rc<Vec<u8>>,
+    (hello, secret): (Rc<Vec<u8>>, Option<Rc<[u8]>>),
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
@@ -275,7 +316,15 @@ async fn writer(
         }
         failures = 0;
         backoff = BACKOFF_MIN;
-        if let Err(e) = with_timeout(WRITE_TIMEOUT, stream.write_all(&hello)).await {
+        // The peer speaks first: its challenge, which the hello's tag answers.
+        let mut challenge = [0u8; CHALLENGE_LEN];
+        if let Err(e) = with_timeout(WRITE_TIMEOUT, stream.read_exact(&mut challenge)).await {
+            tracing::debug!(peer = to, error = %e, "no RPC challenge");
+            continue;
+        }
+        let mut signed = hello.to_vec();
+        signed.extend_from_slice(&hello_tag(secret.as_deref(), &challenge, &hello));
+        if let Err(e) = with_timeout(WRITE_TIMEOUT, stream.write_all(&signed)).await {
             tracing::debug!(peer = to, error = %e, "RPC hello failed");
             continue;
         }
@@ -336,6 +385,7 @@ pub async fn listen(
     voters: Rc<Vec<NodeId>>,
     me: NodeId,
     deliver: Rc<impl Deliver + 'static>,
+    secret: Option<Rc<[u8]>>,
 ) -> Result<(), String> {
     let listener =
         TcpListener::bind(addr).map_err(|e| format!("cannot listen for RPC on {addr}: {e}"))?;
@@ -368,8 +418,11 @@ pub async fn listen(
             }
             open.set(open.get() + 1);
             let (open, voters, deliver) = (open.clone(), voters.clone(), deliver.clone());
+            let secret = secret.clone();
             glommio::spawn_local(async move {
-                if let Err(why) = serve_peer(stream, &voters, me, &*deliver).await {
+                if let Err(why) =
+                    serve_peer(stream, &voters, me, &*deliver, secret.as_deref()).await
+                {
                     tracing::warn!(%peer, "closing RPC connection: {why}");
                 }
                 open.set(open.get() - 1);
@@ -388,7 +441,14 @@ async fn serve_peer(
     voters: &[NodeId],
     me: NodeId,
     deliver: &impl Deliver,
+    secret: Option<&[u8]>,
 ) -> Result<(), String> {
+    let mut challenge = [0u8; CHALLENGE_LEN];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut challenge)
+        .map_err(|_| "no random numbers for the RPC challenge".to_string())?;
+    with_timeout(Duration::from_secs(5), stream.write_all(&challenge))
+        .await
+        .map_err(|e| format!("cannot send the RPC challenge: {e}"))?;
     let mut h = [0u8; HELLO_FIXED];
     with_timeout(Duration::from_secs(5), stream.read_exact(&mut h))
         .await
@@ -397,10 +457,18 @@ async fn serve_peer(
     if from == me || !voters.contains(&from) {
         return Err(format!("hello from node {from}, which is not a peer voter"));
     }
-    let mut rest = vec![0u8; host_len + 2];
+    let mut rest = vec![0u8; host_len + 2 + TAG_LEN];
     with_timeout(Duration::from_secs(5), stream.read_exact(&mut rest))
         .await
         .map_err(|e| format!("short hello: {e}"))?;
+    let (body, tag) = rest.split_at(host_len + 2);
+    let mut signed = h.to_vec();
+    signed.extend_from_slice(body);
+    if !tag_ok(secret, &challenge, &signed, tag) {
+        return Err(format!(
+            "hello from node {from} failed authentication (no cluster secret, or another one)"
+        ));
+    }
     let host = std::str::from_utf8(&rest[..host_len])
         .map_err(|_| "hello host is not UTF-8".to_string())?
         .to_string();
@@ -478,6 +546,38 @@ mod tests {
         let mut bad = b.clone();
         bad[0] = b'X';
         assert!(hello_head(bad[..HELLO_FIXED].try_into().unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_hello_tag_proves_the_secret_for_one_challenge_only() {
+        let hello = encode_hello(&Hello {
+            node: 2,
+            host: "h".into(),
+            port: 1,
+        });
+        let (secret, other) = (
+            Some(&b"a cluster secret of 32 bytes...."[..]),
+            Some(&b"another"[..]),
+        );
+        let (c1, c2) = ([1u8; CHALLENGE_LEN], [2u8; CHALLENGE_LEN]);
+        let tag = hello_tag(secret, &c1, &hello);
+        assert!(tag_ok(secret, &c1, &hello, &tag));
+        assert!(
+            !tag_ok(secret, &c2, &hello, &tag),
+            "replayed on another connection"
+        );
+        assert!(!tag_ok(other, &c1, &hello, &tag), "another secret");
+        assert!(
+            !tag_ok(secret, &c1, &hello, &hello_tag(None, &c1, &hello)),
+            "no secret"
+        );
+        let mut forged = hello.clone();
+        forged[5] = 3; // claims node 3
+        assert!(!tag_ok(secret, &c1, &forged, &tag), "the hello changed");
+        assert!(
+            tag_ok(None, &c1, &hello, &[0; TAG_LEN]),
+            "nothing checked without a secret"
+        );
     }
 
     fn env(from: NodeId, group: GroupId, entry: usize) -> Envelope {

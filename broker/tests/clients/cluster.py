@@ -6,6 +6,7 @@ its clients still reach it: broker i's voter list names, for each peer j, the pr
 port of the link i -> j.
 """
 
+import os
 import signal
 import socket
 import threading
@@ -91,6 +92,11 @@ class Cluster:
         self.n = n
         self.ids = list(range(1, n + 1))
         rpc = {i: free_port() for i in self.ids}
+        self.rpc = rpc
+        # The brokers prove to each other that they know this (their RPC hello).
+        self.secret_file = Path(root) / "cluster-secret"
+        self.secret_file.parent.mkdir(parents=True, exist_ok=True)
+        self.secret_file.write_text(os.urandom(24).hex() + "\n")
         # links[(i, j)]: what broker i dials to reach broker j.
         self.links = {
             (i, j): Link(rpc[j]) for i in self.ids for j in self.ids if i != j
@@ -108,6 +114,7 @@ class Cluster:
                     "--rpc-listen", f"127.0.0.1:{rpc[i]}",
                     "--voters", voters,
                     "--shards", str(shards),
+                    "--cluster-secret-file", str(self.secret_file),
                 ],
             )
 
