@@ -510,7 +510,7 @@ fn dev(brokers: u32, port: u16, data_dir: &std::path::Path, shards: usize) -> Re
     };
     // One secret for the brokers' RPC, made once and kept with the data: a restarted dev
     // cluster finds the same one.
-    std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
     let secret = data_dir.join("cluster-secret");
     if !secret.exists() {
         let mut bytes = [0u8; 32];
