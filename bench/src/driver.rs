@@ -4,7 +4,6 @@
 //! open-loop schedule and latency accounting in `run.rs`.
 
 use std::io::BufReader;
-use std::net::TcpStream;
 
 use bytes::Bytes;
 use corelog_storage::batch::{self, BatchHeader, build};
@@ -443,7 +442,7 @@ fn next_offset(from: i64, records: &[u8]) -> i64 {
 
 /// Produce answers come back in request order on one connection.
 struct KafkaAcks {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<crate::tls::ReadHalf>,
     next: u64,
 }
 

@@ -58,7 +58,7 @@ pub fn decode_response<R: Request>(mut body: Bytes, version: i16) -> Result<R::R
 
 /// One connection used request-by-request.
 pub struct Client {
-    stream: TcpStream,
+    stream: crate::tls::Stream,
     correlation: i32,
 }
 
@@ -82,7 +82,7 @@ impl Client {
             .set_read_timeout(Some(Duration::from_secs(60)))
             .map_err(|e| e.to_string())?;
         Ok(Self {
-            stream,
+            stream: crate::tls::Stream::open(stream, addr)?,
             correlation: 0,
         })
     }
@@ -257,23 +257,23 @@ impl Client {
 /// A produce connection split in two: the caller writes requests back to back (up to
 /// `max_in_flight`), a reader thread takes the answers in order.
 pub struct Pipeline {
-    writer: BufWriter<TcpStream>,
+    writer: BufWriter<crate::tls::WriteHalf>,
     correlation: i32,
 }
 
 impl Pipeline {
-    pub fn connect(addr: &str) -> Result<(Self, BufReader<TcpStream>), String> {
+    pub fn connect(addr: &str) -> Result<(Self, BufReader<crate::tls::ReadHalf>), String> {
         let stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         // An answer that never comes ends the run with an error instead of hanging it.
         stream
             .set_read_timeout(Some(crate::driver::ANSWER_TIMEOUT))
             .map_err(|e| e.to_string())?;
-        let reader =
-            BufReader::with_capacity(64 << 10, stream.try_clone().map_err(|e| e.to_string())?);
+        let (write, read) = crate::tls::split(stream, addr)?;
+        let reader = BufReader::with_capacity(64 << 10, read);
         Ok((
             Self {
-                writer: BufWriter::with_capacity(1 << 20, stream),
+                writer: BufWriter::with_capacity(1 << 20, write),
                 correlation: 0,
             },
             reader,

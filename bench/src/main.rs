@@ -12,6 +12,7 @@ mod plot;
 mod redis_streams;
 mod run;
 mod storage;
+mod tls;
 mod uring;
 
 use clap::{Parser, Subcommand};

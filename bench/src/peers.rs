@@ -49,6 +49,11 @@ impl System {
         }
     }
 
+    /// Whether the bench drives it through the Kafka protocol (and can do so over TLS).
+    pub fn speaks_kafka(self) -> bool {
+        matches!(self, Self::Corelog | Self::Tansu | Self::Kafka)
+    }
+
     /// What an acknowledgement promises, as run here; printed beside every result.
     pub fn durability(self, acks: &str) -> String {
         match self {
@@ -154,6 +159,13 @@ impl System {
                 c.args(["serve", "--listen", &addr, "--data-dir"])
                     .arg(root.join("data"))
                     .env("RUST_LOG", "warn");
+                if let Some((cert, key)) = crate::tls::spawn_files() {
+                    c.args(["--listeners", &format!("SSL://{addr}")])
+                        .arg("--tls-certificate")
+                        .arg(cert)
+                        .arg("--tls-key")
+                        .arg(key);
+                }
                 c
             }
             Self::Tansu => {
@@ -300,6 +312,17 @@ impl System {
                     &kafka[i],
                 ])
                 .args(["--rpc-listen", rpc, "--voters", &voters.join(",")])
+                .args(match crate::tls::spawn_files() {
+                    Some((cert, key)) => vec![
+                        "--listeners".to_string(),
+                        format!("SSL://{}", kafka[i]),
+                        "--tls-certificate".to_string(),
+                        cert.display().to_string(),
+                        "--tls-key".to_string(),
+                        key.display().to_string(),
+                    ],
+                    None => Vec::new(),
+                })
                 .arg("--cluster-secret-file")
                 .arg(&secret)
                 .arg("--data-dir")

@@ -181,6 +181,13 @@ pub struct Args {
     /// replication factor of the bench's topic is min(3, this).
     #[arg(long, default_value_t = 1)]
     pub brokers: usize,
+    /// Kafka connections over TLS: with --spawn, corelog serves a certificate made for
+    /// the run (openssl) on an SSL listener; with --broker, give --tls-ca.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM CA certificate(s) the broker's certificate chains to (--broker with --tls).
+    #[arg(long, requires = "tls")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -370,6 +377,29 @@ pub fn run(args: Args) -> Result<(), String> {
         (Some(s), _) => System::parse(s)?,
         (None, true) => System::Corelog,
         (None, false) => System::Kafka,
+    };
+    // Kept until the run ends: the spawned broker reads its certificate from here.
+    let _tls_dir = if args.tls {
+        if !system.speaks_kafka() {
+            return Err(format!(
+                "--tls: {} is not a Kafka-protocol system",
+                system.name()
+            ));
+        }
+        match (&args.tls_ca, args.spawn) {
+            (Some(ca), _) => {
+                crate::tls::enable(ca)?;
+                None
+            }
+            (None, true) => {
+                let d = tempfile::tempdir().map_err(|e| e.to_string())?;
+                crate::tls::enable_for_spawn(d.path())?;
+                Some(d)
+            }
+            (None, false) => return Err("--tls with --broker needs --tls-ca FILE".into()),
+        }
+    } else {
+        None
     };
     let server = match (args.spawn, args.brokers) {
         (true, 1) => Some(system.start(&args.common.dir)?),

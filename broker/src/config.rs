@@ -13,10 +13,15 @@ pub struct Config {
     pub listen: String,
     /// `host:port` clients are told to connect to (Metadata); defaults to `listen`.
     pub advertised_listener: Option<String>,
-    /// Kafka's `listeners`: `PROTOCOL://HOST:PORT` each (PLAINTEXT or SSL), a list or
-    /// one comma-separated string. When set, it replaces `listen`.
+    /// Kafka's `listeners`: `NAME://HOST:PORT` each, a list or one comma-separated
+    /// string; the name is the protocol (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL) unless
+    /// `listener_security_protocol_map` maps it to one. When set, it replaces `listen`.
     #[serde(deserialize_with = "one_or_many")]
     pub listeners: Vec<String>,
+    /// Kafka's `listener.security.protocol.map`: `NAME:PROTOCOL` each (e.g.
+    /// `INTERNAL:SASL_SSL`), for listeners not named by their protocol.
+    #[serde(deserialize_with = "one_or_many")]
+    pub listener_security_protocol_map: Vec<String>,
     /// Kafka's `advertised.listeners`: what each listener (by name) tells clients to
     /// connect to; a listener not named here advertises its own address.
     #[serde(deserialize_with = "one_or_many")]
@@ -114,6 +119,7 @@ impl Default for Config {
             listen: "127.0.0.1:9092".into(),
             advertised_listener: None,
             listeners: Vec::new(),
+            listener_security_protocol_map: Vec::new(),
             advertised_listeners: Vec::new(),
             tls: None,
             sasl: None,
@@ -262,14 +268,23 @@ impl Config {
         let advertised = entries(&self.advertised_listeners)?;
         let mut out = Vec::new();
         for (name, addr) in entries(&self.listeners)? {
-            let protocol = match name.as_str() {
+            let mapped = self
+                .listener_security_protocol_map
+                .iter()
+                .flat_map(|v| v.split(','))
+                .filter_map(|p| p.split_once(':'))
+                .filter(|(n, _)| n.trim().eq_ignore_ascii_case(&name))
+                .map(|(_, p)| p.trim().to_ascii_uppercase())
+                .next_back()
+                .unwrap_or_else(|| name.clone());
+            let protocol = match mapped.as_str() {
                 "PLAINTEXT" => Protocol::Plaintext,
                 "SSL" => Protocol::Ssl,
                 "SASL_PLAINTEXT" => Protocol::SaslPlaintext,
                 "SASL_SSL" => Protocol::SaslSsl,
                 _ => {
                     return Err(format!(
-                        "listener {name}: the name must be its protocol, PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+                        "listener {name}: its protocol {mapped:?} is not PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (name it by its protocol, or map it in listener_security_protocol_map)"
                     ));
                 }
             };
@@ -533,7 +548,7 @@ mod tests {
             (
                 &["INTERNAL://:9094"][..],
                 &[][..],
-                "name must be its protocol",
+                "listener_security_protocol_map",
             ),
             (&["SSL://:9093", "SSL://:9094"][..], &[][..], "twice"),
             (

@@ -95,6 +95,9 @@ async fn send_frame<S: Transport>(out: &mut Half<S>, parts: &[Bytes]) -> io::Res
         }
     };
     let (mut i, mut at) = (0, 0); // next piece, and how much of it was sent
+    while i < parts.len() && parts[i].is_empty() {
+        i += 1;
+    }
     while i < parts.len() {
         let iov: Vec<IoSlice<'_>> = std::iter::once(&parts[i][at..])
             .chain(parts[i + 1..].iter().map(|p| &p[..]))
@@ -120,6 +123,9 @@ async fn send_frame<S: Transport>(out: &mut Half<S>, parts: &[Bytes]) -> io::Res
     }
     Ok(())
 }
+
+/// Largest frame read before a SASL listener's client has authenticated.
+const PRE_AUTH_MAX_FRAME: usize = 512 << 10;
 
 /// Pieces given to one `sendmsg` (the kernel's IOV_MAX is 1024).
 const MAX_IOV: usize = 512;
@@ -369,10 +375,18 @@ pub async fn serve<S: Transport>(
             }
         }
         let size = i32::from_be_bytes(len);
-        if size < 8 || size as usize > shard.cfg.max_request_bytes {
+        // Before authentication a frame is a handshake's: Kafka's sasl.server.max.receive.size
+        // (512 KiB) bounds it, so clients that never log in cannot spend the request budget.
+        // A bare token (after SaslHandshake v0) may be shorter than any request.
+        let unauthenticated = auth.is_some() && session.user.is_none();
+        let (min, max) = match (unauthenticated, session.raw_tokens()) {
+            (true, true) => (0, PRE_AUTH_MAX_FRAME),
+            (true, false) => (8, PRE_AUTH_MAX_FRAME),
+            (false, _) => (8, shard.cfg.max_request_bytes),
+        };
+        if size < min || size as usize > max {
             break Stop::Refused(format!(
-                "request frame size {size} out of bounds (8..={})",
-                shard.cfg.max_request_bytes
+                "request frame size {size} out of bounds ({min}..={max})"
             ));
         }
         let mut reservation = shard.request_budget.reservation(size as usize);

@@ -517,7 +517,16 @@ fn dev(brokers: u32, port: u16, data_dir: &std::path::Path, shards: usize) -> Re
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
             .map_err(|_| "no random numbers for the cluster secret".to_string())?;
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(&secret, hex).map_err(|e| format!("{}: {e}", secret.display()))?;
+        // Readable by its owner only, like any secret.
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&secret)
+            .and_then(|mut f| f.write_all(hex.as_bytes()))
+            .map_err(|e| format!("{}: {e}", secret.display()))?;
     }
     let mut children = Vec::new();
     for i in 1..=brokers {

@@ -113,23 +113,20 @@ fn apply_listeners(
     controller_names: &str,
     warnings: &mut Vec<String>,
 ) -> Result<(), String> {
-    let mut map: Vec<(String, String)> = ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
-        .iter()
-        .map(|p| (p.to_string(), p.to_string()))
+    let map: Vec<String> = protocol_map
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
         .collect();
-    for pair in protocol_map.unwrap_or("").split(',').map(str::trim) {
-        if let Some((name, proto)) = pair.split_once(':') {
-            map.push((
-                name.trim().to_ascii_uppercase(),
-                proto.trim().to_ascii_uppercase(),
-            ));
-        }
-    }
     let controller: Vec<String> = controller_names
         .split(',')
         .map(|n| n.trim().to_ascii_uppercase())
         .collect();
-    let resolve = |entries: Vec<(String, String)>, warnings: &mut Vec<String>| {
+    // The KRaft controller's listeners are left out (corelog's controller speaks on
+    // rpc_listen); the rest keep their names, mapped to protocols by the map.
+    let keep = |entries: Vec<(String, String)>, warnings: &mut Vec<String>| {
         let mut out = Vec::new();
         for (name, addr) in entries {
             if controller.contains(&name) {
@@ -138,44 +135,44 @@ fn apply_listeners(
                 ));
                 continue;
             }
-            let proto = map
-                .iter()
-                .rev()
-                .find(|(n, _)| *n == name)
-                .map(|(_, p)| p.clone())
-                .ok_or_else(|| format!("listener {name}: not in listener.security.protocol.map"))?;
-            out.push((proto, addr));
+            out.push((name, addr));
         }
-        Ok::<_, String>(out)
+        out
+    };
+    let protocol = |name: &str| {
+        map.iter()
+            .rev()
+            .filter_map(|p| p.split_once(':'))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map_or(name.to_string(), |(_, p)| p.trim().to_ascii_uppercase())
     };
     let Some(listeners) = listeners else {
         if let Some(adv) = advertised {
             // Advertised without listeners: the one PLAINTEXT listener's address.
-            if let Some((_, a)) = resolve(listener_entries(adv)?, warnings)?.first() {
+            if let Some((_, a)) = keep(listener_entries(adv)?, warnings).first() {
                 cfg.advertised_listener = Some(a.clone());
             }
         }
         return Ok(());
     };
-    let listeners = resolve(listener_entries(listeners)?, warnings)?;
+    let listeners = keep(listener_entries(listeners)?, warnings);
     let advertised = match advertised {
-        Some(a) => resolve(listener_entries(a)?, warnings)?,
+        Some(a) => keep(listener_entries(a)?, warnings),
         None => Vec::new(),
     };
     match listeners.as_slice() {
-        [(proto, addr)] if proto == "PLAINTEXT" => {
+        [(name, addr)] if protocol(name) == "PLAINTEXT" => {
             cfg.listen = addr.clone();
-            cfg.advertised_listener = advertised.first().map(|(_, a)| a.clone());
+            cfg.advertised_listener = advertised
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, a)| a.clone());
         }
         _ => {
-            cfg.listeners = listeners
-                .iter()
-                .map(|(p, a)| format!("{p}://{a}"))
-                .collect();
-            cfg.advertised_listeners = advertised
-                .iter()
-                .map(|(p, a)| format!("{p}://{a}"))
-                .collect();
+            let url = |(n, a): &(String, String)| format!("{n}://{a}");
+            cfg.listeners = listeners.iter().map(url).collect();
+            cfg.advertised_listeners = advertised.iter().map(url).collect();
+            cfg.listener_security_protocol_map = map;
         }
     }
     Ok(())
@@ -412,9 +409,9 @@ ssl.client.auth=required
         let warnings = apply(&mut cfg, &parse(text)).unwrap();
         assert_eq!(
             cfg.listeners,
-            ["SSL://0.0.0.0:9093", "PLAINTEXT://127.0.0.1:9092"]
+            ["CLIENT://0.0.0.0:9093", "PLAINTEXT://127.0.0.1:9092"]
         );
-        assert_eq!(cfg.advertised_listeners, ["SSL://kafka.example:9093"]);
+        assert_eq!(cfg.advertised_listeners, ["CLIENT://kafka.example:9093"]);
         let tls = cfg.tls.clone().unwrap();
         assert_eq!(
             tls.certificate,
@@ -438,11 +435,10 @@ ssl.client.auth=required
         assert_eq!(users, [("admin", "a"), ("alice", "s3cret x")]);
         assert_eq!(sasl.mechanisms, ["PLAIN", "SCRAM-SHA-512"]);
         // A name the map does not know, a keystore Kafka's JKS format, an encrypted key.
-        for bad in [
-            "listeners=OTHER://:1\n",
-            "ssl.keystore.type=JKS\n",
-            "ssl.key.password=secret\n",
-        ] {
+        let mut other = Config::default();
+        apply(&mut other, &parse("listeners=OTHER://:1,PLAINTEXT://:2\n")).unwrap();
+        assert!(other.listener_list().unwrap_err().contains("OTHER"));
+        for bad in ["ssl.keystore.type=JKS\n", "ssl.key.password=secret\n"] {
             assert!(apply(&mut Config::default(), &parse(bad)).is_err(), "{bad}");
         }
     }

@@ -267,7 +267,8 @@ pub enum Exchange {
         server_first: String,
         nonce: String,
     },
-    Over,
+    /// Done or failed; the user it was for, when known (for the failure count).
+    Over(Option<String>),
 }
 
 const INVALID: &str = "Authentication failed: invalid credentials";
@@ -277,6 +278,15 @@ impl Exchange {
         match mechanism {
             Mechanism::Plain => Self::Plain,
             m => Self::ScramFirst(m),
+        }
+    }
+
+    /// The user this exchange is for, once the client has named one.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Self::ScramFinal { user, .. } => Some(user),
+            Self::Over(user) => user.as_deref(),
+            _ => None,
         }
     }
 
@@ -293,8 +303,12 @@ impl Exchange {
         users: &Users,
         random: &mut dyn FnMut(&mut [u8]) -> bool,
     ) -> Step {
-        match std::mem::replace(self, Self::Over) {
-            Self::Plain => plain(token, users),
+        match std::mem::replace(self, Self::Over(None)) {
+            Self::Plain => {
+                let (step, user) = plain(token, users);
+                *self = Self::Over(user);
+                step
+            }
             Self::ScramFirst(m) => match self.scram_first(m, token, users, random) {
                 Ok(challenge) => Step::Challenge(challenge),
                 Err(why) => Step::Failed(why),
@@ -308,6 +322,7 @@ impl Exchange {
                 server_first,
                 nonce,
             } => {
+                *self = Self::Over(Some(user.clone()));
                 let Ok(text) = std::str::from_utf8(token) else {
                     return Step::Failed("SCRAM client-final message is not UTF-8".into());
                 };
@@ -328,9 +343,12 @@ impl Exchange {
                 let Ok(proof) = B64.decode(proof) else {
                     return Step::Failed("SCRAM proof is not base64".into());
                 };
-                let Some(cred) = cred else {
-                    return Step::Failed(INVALID.into());
-                };
+                // An unknown user costs the same work as a wrong password.
+                let known = cred.is_some();
+                let cred = cred.unwrap_or_else(|| {
+                    let decoy = users.decoy_salt(&user, mechanism);
+                    ScramCredential::from_salted(mechanism, decoy.clone(), ITERATIONS, &decoy)
+                });
                 let s = mechanism.scram();
                 let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
                 let client_signature = s.hmac(&cred.stored_key, auth_message.as_bytes());
@@ -342,7 +360,7 @@ impl Exchange {
                     .zip(&client_signature)
                     .map(|(a, b)| a ^ b)
                     .collect();
-                if !bool::from(s.hash(&client_key).ct_eq(&cred.stored_key)) {
+                if !bool::from(s.hash(&client_key).ct_eq(&cred.stored_key)) || !known {
                     return Step::Failed(INVALID.into());
                 }
                 let server_signature = s.hmac(&cred.server_key, auth_message.as_bytes());
@@ -351,7 +369,10 @@ impl Exchange {
                     reply: format!("v={}", B64.encode(server_signature)).into_bytes(),
                 }
             }
-            Self::Over => Step::Failed("the SASL exchange is over".into()),
+            Self::Over(user) => {
+                *self = Self::Over(user);
+                Step::Failed("the SASL exchange is over".into())
+            }
         }
     }
 
@@ -393,8 +414,13 @@ impl Exchange {
             .and_then(|a| a.strip_prefix("r="))
             .filter(|n| !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b','))
             .ok_or("SCRAM client-first message has no nonce")?;
-        if attrs.any(|a| a.starts_with("tokenauth=")) {
-            return Err("SCRAM delegation tokens are not supported".into());
+        for a in attrs {
+            if a.starts_with("tokenauth=") {
+                return Err("SCRAM delegation tokens are not supported".into());
+            }
+            if a.starts_with("m=") {
+                return Err("SCRAM mandatory extensions are not supported".into());
+            }
         }
         let mut server_nonce = [0u8; 24];
         if !random(&mut server_nonce) {
@@ -439,38 +465,44 @@ fn unescape(name: &str) -> Result<String, String> {
     Ok(out)
 }
 
-/// PLAIN: `[authzid] NUL authcid NUL passwd`.
-fn plain(token: &[u8], users: &Users) -> Step {
+/// PLAIN: `[authzid] NUL authcid NUL passwd`. Also returns the user it named.
+fn plain(token: &[u8], users: &Users) -> (Step, Option<String>) {
     let mut parts = token.split(|&b| b == 0);
     let (Some(authzid), Some(user), Some(password), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Step::Failed("PLAIN token is malformed".into());
+        return (Step::Failed("PLAIN token is malformed".into()), None);
     };
     let (Ok(authzid), Ok(user)) = (std::str::from_utf8(authzid), std::str::from_utf8(user)) else {
-        return Step::Failed("PLAIN user name is not UTF-8".into());
+        return (Step::Failed("PLAIN user name is not UTF-8".into()), None);
     };
+    let named = Some(user.to_string());
     if !authzid.is_empty() && authzid != user {
-        return Step::Failed("PLAIN authorization id differs from the user".into());
+        return (
+            Step::Failed("PLAIN authorization id differs from the user".into()),
+            named,
+        );
     }
     let ok = match users.get(user, Mechanism::Plain) {
         Some(c) => c.check_password(Mechanism::Plain.scram(), password),
         None => {
             // The same work as for a known user, so timing does not tell them apart.
+            let decoy = users.decoy_salt(user, Mechanism::Plain);
             let c =
-                ScramCredential::from_salted(Mechanism::Plain, vec![0; 32], ITERATIONS, &[0; 32]);
+                ScramCredential::from_salted(Mechanism::Plain, decoy.clone(), ITERATIONS, &decoy);
             let _ = c.check_password(Mechanism::Plain.scram(), password);
             false
         }
     };
-    if ok {
+    let step = if ok {
         Step::Done {
             user: user.to_string(),
             reply: Vec::new(),
         }
     } else {
         Step::Failed(INVALID.into())
-    }
+    };
+    (step, named)
 }
 
 /// Failed authentications from one address within [`FAILURE_WINDOW`] past which it is
@@ -484,7 +516,7 @@ pub struct Auth {
     pub mechanisms: Vec<Mechanism>,
     /// Wait this long after a failed authentication before closing.
     pub delay: std::time::Duration,
-    failures: std::cell::RefCell<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+    failures: std::cell::RefCell<HashMap<(std::net::IpAddr, String), (u32, std::time::Instant)>>,
 }
 
 impl Auth {
@@ -499,21 +531,25 @@ impl Auth {
         })
     }
 
-    /// Whether `ip` failed too often lately to be let try again yet.
-    pub fn blocked(&self, ip: std::net::IpAddr) -> bool {
+    /// Whether `user` failed too often lately from `ip` to be let try again yet (keyed by
+    /// both: one client with a stale password behind a shared address locks out only
+    /// that user there, not everyone).
+    pub fn blocked(&self, ip: std::net::IpAddr, user: &str) -> bool {
         self.failures
             .borrow()
-            .get(&ip)
+            .get(&(ip, user.to_string()))
             .is_some_and(|&(n, since)| n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
     }
 
-    pub fn failed(&self, ip: std::net::IpAddr) {
+    pub fn failed(&self, ip: std::net::IpAddr, user: &str) {
         let mut f = self.failures.borrow_mut();
         // Bounded: old windows go when the map grows (a scan of many addresses).
         if f.len() >= 10_000 {
             f.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
         }
-        let e = f.entry(ip).or_insert((0, std::time::Instant::now()));
+        let e = f
+            .entry((ip, user.to_string()))
+            .or_insert((0, std::time::Instant::now()));
         if e.1.elapsed() >= FAILURE_WINDOW {
             *e = (0, std::time::Instant::now());
         }

@@ -50,6 +50,8 @@ const MAX_FRAME: usize = 32 << 20;
 const READ_CHUNK: usize = 64 << 10;
 const READ_MAX: usize = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// An accepted RPC connection must prove the secret within this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// A write that makes no progress for this long (a peer that stopped reading) drops the
@@ -315,17 +317,24 @@ async fn writer(
             tracing::info!(peer = to, addr = %link.addr, "connected to peer broker");
         }
         failures = 0;
-        backoff = BACKOFF_MIN;
+        // The backoff is reset only by a link that then carried traffic for a while: a
+        // peer that closes at once (full, shutting down, another secret or version) is
+        // retried with backoff, not in a tight loop.
+        let connected_at = std::time::Instant::now();
         // The peer speaks first: its challenge, which the hello's tag answers.
         let mut challenge = [0u8; CHALLENGE_LEN];
         if let Err(e) = with_timeout(WRITE_TIMEOUT, stream.read_exact(&mut challenge)).await {
             tracing::debug!(peer = to, error = %e, "no RPC challenge");
+            glommio::timer::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;
         }
         let mut signed = hello.to_vec();
         signed.extend_from_slice(&hello_tag(secret.as_deref(), &challenge, &hello));
         if let Err(e) = with_timeout(WRITE_TIMEOUT, stream.write_all(&signed)).await {
             tracing::debug!(peer = to, error = %e, "RPC hello failed");
+            glommio::timer::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;
         }
         loop {
@@ -363,6 +372,12 @@ async fn writer(
                 tracing::info!(peer = to, error = %e, "RPC connection lost; reconnecting");
                 break;
             }
+        }
+        if connected_at.elapsed() < Duration::from_secs(2) {
+            glommio::timer::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        } else {
+            backoff = BACKOFF_MIN;
         }
     }
 }
@@ -446,11 +461,15 @@ async fn serve_peer(
     let mut challenge = [0u8; CHALLENGE_LEN];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut challenge)
         .map_err(|_| "no random numbers for the RPC challenge".to_string())?;
-    with_timeout(Duration::from_secs(5), stream.write_all(&challenge))
+    // One deadline for the whole handshake: a connection that has not proven the secret
+    // holds one of the shard's few inbound slots only this long.
+    let deadline = std::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    with_timeout(left(), stream.write_all(&challenge))
         .await
         .map_err(|e| format!("cannot send the RPC challenge: {e}"))?;
     let mut h = [0u8; HELLO_FIXED];
-    with_timeout(Duration::from_secs(5), stream.read_exact(&mut h))
+    with_timeout(left(), stream.read_exact(&mut h))
         .await
         .map_err(|e| format!("no hello: {e}"))?;
     let (from, host_len) = hello_head(&h)?;
@@ -458,7 +477,7 @@ async fn serve_peer(
         return Err(format!("hello from node {from}, which is not a peer voter"));
     }
     let mut rest = vec![0u8; host_len + 2 + TAG_LEN];
-    with_timeout(Duration::from_secs(5), stream.read_exact(&mut rest))
+    with_timeout(left(), stream.read_exact(&mut rest))
         .await
         .map_err(|e| format!("short hello: {e}"))?;
     let (body, tag) = rest.split_at(host_len + 2);

@@ -60,6 +60,19 @@ pub fn before_auth(
             let Ok(req) = SaslHandshakeRequest::decode(&mut body, version) else {
                 return PreAuth::Refuse("malformed SaslHandshake".into());
             };
+            if session.exchange.is_some() {
+                // One handshake per authentication, as Kafka has it.
+                return PreAuth::Answer {
+                    reply: respond(
+                        c,
+                        version,
+                        &SaslHandshakeResponse::default()
+                            .with_mechanisms(mechanisms(auth))
+                            .with_error_code(code::ILLEGAL_SASL_STATE),
+                    ),
+                    close: true,
+                };
+            }
             let chosen =
                 Mechanism::parse(req.mechanism.as_str()).filter(|m| auth.mechanisms.contains(m));
             session.exchange = chosen.map(Exchange::new);
@@ -95,14 +108,7 @@ pub fn before_auth(
                     "SaslAuthenticate before SaslHandshake".into(),
                 );
             };
-            if auth.blocked(ip) {
-                tracing::info!(%ip, "SASL authentication refused: too many failures from this address");
-                return fail(
-                    code::SASL_AUTHENTICATION_FAILED,
-                    "too many failed authentications from this address; try again later".into(),
-                );
-            }
-            match exchange.step(&req.auth_bytes, &auth.users) {
+            match checked_step(auth, exchange, ip, &req.auth_bytes) {
                 Step::Challenge(challenge) => PreAuth::Answer {
                     reply: respond(
                         c,
@@ -127,11 +133,7 @@ pub fn before_auth(
                         close: false,
                     }
                 }
-                Step::Failed(why) => {
-                    auth.failed(ip);
-                    tracing::info!(%ip, reason = %why, "SASL authentication failed");
-                    fail(code::SASL_AUTHENTICATION_FAILED, why)
-                }
+                Step::Failed(why) => fail(code::SASL_AUTHENTICATION_FAILED, why),
             }
         }
         other => PreAuth::Refuse(format!("{other:?} before SASL authentication")),
@@ -178,14 +180,10 @@ pub fn raw_token(
         out.extend_from_slice(&b);
         Some(Bytes::from(out))
     };
-    if auth.blocked(ip) {
-        tracing::info!(%ip, "SASL authentication refused: too many failures from this address");
-        return (None, true);
-    }
     let Some(exchange) = session.exchange.as_mut() else {
         return (None, true);
     };
-    match exchange.step(token, &auth.users) {
+    match checked_step(auth, exchange, ip, token) {
         Step::Challenge(c) => (bare(c), false),
         Step::Done { user, reply } => {
             tracing::debug!(%ip, %user, "SASL authenticated");
@@ -193,10 +191,29 @@ pub fn raw_token(
             session.exchange = None;
             (bare(reply), false)
         }
+        Step::Failed(_) => (None, true),
+    }
+}
+
+/// One step of `exchange`, refused when its user failed too often lately from `ip`; a
+/// failure is counted and logged.
+fn checked_step(auth: &Auth, exchange: &mut Exchange, ip: IpAddr, token: &[u8]) -> Step {
+    let step = exchange.step(token, &auth.users);
+    let user = exchange.user().unwrap_or("").to_string();
+    match step {
         Step::Failed(why) => {
-            auth.failed(ip);
-            tracing::info!(%ip, reason = %why, "SASL authentication failed");
-            (None, true)
+            auth.failed(ip, &user);
+            tracing::info!(%ip, %user, reason = %why, "SASL authentication failed");
+            Step::Failed(why)
         }
+        _ if auth.blocked(ip, &user) => {
+            tracing::info!(%ip, %user, "SASL authentication refused: too many failures lately");
+            *exchange = Exchange::Over(Some(user));
+            Step::Failed(
+                "too many failed authentications for this user from this address; try again later"
+                    .into(),
+            )
+        }
+        ok => ok,
     }
 }
