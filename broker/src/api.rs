@@ -85,12 +85,29 @@ fn decode<R: Decodable>(body: &mut Bytes, version: i16) -> Result<R, String> {
     R::decode(body, version).map_err(|e| format!("malformed request body: {e:#}"))
 }
 
-/// Frames a response: `[i32 length][header][body]`.
+/// Frames a response: `[i32 length][header][body]`, in one buffer whose length prefix
+/// is what was encoded (the size computed up front only sizes the buffer).
 pub fn respond<R: Encodable + HeaderVersion>(correlation_id: i32, version: i16, resp: &R) -> Reply {
-    respond_splicing(correlation_id, version, resp, Splicer::default())
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let header_version = R::header_version(version);
+    let size = header
+        .compute_size(header_version)
+        .and_then(|h| Ok(h + resp.compute_size(version)?))
+        .unwrap_or(64);
+    let mut buf = bytes::BytesMut::with_capacity(4 + size);
+    buf.put_i32(0);
+    header
+        .encode(&mut buf, header_version)
+        .map_err(|e| format!("encoding response header: {e:#}"))?;
+    resp.encode(&mut buf, version)
+        .map_err(|e| format!("encoding response: {e:#}"))?;
+    let len = i32::try_from(buf.len() - 4).map_err(|_| "a response over 2 GiB".to_string())?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(Some(Frame::one(buf.freeze())))
 }
 
-/// [`respond`], sending the records sections `splicer` holds by reference.
+/// [`respond`], sending the records sections `splicer` holds by reference: the length
+/// prefix goes first, so it is the computed size, checked against what was encoded.
 pub fn respond_splicing<R: Encodable + HeaderVersion>(
     correlation_id: i32,
     version: i16,
