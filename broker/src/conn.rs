@@ -124,6 +124,26 @@ async fn send_frame<S: Transport>(out: &mut Half<S>, parts: &[Bytes]) -> io::Res
     Ok(())
 }
 
+/// Queues an answer given before authentication; `close`: the connection ends, after
+/// `delay` (Kafka's connection.failed.authentication.delay.ms: the answer goes out, the
+/// close comes later, so retries cannot spin).
+async fn answer_before_auth(
+    tx: &local_channel::LocalSender<Pending>,
+    reply: api::Reply,
+    close: bool,
+    delay: Duration,
+) -> Result<(), Stop> {
+    let task = glommio::spawn_local(async move { reply }).detach();
+    if tx.send(task).await.is_err() {
+        return Err(Stop::Closed);
+    }
+    if close {
+        glommio::timer::sleep(delay).await;
+        return Err(Stop::Closed);
+    }
+    Ok(())
+}
+
 /// Largest frame read before a SASL listener's client has authenticated.
 const PRE_AUTH_MAX_FRAME: usize = 512 << 10;
 
@@ -398,18 +418,11 @@ pub async fn serve<S: Transport>(
         if let (Some(auth), true) = (&auth, session.raw_tokens()) {
             let (answer, close) =
                 crate::handlers::sasl::raw_token(auth, &mut session, peer.ip(), &body);
-            if let Some(bytes) = answer {
-                let frame = crate::frame::Frame::one(bytes);
-                let task = glommio::spawn_local(async move { Ok(Some(frame)) }).detach();
-                if tx.send(task).await.is_err() {
-                    break Stop::Closed;
-                }
+            let reply = Ok(answer.map(crate::frame::Frame::one));
+            match answer_before_auth(&tx, reply, close, auth.delay).await {
+                Ok(()) => continue,
+                Err(stop) => break stop,
             }
-            if close {
-                glommio::timer::sleep(auth.delay).await;
-                break Stop::Closed;
-            }
-            continue;
         }
         let (api_key, version, correlation_id, request) = match parse_request(Bytes::from(body)) {
             Ok(p) => p,
@@ -433,17 +446,10 @@ pub async fn serve<S: Transport>(
             ) {
                 PreAuth::Pass => {}
                 PreAuth::Answer { reply, close } => {
-                    let task = glommio::spawn_local(async move { reply }).detach();
-                    if tx.send(task).await.is_err() {
-                        break Stop::Closed;
+                    match answer_before_auth(&tx, reply, close, auth.delay).await {
+                        Ok(()) => continue,
+                        Err(stop) => break stop,
                     }
-                    if close {
-                        // Kafka's connection.failed.authentication.delay.ms: the answer goes
-                        // out, the close comes later, so retries cannot spin.
-                        glommio::timer::sleep(auth.delay).await;
-                        break Stop::Closed;
-                    }
-                    continue;
                 }
                 PreAuth::Refuse(why) => {
                     tracing::debug!(%peer, "closing connection: {why}");

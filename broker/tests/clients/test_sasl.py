@@ -139,8 +139,8 @@ def test_kcat_scram_over_sasl_ssl(pki, broker):
 def test_kafkajs_scram_over_sasl_ssl(pki, broker):
     topic = topic_name()
     r = subprocess.run(
-        ["node", str(HERE / "kafkajs_sasl.js"), f"localhost:{broker.sasl_ssl}", topic,
-         str(pki / "ca.pem"), "scram-sha-256", "alice", USERS["alice"]],
+        ["node", str(HERE / "kafkajs_secure.js"), f"localhost:{broker.sasl_ssl}", topic,
+         str(pki / "ca.pem"), "sasl", "scram-sha-256", "alice", USERS["alice"]],
         capture_output=True, timeout=120, cwd=HERE,
     )
     assert r.returncode == 0, r.stderr.decode()

@@ -369,8 +369,8 @@ def test_kafkajs_over_ssl_with_a_client_certificate(pki, tls_broker):
     topic = topic_name()
     here = Path(__file__).resolve().parent
     r = subprocess.run(
-        ["node", str(here / "kafkajs_tls.js"), f"localhost:{tls_broker.ssl_port}", topic,
-         str(pki / "ca.pem"), str(pki / "alice.pem"), str(pki / "alice.key")],
+        ["node", str(here / "kafkajs_secure.js"), f"localhost:{tls_broker.ssl_port}", topic,
+         str(pki / "ca.pem"), "cert", str(pki / "alice.pem"), str(pki / "alice.key")],
         capture_output=True, timeout=120, cwd=here,
     )
     assert r.returncode == 0, r.stderr.decode()

@@ -1,15 +1,19 @@
-// kafkajs over SSL with a client certificate: produce, then consume in a group.
-// Prints one JSON line of what it read; test_tls.py checks it.
+// kafkajs over SSL (with a client certificate) or SASL_SSL (SCRAM or PLAIN): produce,
+// then consume in a group. Prints one JSON line of what it read; test_tls.py and
+// test_sasl.py check it. Usage: BOOTSTRAP TOPIC CA (cert CERT KEY | sasl MECHANISM USER PASSWORD)
 const fs = require('fs');
 const { Kafka, logLevel } = require('kafkajs');
 
-const [bootstrap, topic, ca, cert, key] = process.argv.slice(2);
-const kafka = new Kafka({
-  clientId: 'corelog-tls-test',
-  brokers: [bootstrap],
-  logLevel: logLevel.NOTHING,
-  ssl: { ca: [fs.readFileSync(ca)], cert: fs.readFileSync(cert), key: fs.readFileSync(key) },
-});
+const [bootstrap, topic, ca, how, a, b, c] = process.argv.slice(2);
+const ssl = { ca: [fs.readFileSync(ca)] };
+const options = { clientId: 'corelog-secure-test', brokers: [bootstrap], logLevel: logLevel.NOTHING, ssl };
+if (how === 'cert') {
+  ssl.cert = fs.readFileSync(a);
+  ssl.key = fs.readFileSync(b);
+} else {
+  options.sasl = { mechanism: a, username: b, password: c };
+}
+const kafka = new Kafka(options);
 
 async function main() {
   const producer = kafka.producer();
