@@ -1,6 +1,7 @@
 //! Writes the seed corpora: for `request`, a valid rich body per advertised (API key,
 //! version) behind its selector bytes; for `frame`, whole frames of the same; for
-//! `replication_frame`, a few encoded envelopes. Usage:
+//! `replication_frame`, a few encoded envelopes; for `sasl`, a PLAIN token and SCRAM
+//! exchanges' client messages. Usage:
 //! `cargo run -p corelog-broker --example fuzz_seeds -- DIR` (writes DIR/<target>/).
 //! The request selector bytes index the advertised pairs in the order the `request` target
 //! enumerates them (api::SUPPORTED).
@@ -19,7 +20,7 @@ fn main() {
         .iter()
         .flat_map(|&(k, lo, hi)| (lo..=hi).map(move |v| (k as i16, v)))
         .collect();
-    for target in ["request", "frame", "replication_frame", "batch"] {
+    for target in ["request", "frame", "replication_frame", "batch", "sasl"] {
         std::fs::create_dir_all(dir.join(target)).unwrap();
     }
     for (i, &(key, version)) in pairs.iter().enumerate() {
@@ -62,6 +63,19 @@ fn main() {
         seed.extend(head);
         seed.extend(compress(records));
         std::fs::write(dir.join("batch").join(format!("codec-{codec}")), seed).unwrap();
+    }
+    // The sasl target: the first byte picks the mechanism (Mechanism::ALL: SCRAM-SHA-256,
+    // SCRAM-SHA-512, PLAIN), tokens are split at 0xFF.
+    let scram =
+        b"n,,n=alice,r=fyko+d2lbbFgONRv9qkxdawL\xffc=biws,r=fyko+d2lbbFgONRv9qkxdawL,p=AAAA";
+    for (name, pick, token) in [
+        ("plain", 2u8, &b"\0alice\0alice-secreT"[..]),
+        ("scram-256", 0, &scram[..]),
+        ("scram-512", 1, &scram[..]),
+    ] {
+        let mut seed = vec![pick];
+        seed.extend(token);
+        std::fs::write(dir.join("sasl").join(name), seed).unwrap();
     }
     println!("seeds for {} requests in {}", pairs.len(), dir.display());
 }
