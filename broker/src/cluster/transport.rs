@@ -317,10 +317,6 @@ async fn writer(
             tracing::info!(peer = to, addr = %link.addr, "connected to peer broker");
         }
         failures = 0;
-        // The backoff is reset only by a link that then carried traffic for a while: a
-        // peer that closes at once (full, shutting down, another secret or version) is
-        // retried with backoff, not in a tight loop.
-        let connected_at = std::time::Instant::now();
         // The peer speaks first: its challenge, which the hello's tag answers.
         let mut challenge = [0u8; CHALLENGE_LEN];
         if let Err(e) = with_timeout(WRITE_TIMEOUT, stream.read_exact(&mut challenge)).await {
@@ -337,6 +333,9 @@ async fn writer(
             backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;
         }
+        // The peer answered with its challenge: a live link (a peer that closes at once,
+        // full or shutting down, is retried with backoff above, not in a tight loop).
+        backoff = BACKOFF_MIN;
         loop {
             let env = loop {
                 let l = link.wake.listen();
@@ -372,12 +371,6 @@ async fn writer(
                 tracing::info!(peer = to, error = %e, "RPC connection lost; reconnecting");
                 break;
             }
-        }
-        if connected_at.elapsed() < Duration::from_secs(2) {
-            glommio::timer::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        } else {
-            backoff = BACKOFF_MIN;
         }
     }
 }
