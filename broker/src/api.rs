@@ -27,6 +27,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
+use crate::acl;
 use crate::config::topic_default;
 use crate::errors as code;
 use crate::frame::{Frame, Splicer};
@@ -68,6 +69,11 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::DescribeTopicPartitions, 0, 0),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
     // v0: bare tokens follow the handshake; v1: inside SaslAuthenticate.
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
@@ -180,44 +186,94 @@ pub async fn dispatch(
         }
         ApiKey::ApiVersions => api_versions(c, version),
         ApiKey::Metadata => metadata(shard, c, version, decode(b, version)?, &client).await,
-        ApiKey::Produce => produce(shard, c, version, decode(b, version)?).await,
-        ApiKey::Fetch => fetch(shard, c, version, decode(b, version)?).await,
-        ApiKey::ListOffsets => list_offsets(shard, c, version, decode(b, version)?).await,
-        ApiKey::CreateTopics => create_topics(shard, c, version, decode(b, version)?).await,
-        ApiKey::DeleteTopics => delete_topics(shard, c, version, decode(b, version)?).await,
-        ApiKey::InitProducerId => init_producer_id(shard, c, version, decode(b, version)?).await,
-        ApiKey::DescribeConfigs => describe_configs(shard, c, version, decode(b, version)?),
-        ApiKey::AlterConfigs => alter_configs(shard, c, version, decode(b, version)?).await,
+        ApiKey::Produce => produce(shard, c, version, decode(b, version)?, &client).await,
+        ApiKey::Fetch => fetch(shard, c, version, decode(b, version)?, &client).await,
+        ApiKey::ListOffsets => list_offsets(shard, c, version, decode(b, version)?, &client).await,
+        ApiKey::CreateTopics => {
+            create_topics(shard, c, version, decode(b, version)?, &client).await
+        }
+        ApiKey::DeleteTopics => {
+            delete_topics(shard, c, version, decode(b, version)?, &client).await
+        }
+        ApiKey::InitProducerId => {
+            init_producer_id(shard, c, version, decode(b, version)?, &client).await
+        }
+        ApiKey::DescribeConfigs => {
+            describe_configs(shard, c, version, decode(b, version)?, &client)
+        }
+        ApiKey::AlterConfigs => {
+            alter_configs(shard, c, version, decode(b, version)?, &client).await
+        }
         ApiKey::IncrementalAlterConfigs => {
-            incremental_alter_configs(shard, c, version, decode(b, version)?).await
+            incremental_alter_configs(shard, c, version, decode(b, version)?, &client).await
         }
         ApiKey::DescribeCluster => describe_cluster(shard, c, version, &client),
         ApiKey::SaslHandshake | ApiKey::SaslAuthenticate => {
             crate::handlers::sasl::out_of_place(key, version, c)
         }
         ApiKey::CreatePartitions => {
-            crate::handlers::create_partitions::handle(shard, c, version, decode(b, version)?).await
+            crate::handlers::create_partitions::handle(
+                shard,
+                c,
+                version,
+                decode(b, version)?,
+                &client,
+            )
+            .await
         }
-        ApiKey::DescribeLogDirs => {
-            crate::handlers::describe_log_dirs::handle(shard, c, version, decode(b, version)?)
-        }
+        ApiKey::DescribeLogDirs => crate::handlers::describe_log_dirs::handle(
+            shard,
+            c,
+            version,
+            decode(b, version)?,
+            &client,
+        ),
         ApiKey::DeleteRecords => {
-            crate::handlers::delete_records::handle(shard, c, version, decode(b, version)?).await
+            crate::handlers::delete_records::handle(shard, c, version, decode(b, version)?, &client)
+                .await
         }
         ApiKey::DescribeProducers => {
-            crate::handlers::describe_producers::handle(shard, c, version, decode(b, version)?)
-                .await
+            crate::handlers::describe_producers::handle(
+                shard,
+                c,
+                version,
+                decode(b, version)?,
+                &client,
+            )
+            .await
         }
         ApiKey::OffsetForLeaderEpoch => {
-            crate::handlers::offset_for_leader_epoch::handle(shard, c, version, decode(b, version)?)
-                .await
+            crate::handlers::offset_for_leader_epoch::handle(
+                shard,
+                c,
+                version,
+                decode(b, version)?,
+                &client,
+            )
+            .await
         }
         ApiKey::DescribeTopicPartitions => crate::handlers::describe_topic_partitions::handle(
             shard,
             c,
             version,
             decode(b, version)?,
+            &client,
         ),
+        ApiKey::DescribeAcls => {
+            crate::handlers::acls::describe(shard, c, version, decode(b, version)?, &client)
+        }
+        ApiKey::CreateAcls => {
+            crate::handlers::acls::create(shard, c, version, decode(b, version)?, &client).await
+        }
+        ApiKey::DeleteAcls => {
+            crate::handlers::acls::delete(shard, c, version, decode(b, version)?, &client).await
+        }
+        ApiKey::DescribeUserScramCredentials => {
+            crate::handlers::scram::describe(shard, c, version, decode(b, version)?, &client)
+        }
+        ApiKey::AlterUserScramCredentials => {
+            crate::handlers::scram::alter(shard, c, version, decode(b, version)?, &client).await
+        }
         other => Err(format!("API {other:?} is not implemented")),
     }
 }
@@ -265,11 +321,14 @@ async fn metadata(
         None => true,
         Some(t) => version == 0 && t.is_empty(),
     };
+    let may_describe = |n: &str| shard.allowed(client, acl::op::DESCRIBE, acl::resource::TOPIC, n);
     let requested: Vec<(Option<String>, [u8; 16])> = if all {
+        // All topics: those the client may Describe.
         shard
             .topics
             .borrow()
             .keys()
+            .filter(|n| may_describe(n))
             .map(|n| (Some(n.clone()), [0; 16]))
             .collect()
     } else {
@@ -287,13 +346,18 @@ async fn metadata(
             None => shard.topics.borrow().values().find(|t| t.id == id).cloned(),
         };
         let meta = match (meta, name) {
+            // Named as asked: a topic asked for by id is not named to who may not see it.
+            (Some(m), n) if !may_describe(&m.name) => Err((code::TOPIC_AUTHORIZATION_FAILED, n)),
             (Some(m), _) => Ok(m),
             (None, None) => Err((code::UNKNOWN_TOPIC_ID, None)),
+            (None, Some(n)) if !may_describe(&n) => {
+                Err((code::TOPIC_AUTHORIZATION_FAILED, Some(n)))
+            }
             (None, Some(n)) => {
                 if let Err(e) = crate::topics::validate_topic_name(&n) {
                     tracing::debug!(topic = %n, "metadata for an invalid topic name: {e}");
                     Err((code::INVALID_TOPIC_EXCEPTION, Some(n)))
-                } else if auto_create {
+                } else if auto_create && shard.may_create_topic(client, &n) {
                     match shard
                         .admin(AdminOp::CreateTopic {
                             name: n.clone(),
@@ -346,7 +410,13 @@ async fn metadata(
     respond(c, version, &resp)
 }
 
-async fn produce(shard: &Rc<Shard>, c: i32, version: i16, req: ProduceRequest) -> Reply {
+async fn produce(
+    shard: &Rc<Shard>,
+    c: i32,
+    version: i16,
+    req: ProduceRequest,
+    client: &crate::coordinator::Client,
+) -> Reply {
     let acks = req.acks;
     let refuse_all = if req.transactional_id.is_some() {
         Some((
@@ -365,6 +435,7 @@ async fn produce(shard: &Rc<Shard>, c: i32, version: i16, req: ProduceRequest) -
     for t in &req.topic_data {
         let name = t.name.0.to_string();
         let meta = shard.topic(&name);
+        let authorized = shard.allowed(client, acl::op::WRITE, acl::resource::TOPIC, &name);
         for p in &t.partition_data {
             let (name, index, records, refuse) =
                 (name.clone(), p.index, p.records.clone(), refuse_all.clone());
@@ -375,6 +446,9 @@ async fn produce(shard: &Rc<Shard>, c: i32, version: i16, req: ProduceRequest) -
             work.push(async move {
                 if let Some((error, message)) = refuse {
                     return (name, index, error, -1, -1, Some(message));
+                }
+                if !authorized {
+                    return (name, index, code::TOPIC_AUTHORIZATION_FAILED, -1, -1, None);
                 }
                 if !known {
                     return (name, index, code::UNKNOWN_TOPIC_OR_PARTITION, -1, -1, None);
@@ -415,7 +489,13 @@ async fn produce(shard: &Rc<Shard>, c: i32, version: i16, req: ProduceRequest) -
     respond(c, version, &resp)
 }
 
-async fn fetch(shard: &Rc<Shard>, c: i32, version: i16, req: FetchRequest) -> Reply {
+async fn fetch(
+    shard: &Rc<Shard>,
+    c: i32,
+    version: i16,
+    req: FetchRequest,
+    client: &crate::coordinator::Client,
+) -> Reply {
     let mut resp = FetchResponse::default();
     if req.session_id != 0 {
         // corelog never creates fetch sessions (KIP-227): every fetch is a full one.
@@ -437,11 +517,14 @@ async fn fetch(shard: &Rc<Shard>, c: i32, version: i16, req: FetchRequest) -> Re
         .flat_map(|t| {
             let name = t.topic.0.to_string();
             let meta = shard.topic(&name);
+            let authorized = shard.allowed(client, acl::op::READ, acl::resource::TOPIC, &name);
             t.partitions.iter().map(move |p| {
                 let known = meta
                     .as_ref()
                     .is_some_and(|m| (0..m.partitions).contains(&p.partition));
-                let check = if !known {
+                let check = if !authorized {
+                    Err(code::TOPIC_AUTHORIZATION_FAILED)
+                } else if !known {
                     Err(code::UNKNOWN_TOPIC_OR_PARTITION)
                 } else if version >= 9 {
                     crate::handlers::check_leader_epoch(
@@ -551,11 +634,18 @@ async fn fetch(shard: &Rc<Shard>, c: i32, version: i16, req: FetchRequest) -> Re
     }
 }
 
-async fn list_offsets(shard: &Rc<Shard>, c: i32, version: i16, req: ListOffsetsRequest) -> Reply {
+async fn list_offsets(
+    shard: &Rc<Shard>,
+    c: i32,
+    version: i16,
+    req: ListOffsetsRequest,
+    client: &crate::coordinator::Client,
+) -> Reply {
     let mut resp = ListOffsetsResponse::default();
     for t in req.topics {
         let name = t.name.0.to_string();
-        let meta = shard.topic(&name);
+        let authorized = shard.allowed(client, acl::op::DESCRIBE, acl::resource::TOPIC, &name);
+        let meta = shard.topic(&name).filter(|_| authorized);
         let parts = join_all(t.partitions.iter().map(|p| {
             let shard = shard.clone();
             let name = name.clone();
@@ -574,6 +664,8 @@ async fn list_offsets(shard: &Rc<Shard>, c: i32, version: i16, req: ListOffsetsR
                         Ok(_) => Err(code::UNKNOWN_SERVER_ERROR),
                         Err((e, _)) => Err(e),
                     }
+                } else if !authorized {
+                    Err(code::TOPIC_AUTHORIZATION_FAILED)
                 } else {
                     Err(code::UNKNOWN_TOPIC_OR_PARTITION)
                 };
@@ -617,7 +709,13 @@ fn effective(shard: &Shard, meta: &TopicMeta, key: &str) -> Option<String> {
         .or_else(|| topic_default(&shard.cfg, key))
 }
 
-async fn create_topics(shard: &Rc<Shard>, c: i32, version: i16, req: CreateTopicsRequest) -> Reply {
+async fn create_topics(
+    shard: &Rc<Shard>,
+    c: i32,
+    version: i16,
+    req: CreateTopicsRequest,
+    client: &crate::coordinator::Client,
+) -> Reply {
     let mut resp = CreateTopicsResponse::default();
     for t in req.topics {
         let name = t.name.0.to_string();
@@ -627,8 +725,13 @@ async fn create_topics(shard: &Rc<Shard>, c: i32, version: i16, req: CreateTopic
             t.num_partitions
         };
         let mut rf = t.replication_factor;
-        let mut error = None;
-        if !t.assignments.is_empty() {
+        let mut error = (!shard.may_create_topic(client, &name)).then(|| {
+            (
+                code::TOPIC_AUTHORIZATION_FAILED,
+                format!("{} may not create topic '{name}'", client.principal),
+            )
+        });
+        if error.is_none() && !t.assignments.is_empty() {
             partitions = t.assignments.len() as i32;
             rf = 1;
             if t.assignments.iter().any(|a| {
@@ -696,7 +799,13 @@ async fn create_topics(shard: &Rc<Shard>, c: i32, version: i16, req: CreateTopic
     respond(c, version, &resp)
 }
 
-async fn delete_topics(shard: &Rc<Shard>, c: i32, version: i16, req: DeleteTopicsRequest) -> Reply {
+async fn delete_topics(
+    shard: &Rc<Shard>,
+    c: i32,
+    version: i16,
+    req: DeleteTopicsRequest,
+    client: &crate::coordinator::Client,
+) -> Reply {
     let mut targets: Vec<(Option<String>, [u8; 16])> = req
         .topic_names
         .iter()
@@ -721,6 +830,10 @@ async fn delete_topics(shard: &Rc<Shard>, c: i32, version: i16, req: DeleteTopic
         let mut r = DeletableTopicResult::default().with_topic_id(uuid(id));
         match name {
             None => r.error_code = code::UNKNOWN_TOPIC_ID,
+            Some(name) if !shard.allowed(client, acl::op::DELETE, acl::resource::TOPIC, &name) => {
+                r.name = Some(topic_name(&name));
+                r.error_code = code::TOPIC_AUTHORIZATION_FAILED;
+            }
             Some(name) => {
                 r.name = Some(topic_name(&name));
                 match shard
@@ -749,6 +862,7 @@ async fn init_producer_id(
     c: i32,
     version: i16,
     req: InitProducerIdRequest,
+    client: &crate::coordinator::Client,
 ) -> Reply {
     let mut resp = InitProducerIdResponse::default();
     resp.producer_id = ProducerId(-1);
@@ -762,6 +876,14 @@ async fn init_producer_id(
             "refused InitProducerId with a transactional id: transactions are not supported"
         );
         resp.error_code = code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+        return respond(c, version, &resp);
+    }
+    // An idempotent producer: IdempotentWrite on the cluster, or Write on any topic
+    // (KIP-679).
+    if !shard.allowed_cluster(client, acl::op::IDEMPOTENT_WRITE)
+        && !shard.allowed_any(client, acl::op::WRITE, acl::resource::TOPIC)
+    {
+        resp.error_code = code::CLUSTER_AUTHORIZATION_FAILED;
         return respond(c, version, &resp);
     }
     if req.producer_id.0 >= 0 && req.producer_epoch >= 0 && req.producer_epoch < i16::MAX - 1 {
@@ -878,7 +1000,13 @@ fn broker_configs(cfg: &crate::config::Config) -> Vec<(&'static str, String, top
     ]
 }
 
-fn describe_configs(shard: &Rc<Shard>, c: i32, version: i16, req: DescribeConfigsRequest) -> Reply {
+fn describe_configs(
+    shard: &Rc<Shard>,
+    c: i32,
+    version: i16,
+    req: DescribeConfigsRequest,
+    client: &crate::coordinator::Client,
+) -> Reply {
     let mut resp = DescribeConfigsResponse::default();
     for r in req.resources {
         let mut out = DescribeConfigsResult::default()
@@ -889,7 +1017,14 @@ fn describe_configs(shard: &Rc<Shard>, c: i32, version: i16, req: DescribeConfig
                 .as_ref()
                 .is_none_or(|keys| keys.iter().any(|w| w.as_str() == k))
         };
+        let op = acl::op::DESCRIBE_CONFIGS;
         match r.resource_type {
+            TOPIC if !shard.allowed(client, op, acl::resource::TOPIC, r.resource_name.as_str()) => {
+                out.error_code = code::TOPIC_AUTHORIZATION_FAILED;
+            }
+            BROKER if !shard.allowed_cluster(client, op) => {
+                out.error_code = code::CLUSTER_AUTHORIZATION_FAILED;
+            }
             TOPIC => match shard.topic(r.resource_name.as_str()) {
                 None => {
                     out.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
@@ -942,6 +1077,7 @@ fn describe_configs(shard: &Rc<Shard>, c: i32, version: i16, req: DescribeConfig
 
 async fn set_configs(
     shard: &Rc<Shard>,
+    client: &crate::coordinator::Client,
     resource_type: i8,
     name: &str,
     configs: Result<BTreeMap<String, String>, String>,
@@ -955,6 +1091,9 @@ async fn set_configs(
                     .into(),
             ),
         );
+    }
+    if !shard.allowed(client, acl::op::ALTER_CONFIGS, acl::resource::TOPIC, name) {
+        return (code::TOPIC_AUTHORIZATION_FAILED, None);
     }
     let configs = match configs {
         Ok(c) => c,
@@ -977,7 +1116,13 @@ async fn set_configs(
     }
 }
 
-async fn alter_configs(shard: &Rc<Shard>, c: i32, version: i16, req: AlterConfigsRequest) -> Reply {
+async fn alter_configs(
+    shard: &Rc<Shard>,
+    c: i32,
+    version: i16,
+    req: AlterConfigsRequest,
+    client: &crate::coordinator::Client,
+) -> Reply {
     use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
     let mut resp = AlterConfigsResponse::default();
     for r in req.resources {
@@ -993,6 +1138,7 @@ async fn alter_configs(shard: &Rc<Shard>, c: i32, version: i16, req: AlterConfig
             .collect());
         let (error, message) = set_configs(
             shard,
+            client,
             r.resource_type,
             r.resource_name.as_str(),
             configs,
@@ -1015,6 +1161,7 @@ async fn incremental_alter_configs(
     c: i32,
     version: i16,
     req: IncrementalAlterConfigsRequest,
+    client: &crate::coordinator::Client,
 ) -> Reply {
     use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
     let mut resp = IncrementalAlterConfigsResponse::default();
@@ -1042,7 +1189,17 @@ async fn incremental_alter_configs(
             Err(m) if r.resource_type == TOPIC && shard.topic(&name).is_none() => {
                 (code::UNKNOWN_TOPIC_OR_PARTITION, Some(m))
             }
-            configs => set_configs(shard, r.resource_type, &name, configs, req.validate_only).await,
+            configs => {
+                set_configs(
+                    shard,
+                    client,
+                    r.resource_type,
+                    &name,
+                    configs,
+                    req.validate_only,
+                )
+                .await
+            }
         };
         resp.responses.push(
             AlterConfigsResourceResponse::default()

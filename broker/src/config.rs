@@ -30,6 +30,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsConfig>,
     /// Mechanisms and users of the SASL_PLAINTEXT and SASL_SSL listeners.
     pub sasl: Option<crate::sasl::SaslConfig>,
+    /// ACL enforcement (off by default), super users.
+    pub authorization: crate::acl::AuthorizationConfig,
     pub data_dir: PathBuf,
     /// Executors (one per core, pinned); defaults to the number of cores.
     pub shards: Option<usize>,
@@ -123,6 +125,7 @@ impl Default for Config {
             advertised_listeners: Vec::new(),
             tls: None,
             sasl: None,
+            authorization: Default::default(),
             data_dir: PathBuf::from("./corelog-data"),
             shards: None,
             cpuset: None,

@@ -27,6 +27,11 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + 'static {
     /// The socket, when what is written to it reaches the client as it is (plain TCP):
     /// a response's pieces then go out in one `sendmsg`.
     fn plain_fd(&self) -> Option<std::os::fd::RawFd>;
+
+    /// The principal of the client's certificate, if it showed one (see security.rs).
+    fn certificate_principal(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Transport for TcpStream {
@@ -39,6 +44,11 @@ impl Transport for TcpStream {
 impl Transport for futures_rustls::server::TlsStream<TcpStream> {
     fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
         None
+    }
+
+    fn certificate_principal(&self) -> Option<String> {
+        let leaf = self.get_ref().1.peer_certificates()?.first()?;
+        crate::security::certificate_principal(leaf.as_ref())
     }
 }
 
@@ -318,7 +328,12 @@ pub async fn serve<S: Transport>(
 ) {
     let mut session = crate::handlers::sasl::Session::default();
     tracing::debug!(%peer, shard = shard.id, "connection opened");
-    let host: std::sync::Arc<str> = format!("/{}", peer.ip()).into();
+    let ip = crate::security::canonical_ip(peer.ip());
+    let host: std::sync::Arc<str> = format!("/{ip}").into();
+    // Who the client is: its certificate's subject, until SASL names a user.
+    let mut principal: std::sync::Arc<str> = stream
+        .certificate_principal()
+        .map_or_else(|| crate::security::ANONYMOUS.into(), Into::into);
     let stream = Rc::new(RefCell::new(stream));
     let (tx, rx) = local_channel::new_bounded::<Pending>(shard.cfg.max_inflight_requests.max(1));
     let closed = Rc::new((Cell::new(false), event_listener::Event::new()));
@@ -416,8 +431,13 @@ pub async fn serve<S: Transport>(
             Err(stop) => break stop,
         };
         if let (Some(auth), true) = (&auth, session.raw_tokens()) {
-            let (answer, close) =
-                crate::handlers::sasl::raw_token(auth, &mut session, peer.ip(), &body);
+            let (answer, close) = crate::handlers::sasl::raw_token(
+                auth,
+                &shard.sasl_users(),
+                &mut session,
+                peer.ip(),
+                &body,
+            );
             let reply = Ok(answer.map(crate::frame::Frame::one));
             match answer_before_auth(&tx, reply, close, auth.delay).await {
                 Ok(()) => continue,
@@ -437,6 +457,7 @@ pub async fn serve<S: Transport>(
             use crate::handlers::sasl::PreAuth;
             match crate::handlers::sasl::before_auth(
                 auth,
+                &shard.sasl_users(),
                 &mut session,
                 peer.ip(),
                 api_key,
@@ -464,10 +485,16 @@ pub async fn serve<S: Transport>(
                     .detach()
             }
             Request::Decodable { header, body } => {
+                if let Some(user) = &session.user {
+                    if principal.strip_prefix("User:") != Some(user.as_str()) {
+                        principal = format!("User:{user}").into();
+                    }
+                }
                 let client = crate::coordinator::Client {
                     client_id: header.client_id,
                     host: host.clone(),
                     listener,
+                    principal: principal.clone(),
                 };
                 let shard = shard.clone();
                 glommio::spawn_local(async move {

@@ -28,6 +28,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
+use crate::acl;
 use crate::api::{Reply, respond};
 use crate::errors as code;
 use crate::group::{
@@ -48,6 +49,15 @@ pub struct Client {
     pub host: std::sync::Arc<str>,
     /// Which of the broker's listeners it came in through (what Metadata advertises).
     pub listener: usize,
+    /// Who it is, for ACLs (`User:NAME`).
+    pub principal: std::sync::Arc<str>,
+}
+
+impl Client {
+    /// Its IP address as ACL hosts name it (`host` without Kafka's leading `/`).
+    pub fn ip(&self) -> &str {
+        self.host.strip_prefix('/').unwrap_or(&self.host)
+    }
 }
 
 pub enum GroupOp {
@@ -160,7 +170,7 @@ impl Shard {
     ) -> Reply {
         match key {
             ApiKey::FindCoordinator => {
-                self.find_coordinator(correlation_id, version, body, client.listener)
+                self.find_coordinator(correlation_id, version, body, &client)
             }
             ApiKey::ListGroups => {
                 let req: ListGroupsRequest = decode(&mut body.clone(), version)?;
@@ -175,6 +185,18 @@ impl Shard {
                 groups.retain(|g| {
                     filter.is_empty() || filter.contains(&g.group_state.to_lowercase())
                 });
+                // Describe on the cluster lists every group; otherwise those the client
+                // may Describe.
+                if !self.allowed_cluster(&client, acl::op::DESCRIBE) {
+                    groups.retain(|g| {
+                        self.allowed(
+                            &client,
+                            acl::op::DESCRIBE,
+                            acl::resource::GROUP,
+                            &g.group_id,
+                        )
+                    });
+                }
                 let resp = ListGroupsResponse::default().with_groups(groups);
                 respond(correlation_id, version, &resp)
             }
@@ -183,6 +205,14 @@ impl Shard {
                 let mut out = Vec::new();
                 for g in req.groups {
                     let id = g.0.to_string();
+                    if !self.allowed(&client, acl::op::DESCRIBE, acl::resource::GROUP, &id) {
+                        out.push(
+                            DescribedGroup::default()
+                                .with_group_id(g)
+                                .with_error_code(code::GROUP_AUTHORIZATION_FAILED),
+                        );
+                        continue;
+                    }
                     let owner = self.group_owner(&id);
                     match self.group_op(owner, GroupOp::Describe(id.clone())).await {
                         Some(GroupReply::Described(d)) => out.push(d),
@@ -205,10 +235,15 @@ impl Shard {
                 for g in req.groups_names {
                     let id = g.0.to_string();
                     let owner = self.group_owner(&id);
-                    let error = match self.group_op(owner, GroupOp::Delete(id)).await {
-                        Some(GroupReply::Deleted(e)) => e,
-                        _ => code::COORDINATOR_NOT_AVAILABLE,
-                    };
+                    let error =
+                        if !self.allowed(&client, acl::op::DELETE, acl::resource::GROUP, &id) {
+                            code::GROUP_AUTHORIZATION_FAILED
+                        } else {
+                            match self.group_op(owner, GroupOp::Delete(id)).await {
+                                Some(GroupReply::Deleted(e)) => e,
+                                _ => code::COORDINATOR_NOT_AVAILABLE,
+                            }
+                        };
                     out.push(
                         DeletableGroupResult::default()
                             .with_group_id(g)
@@ -223,6 +258,20 @@ impl Shard {
             }
             _ => {
                 let group = group_of(key, version, &body)?;
+                let operation = match key {
+                    ApiKey::OffsetFetch => acl::op::DESCRIBE,
+                    ApiKey::OffsetDelete => acl::op::DELETE,
+                    _ => acl::op::READ,
+                };
+                if !self.allowed(&client, operation, acl::resource::GROUP, &group) {
+                    return crate::cluster::groups::refused(
+                        key,
+                        version,
+                        correlation_id,
+                        &body,
+                        code::GROUP_AUTHORIZATION_FAILED,
+                    );
+                }
                 let owner = self.group_owner(&group);
                 let op = GroupOp::Request {
                     key,
@@ -244,9 +293,47 @@ impl Shard {
         correlation_id: i32,
         version: i16,
         mut body: Bytes,
-        listener: usize,
+        client: &Client,
     ) -> Reply {
+        let listener = client.listener;
         let req: FindCoordinatorRequest = decode(&mut body, version)?;
+        let keys: Vec<String> = if version >= 4 {
+            req.coordinator_keys.iter().map(|k| k.to_string()).collect()
+        } else {
+            vec![req.key.to_string()]
+        };
+        if req.key_type == 0
+            && keys
+                .iter()
+                .any(|k| !self.allowed(client, acl::op::DESCRIBE, acl::resource::GROUP, k))
+        {
+            // Every key answered: the denied ones GROUP_AUTHORIZATION_FAILED, the rest
+            // COORDINATOR_NOT_AVAILABLE (retriable), so a mixed batch is asked again.
+            let mut resp = FindCoordinatorResponse::default();
+            if version < 4 {
+                resp = resp
+                    .with_node_id(BrokerId(-1))
+                    .with_port(-1)
+                    .with_error_code(code::GROUP_AUTHORIZATION_FAILED);
+                return respond(correlation_id, version, &resp);
+            }
+            resp.coordinators = keys
+                .iter()
+                .map(|k| {
+                    let denied = !self.allowed(client, acl::op::DESCRIBE, acl::resource::GROUP, k);
+                    Coordinator::default()
+                        .with_key(s(k.clone()))
+                        .with_node_id(BrokerId(-1))
+                        .with_port(-1)
+                        .with_error_code(if denied {
+                            code::GROUP_AUTHORIZATION_FAILED
+                        } else {
+                            code::COORDINATOR_NOT_AVAILABLE
+                        })
+                })
+                .collect();
+            return respond(correlation_id, version, &resp);
+        }
         if self.cluster.is_some() && req.key_type == 0 {
             return self.find_cluster_coordinator(correlation_id, version, req);
         }
@@ -542,10 +629,12 @@ impl Shard {
                 respond(c, version, &resp)
             }
             ApiKey::OffsetCommit => {
-                self.offset_commit(c, version, decode(&mut body, version)?)
+                self.offset_commit(c, version, decode(&mut body, version)?, &client)
                     .await
             }
-            ApiKey::OffsetFetch => self.offset_fetch(c, version, decode(&mut body, version)?),
+            ApiKey::OffsetFetch => {
+                self.offset_fetch(c, version, decode(&mut body, version)?, &client)
+            }
             ApiKey::OffsetDelete => {
                 self.offset_delete(c, version, decode(&mut body, version)?)
                     .await
@@ -559,6 +648,7 @@ impl Shard {
         c: i32,
         version: i16,
         req: OffsetCommitRequest,
+        client: &Client,
     ) -> Reply {
         let group = req.group_id.0.to_string();
         let generation = req.generation_id_or_member_epoch;
@@ -581,6 +671,7 @@ impl Shard {
         for t in &req.topics {
             let topic = t.name.0.to_string();
             let meta = self.topic(&topic);
+            let authorized = self.allowed(client, acl::op::READ, acl::resource::TOPIC, &topic);
             for p in &t.partitions {
                 let metadata = p
                     .committed_metadata
@@ -589,6 +680,8 @@ impl Shard {
                     .unwrap_or_default();
                 let error = if group_error != code::NONE {
                     group_error
+                } else if !authorized {
+                    code::TOPIC_AUTHORIZATION_FAILED
                 } else if !meta
                     .as_ref()
                     .is_some_and(|m| (0..m.partitions).contains(&p.partition_index))
@@ -765,7 +858,14 @@ impl Shard {
         code::NONE
     }
 
-    fn offset_fetch(&self, c: i32, version: i16, req: OffsetFetchRequest) -> Reply {
+    fn offset_fetch(
+        &self,
+        c: i32,
+        version: i16,
+        req: OffsetFetchRequest,
+        client: &Client,
+    ) -> Reply {
+        let may = |t: &str| self.allowed(client, acl::op::DESCRIBE, acl::resource::TOPIC, t);
         let group = req.group_id.0.to_string();
         let groups = self.groups.borrow();
         let g = groups.get(&group);
@@ -777,7 +877,8 @@ impl Shard {
             None => {
                 let mut all: BTreeMap<String, Vec<i32>> = BTreeMap::new();
                 if let Some(g) = g {
-                    for (t, p) in g.offsets.keys() {
+                    // Listing the group's offsets shows only topics the client may see.
+                    for (t, p) in g.offsets.keys().filter(|(t, _)| may(t)) {
                         all.entry(t.clone()).or_default().push(*p);
                     }
                 }
@@ -786,11 +887,19 @@ impl Shard {
         };
         let mut resp = OffsetFetchResponse::default();
         for (topic, parts) in wanted {
+            let authorized = may(&topic);
             let partitions = parts
                 .into_iter()
                 .map(|p| {
-                    let committed = g.and_then(|g| g.offsets.get(&(topic.clone(), p)));
+                    let committed = g
+                        .filter(|_| authorized)
+                        .and_then(|g| g.offsets.get(&(topic.clone(), p)));
                     OffsetFetchResponsePartition::default()
+                        .with_error_code(if authorized {
+                            code::NONE
+                        } else {
+                            code::TOPIC_AUTHORIZATION_FAILED
+                        })
                         .with_partition_index(p)
                         .with_committed_offset(committed.map_or(-1, |c| c.offset))
                         .with_committed_leader_epoch(committed.map_or(-1, |c| c.leader_epoch))

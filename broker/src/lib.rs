@@ -1,5 +1,6 @@
 //! corelog's Kafka-compatible broker. See docs/ARCHITECTURE.md for the request path.
 
+pub mod acl;
 pub mod admin;
 pub mod api;
 pub mod cluster;
@@ -17,6 +18,8 @@ pub mod properties;
 pub mod recent;
 pub mod records;
 pub mod sasl;
+pub mod security;
+pub mod security_cli;
 pub mod server;
 pub mod shard;
 pub mod tls;

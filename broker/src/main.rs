@@ -1,4 +1,4 @@
-//! `corelog`: the broker (`serve`) and its admin CLI (`topic ...`).
+//! `corelog`: the broker (`serve`) and its admin CLI (`topic`, `group`, `user`, `acl` ...).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +84,20 @@ enum Cmd {
         bootstrap_server: String,
         #[command(subcommand)]
         cmd: GroupCmd,
+    },
+    /// Manage SASL/SCRAM users (like kafka-configs.sh --entity-type users).
+    User {
+        #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+        bootstrap_server: String,
+        #[command(subcommand)]
+        cmd: corelog_broker::security_cli::UserCmd,
+    },
+    /// Manage ACLs (like kafka-acls.sh).
+    Acl {
+        #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+        bootstrap_server: String,
+        #[command(subcommand)]
+        cmd: corelog_broker::security_cli::AclCmd,
     },
     /// Manage topics (like kafka-topics.sh).
     Topic {
@@ -248,6 +262,14 @@ fn main() -> ExitCode {
             bootstrap_server,
             cmd,
         } => group(&bootstrap_server, cmd),
+        Cmd::User {
+            bootstrap_server,
+            cmd,
+        } => corelog_broker::security_cli::user(&bootstrap_server, cmd),
+        Cmd::Acl {
+            bootstrap_server,
+            cmd,
+        } => corelog_broker::security_cli::acl_cmd(&bootstrap_server, cmd),
         Cmd::Dev {
             brokers,
             port,

@@ -249,6 +249,22 @@ pub fn apply(cfg: &mut Config, pairs: &[(String, String)]) -> Result<Vec<String>
                     ));
                 }
             }
+            // Any authorizer class turns ACLs on (Kafka's StandardAuthorizer and the
+            // older AclAuthorizer both mean Kafka's ACL model); empty turns them off.
+            "authorizer.class.name" => cfg.authorization.enabled = !value.trim().is_empty(),
+            "super.users" => {
+                cfg.authorization.super_users = value
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(String::from)
+                    .collect();
+            }
+            "allow.everyone.if.no.acl.found" => {
+                cfg.authorization.allow_everyone_if_no_acl_found = value
+                    .parse()
+                    .map_err(|_| format!("{key}={value}: not true or false"))?;
+            }
             "sasl.enabled.mechanisms" => {
                 let s = cfg.sasl.get_or_insert_with(Default::default);
                 s.mechanisms = value.split(',').map(|m| m.trim().to_string()).collect();
@@ -423,6 +439,15 @@ ssl.client.auth=required
         let l = cfg.listener_list().unwrap();
         assert_eq!(l[0].advertised, ("kafka.example".to_string(), 9093));
         assert_eq!(l[1].advertised, ("127.0.0.1".to_string(), 9092));
+        let authz = "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\nsuper.users=User:admin;User:CN=ops,O=corelog\nallow.everyone.if.no.acl.found=true\n";
+        let mut a = Config::default();
+        apply(&mut a, &parse(authz)).unwrap();
+        assert!(a.authorization.enabled);
+        assert_eq!(
+            a.authorization.super_users,
+            ["User:admin", "User:CN=ops,O=corelog"]
+        );
+        assert!(a.authorization.allow_everyone_if_no_acl_found);
         let jaas = "listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username=\"admin\" password=\"a\" user_admin=\"a\" user_alice=\"s3cret x\";\nsasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512\n";
         let mut c = Config::default();
         apply(&mut c, &parse(jaas)).unwrap();

@@ -126,6 +126,23 @@ impl ScramCredential {
         }
     }
 
+    /// The salt and salted password a client sends in AlterUserScramCredentials (RFC
+    /// 5802's Hi(password, salt, i)), with a fresh random salt.
+    pub fn salt_password(
+        mechanism: Mechanism,
+        password: &str,
+        iterations: u32,
+    ) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let mut salt = vec![0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut salt)
+            .map_err(|_| "no random numbers from the system".to_string())?;
+        let salted = mechanism
+            .scram()
+            .salted_password(password.as_bytes(), &salt, iterations);
+        Ok((salt, salted))
+    }
+
     /// From a password, with a fresh random salt.
     pub fn from_password(mechanism: Mechanism, password: &str) -> Result<Self, String> {
         let mut salt = vec![0u8; 32];
@@ -136,6 +153,16 @@ impl ScramCredential {
             .scram()
             .salted_password(password.as_bytes(), &salt, ITERATIONS);
         Ok(Self::from_salted(mechanism, salt, ITERATIONS, &salted))
+    }
+
+    /// The form kept in the cluster metadata.
+    pub fn stored(&self) -> corelog_replication::security::StoredCredential {
+        corelog_replication::security::StoredCredential {
+            salt: self.salt.clone(),
+            iterations: self.iterations,
+            stored_key: self.stored_key.clone(),
+            server_key: self.server_key.clone(),
+        }
     }
 
     /// Whether `password` is the one this credential was made from (constant time).
@@ -219,6 +246,56 @@ impl Users {
             .insert(mechanism, cred);
     }
 
+    /// These users with those of the cluster metadata (made through
+    /// AlterUserScramCredentials): a user there replaces the config's user of that name
+    /// for every mechanism, so a rotated password leaves no old one working.
+    pub fn with_metadata(
+        &self,
+        creds: &std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<u8, corelog_replication::security::StoredCredential>,
+        >,
+    ) -> Self {
+        let mut out = self.clone();
+        for (user, by_mech) in creds {
+            let mut mine = HashMap::new();
+            for (code, c) in by_mech {
+                if let Some(m) = Mechanism::from_scram_code(*code) {
+                    mine.insert(
+                        m,
+                        ScramCredential {
+                            salt: c.salt.clone(),
+                            iterations: c.iterations,
+                            stored_key: c.stored_key.clone(),
+                            server_key: c.server_key.clone(),
+                        },
+                    );
+                }
+            }
+            out.users.insert(user.clone(), mine);
+        }
+        out
+    }
+
+    /// Every user's name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.users.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// A user's SCRAM mechanisms and iteration counts (DescribeUserScramCredentials).
+    pub fn infos(&self, user: &str) -> Option<Vec<(Mechanism, u32)>> {
+        let mut v: Vec<(Mechanism, u32)> = self
+            .users
+            .get(user)?
+            .iter()
+            .map(|(m, c)| (*m, c.iterations))
+            .collect();
+        v.sort_by_key(|(m, _)| m.scram_code());
+        Some(v)
+    }
+
     fn get(&self, user: &str, mechanism: Mechanism) -> Option<&ScramCredential> {
         self.users.get(user)?.get(&mechanism.scram_mechanism())
     }
@@ -231,6 +308,23 @@ impl Users {
 }
 
 impl Mechanism {
+    /// Kafka's ScramMechanism codes (AlterUserScramCredentials): 1 SHA-256, 2 SHA-512.
+    pub fn from_scram_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::ScramSha256),
+            2 => Some(Self::ScramSha512),
+            _ => None,
+        }
+    }
+
+    pub fn scram_code(self) -> Option<u8> {
+        match self {
+            Self::ScramSha256 => Some(1),
+            Self::ScramSha512 => Some(2),
+            Self::Plain => None,
+        }
+    }
+
     fn scram_mechanism(self) -> Mechanism {
         match self {
             Self::Plain => Self::ScramSha256,
@@ -483,8 +577,17 @@ fn plain(token: &[u8], users: &Users) -> (Step, Option<String>) {
             named,
         );
     }
-    let ok = match users.get(user, Mechanism::Plain) {
-        Some(c) => c.check_password(Mechanism::Plain.scram(), password),
+    // A user made through the API may have only a SCRAM-SHA-512 credential.
+    let known = users
+        .get(user, Mechanism::Plain)
+        .map(|c| (c, Mechanism::Plain.scram()))
+        .or_else(|| {
+            users
+                .get(user, Mechanism::ScramSha512)
+                .map(|c| (c, Mechanism::ScramSha512.scram()))
+        });
+    let ok = match known {
+        Some((c, scram)) => c.check_password(scram, password),
         None => {
             // The same work as for a known user, so timing does not tell them apart.
             let decoy = users.decoy_salt(user, Mechanism::Plain);
@@ -510,9 +613,9 @@ fn plain(token: &[u8], users: &Users) -> (Step, Option<String>) {
 pub const MAX_FAILURES: u32 = 10;
 pub const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// One shard's SASL state: the users, the mechanisms offered, failures by address.
+/// One shard's SASL state: the mechanisms offered, failures by address (the users are
+/// the shard's, as the cluster metadata changes them).
 pub struct Auth {
-    pub users: std::sync::Arc<Users>,
     pub mechanisms: Vec<Mechanism>,
     /// Wait this long after a failed authentication before closing.
     pub delay: std::time::Duration,
@@ -520,9 +623,8 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn new(cfg: &SaslConfig, users: std::sync::Arc<Users>) -> Result<Self, String> {
+    pub fn new(cfg: &SaslConfig) -> Result<Self, String> {
         Ok(Self {
-            users,
             mechanisms: cfg.mechanisms()?,
             delay: std::time::Duration::from_millis(
                 cfg.failed_authentication_delay_ms.unwrap_or(100),

@@ -219,7 +219,7 @@ async fn shard_main(
     } else {
         None
     };
-    let shard = Shard::start(cfg.clone(), senders, cluster.clone()).await?;
+    let shard = Shard::start(cfg.clone(), senders, cluster.clone(), users).await?;
     if let Some(c) = &cluster {
         let rpc = cfg.rpc_listen.clone().expect("checked by voter_list");
         transport::listen(
@@ -286,7 +286,7 @@ async fn shard_main(
         _ => None,
     };
     let auth = match (&cfg.sasl, listeners.iter().any(|l| l.protocol.sasl())) {
-        (Some(s), true) => Some(Rc::new(crate::sasl::Auth::new(s, users)?)),
+        (Some(s), true) => Some(Rc::new(crate::sasl::Auth::new(s)?)),
         _ => None,
     };
     let mut bound = Vec::new();

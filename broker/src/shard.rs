@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +27,7 @@ use crate::topics::{
     MetaFile, TopicMeta, owner_shard, partition_dir, random_topic_id, validate_topic_name,
 };
 use corelog_replication::controller::ClusterMetadata;
+use corelog_replication::security::{SecurityCommand, SecurityMetadata};
 use corelog_replication::{GroupId, Message, NodeId};
 
 /// Messages between shards. Everything in them is `Send`. A request carries the oneshot
@@ -108,6 +110,8 @@ pub enum ShardMsg {
         op: crate::coordinator::GroupOp,
         reply: oneshot::Sender<crate::coordinator::GroupReply>,
     },
+    /// From shard 0: users and ACLs changed; the whole new set.
+    Security(SecurityMetadata),
     /// To shard 0, the only writer of cluster metadata.
     Admin {
         op: AdminOp,
@@ -139,6 +143,8 @@ pub enum AdminOp {
         validate_only: bool,
     },
     AllocProducerId,
+    /// A change of users or ACLs, checked by the handler that asks.
+    Security(SecurityCommand),
 }
 
 #[derive(Debug, Clone)]
@@ -210,6 +216,10 @@ pub struct Shard {
     /// Numbers the offsets loads of `coordinating` (a finished load counts only if it is
     /// still the current one).
     pub(crate) next_load: Cell<u64>,
+    /// The SASL users of the config (derived once, for every shard).
+    pub(crate) config_users: Arc<crate::sasl::Users>,
+    /// Users and ACLs as this shard knows them (security.rs), swapped whole.
+    pub(crate) security: RefCell<Rc<crate::security::Security>>,
 }
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -246,6 +256,7 @@ impl Shard {
         cfg: Rc<Config>,
         senders: Senders<ShardMsg>,
         cluster: Option<Rc<ClusterCtx>>,
+        config_users: Arc<crate::sasl::Users>,
     ) -> Result<Rc<Self>, String> {
         let id = senders.peer_id();
         let count = senders.nr_consumers();
@@ -258,6 +269,19 @@ impl Shard {
         let cluster_id = match &cluster {
             Some(_) => String::new(),
             None => meta.cluster_id.clone(),
+        };
+        // A cluster member's users and ACLs come from the controller; until they do it
+        // admits only super users (fail closed).
+        let security = match &cluster {
+            Some(_) => crate::security::Security::new(
+                &cfg,
+                &config_users,
+                SecurityMetadata::default(),
+                true,
+            ),
+            None => {
+                crate::security::Security::new(&cfg, &config_users, meta.security.clone(), false)
+            }
         };
         let shard = Rc::new(Self {
             id,
@@ -294,6 +318,8 @@ impl Shard {
             coordinating: RefCell::new(HashMap::new()),
             early_hellos: RefCell::new(Vec::new()),
             next_load: Cell::new(0),
+            config_users,
+            security: RefCell::new(Rc::new(security)),
         });
         // A cluster's topics come from the controller's log, not the local file.
         if shard.cluster.is_none() {
@@ -690,6 +716,24 @@ impl Shard {
                     return AdminResult::ProducerId((i64::from(self.cfg.node_id) << 32) | id);
                 }
                 AdminResult::ProducerId(id)
+            }
+            AdminOp::Security(cmd) => {
+                let meta = {
+                    let mut guard = self.controller.borrow_mut();
+                    let c = guard.as_mut().expect("shard 0 holds the controller");
+                    let mut next = c.meta.security.clone();
+                    if let Err(e) = next.apply(&cmd) {
+                        return AdminResult::Err(code::RESOURCE_NOT_FOUND, e);
+                    }
+                    let before = std::mem::replace(&mut c.meta.security, next);
+                    if let Err(e) = c.meta.save(&self.cfg.data_dir) {
+                        c.meta.security = before;
+                        return AdminResult::Err(code::KAFKA_STORAGE_ERROR, e.to_string());
+                    }
+                    c.meta.security.clone()
+                };
+                self.broadcast_security(meta).await;
+                AdminResult::Ok(None)
             }
             AdminOp::CreateTopic {
                 name,
@@ -1128,11 +1172,21 @@ impl Shard {
                 let r = self.clone().local_group_op(op).await;
                 self.reply_to(from, Some(r), reply).await;
             }
+            ShardMsg::Security(meta) => self.set_security(meta),
             ShardMsg::Admin { op, reply } => {
                 let r = self.controller_op(op).await;
                 self.reply_to(from, Some(r), reply).await;
             }
         }
+    }
+
+    /// Shard 0: every shard takes in `meta` (this one first), before the change is
+    /// answered.
+    pub(crate) async fn broadcast_security(&self, meta: SecurityMetadata) {
+        for to in (0..self.count).filter(|&t| t != self.id) {
+            self.forward(to, ShardMsg::Security(meta.clone())).await;
+        }
+        self.set_security(meta);
     }
 
     /// Syncs and closes every partition this shard owns (graceful shutdown).

@@ -29,6 +29,9 @@ pub struct MetaFile {
     /// Producer ids below this may have been handed out: a restart allocates above it.
     pub producer_id_reserved: i64,
     pub topics: BTreeMap<String, TopicMeta>,
+    /// Users (SCRAM credentials) and ACLs made through the Kafka API.
+    #[serde(default)]
+    pub security: corelog_replication::security::SecurityMetadata,
 }
 
 const FILE: &str = "cluster-meta.json";
@@ -50,6 +53,7 @@ impl MetaFile {
                     cluster_id: random_cluster_id(),
                     producer_id_reserved: 0,
                     topics: BTreeMap::new(),
+                    security: Default::default(),
                 };
                 m.save(data_dir)?;
                 Ok(m)

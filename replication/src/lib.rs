@@ -25,6 +25,7 @@ pub mod message;
 pub mod node;
 pub mod producers;
 pub mod raft;
+pub mod security;
 
 #[cfg(test)]
 mod cluster;

@@ -452,6 +452,7 @@ fn map_error(e: &MetadataError) -> (i16, String) {
             code::INVALID_REPLICA_ASSIGNMENT
         }
         MetadataError::Malformed(_) => code::UNKNOWN_SERVER_ERROR,
+        MetadataError::Security(_) => code::RESOURCE_NOT_FOUND,
     };
     (c, e.to_string())
 }

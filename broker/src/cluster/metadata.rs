@@ -10,6 +10,7 @@ use std::time::Duration;
 use corelog_replication::controller::{
     CONTROLLER_GROUP, ClusterMetadata, MetadataCommand, TopicInfo, assign_replicas,
 };
+use corelog_replication::security::SecurityCommand;
 use corelog_replication::{GroupId, Message, NodeId};
 
 use super::controller::CtlCmd;
@@ -174,6 +175,10 @@ impl Shard {
             *self.brokers.borrow_mut() = brokers;
             *self.cluster_id.borrow_mut() = meta.cluster_id.clone();
             self.controller_leader.set(leader);
+            let pending = self.security.borrow().authorizer.pending();
+            if pending || self.security.borrow().meta != meta.security {
+                self.broadcast_security(meta.security.clone()).await;
+            }
             for (name, t) in &meta.topics {
                 let tm = topic_meta(name, t);
                 let have = if name == crate::group::OFFSETS_TOPIC {
@@ -232,8 +237,12 @@ impl Shard {
                 ),
             );
         }
+        if let AdminOp::Security(cmd) = op {
+            return self.propose_security(&ctl, cmd).await;
+        }
         let brokers: Vec<NodeId> = self.brokers.borrow().keys().copied().collect();
         let (name, cmd, validate_only) = match op {
+            AdminOp::Security(_) => unreachable!("proposed above"),
             AdminOp::AllocProducerId => unreachable!("allocated locally"),
             AdminOp::CreateTopic {
                 name,
@@ -378,6 +387,30 @@ impl Shard {
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
         AdminResult::Ok(self.topic(&name).or(before))
+    }
+
+    /// Proposes a change of users or ACLs; answered once this broker's shards show it.
+    async fn propose_security(
+        self: &Rc<Self>,
+        ctl: &super::controller::ControllerHandle,
+        cmd: SecurityCommand,
+    ) -> AdminResult {
+        if let Err((c, m)) = ctl
+            .propose(MetadataCommand::Security(Box::new(cmd.clone())))
+            .await
+        {
+            return AdminResult::Err(c, m);
+        }
+        for _ in 0..1000 {
+            if self.security.borrow().meta.reflects(&cmd) && !self.reconciling.get() {
+                return AdminResult::Ok(None);
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        AdminResult::Err(
+            code::REQUEST_TIMED_OUT,
+            "committed, not yet applied here".into(),
+        )
     }
 
     /// Creates a topic through the controller from a broker that is not it (a Metadata

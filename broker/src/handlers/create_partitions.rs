@@ -16,6 +16,7 @@ pub async fn handle(
     c: i32,
     version: i16,
     req: CreatePartitionsRequest,
+    client: &crate::coordinator::Client,
 ) -> Reply {
     let mut resp = CreatePartitionsResponse::default();
     for t in req.topics {
@@ -24,7 +25,14 @@ pub async fn handle(
         let foreign = t.assignments.iter().flatten().any(|a| {
             a.broker_ids.len() != 1 || a.broker_ids.iter().any(|b| b.0 != shard.cfg.node_id)
         });
-        let (error, message) = if foreign {
+        let (error, message) = if !shard.allowed(
+            client,
+            crate::acl::op::ALTER,
+            crate::acl::resource::TOPIC,
+            &name,
+        ) {
+            (code::TOPIC_AUTHORIZATION_FAILED, None)
+        } else if foreign {
             (
                 code::INVALID_REPLICA_ASSIGNMENT,
                 Some(format!(

@@ -15,10 +15,22 @@ use crate::errors as code;
 use crate::partition::{Answer, Query};
 use crate::shard::Shard;
 
-pub async fn handle(shard: &Rc<Shard>, c: i32, version: i16, req: DeleteRecordsRequest) -> Reply {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    c: i32,
+    version: i16,
+    req: DeleteRecordsRequest,
+    client: &crate::coordinator::Client,
+) -> Reply {
     let mut resp = DeleteRecordsResponse::default();
     for t in req.topics {
         let name = t.name.0.to_string();
+        let authorized = shard.allowed(
+            client,
+            crate::acl::op::DELETE,
+            crate::acl::resource::TOPIC,
+            &name,
+        );
         let meta = shard.topic(&name);
         let partitions = join_all(t.partitions.into_iter().map(|p| {
             let known = meta
@@ -29,6 +41,10 @@ pub async fn handle(shard: &Rc<Shard>, c: i32, version: i16, req: DeleteRecordsR
                 let mut r = DeleteRecordsPartitionResult::default()
                     .with_partition_index(p.partition_index)
                     .with_low_watermark(-1);
+                if !authorized {
+                    r.error_code = code::TOPIC_AUTHORIZATION_FAILED;
+                    return r;
+                }
                 if !known {
                     r.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
                     return r;

@@ -27,7 +27,19 @@ fn dir_bytes(dir: &Path) -> i64 {
         .sum()
 }
 
-pub fn handle(shard: &Rc<Shard>, c: i32, version: i16, req: DescribeLogDirsRequest) -> Reply {
+pub fn handle(
+    shard: &Rc<Shard>,
+    c: i32,
+    version: i16,
+    req: DescribeLogDirsRequest,
+    client: &crate::coordinator::Client,
+) -> Reply {
+    if !shard.allowed_cluster(client, crate::acl::op::DESCRIBE) {
+        // Kafka answers an empty list (v3+ with the error too).
+        let resp = DescribeLogDirsResponse::default()
+            .with_error_code(crate::errors::CLUSTER_AUTHORIZATION_FAILED);
+        return respond(c, version, &resp);
+    }
     let topics = shard.topics.borrow().clone();
     let wanted: Vec<(String, Vec<i32>)> = match req.topics {
         None => topics

@@ -22,10 +22,17 @@ pub async fn handle(
     c: i32,
     version: i16,
     req: DescribeProducersRequest,
+    client: &crate::coordinator::Client,
 ) -> Reply {
     let mut resp = DescribeProducersResponse::default();
     for t in req.topics {
         let name = t.name.0.to_string();
+        let authorized = shard.allowed(
+            client,
+            crate::acl::op::READ,
+            crate::acl::resource::TOPIC,
+            &name,
+        );
         let meta = shard.topic(&name);
         let partitions = join_all(t.partition_indexes.into_iter().map(|index| {
             let known = meta
@@ -34,7 +41,12 @@ pub async fn handle(
             let name = &name;
             async move {
                 let mut r = PartitionResponse::default().with_partition_index(index);
-                let answer = if known {
+                let answer = if !authorized {
+                    Err((
+                        code::TOPIC_AUTHORIZATION_FAILED,
+                        "not authorized to Read this topic".into(),
+                    ))
+                } else if known {
                     shard.query(name, index, Query::Producers).await
                 } else {
                     Err((

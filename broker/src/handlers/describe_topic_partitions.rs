@@ -36,10 +36,19 @@ pub fn handle(
     c: i32,
     version: i16,
     req: DescribeTopicPartitionsRequest,
+    client: &crate::coordinator::Client,
 ) -> Reply {
     let topics = shard.topics.borrow().clone();
+    let may = |n: &str| {
+        shard.allowed(
+            client,
+            crate::acl::op::DESCRIBE,
+            crate::acl::resource::TOPIC,
+            n,
+        )
+    };
     let mut names: Vec<String> = if req.topics.is_empty() {
-        topics.keys().cloned().collect()
+        topics.keys().filter(|n| may(n)).cloned().collect()
     } else {
         req.topics.iter().map(|t| t.name.0.to_string()).collect()
     };
@@ -83,6 +92,16 @@ pub fn handle(
     };
     for (i, name) in names.iter().enumerate().skip(start) {
         let topic_name = TopicName(StrBytes::from_string(name.clone()));
+        if !may(name) {
+            resp.topics.push(
+                DescribeTopicPartitionsResponseTopic::default()
+                    .with_error_code(code::TOPIC_AUTHORIZATION_FAILED)
+                    .with_name(Some(topic_name))
+                    .with_topic_authorized_operations(i32::MIN),
+            );
+            first_partition = 0;
+            continue;
+        }
         let Some(meta) = topics.get(name) else {
             resp.topics.push(
                 DescribeTopicPartitionsResponseTopic::default()

@@ -1,5 +1,6 @@
 //! Kafka API handlers, one file per API (the ones in api.rs move here as they change).
 
+pub mod acls;
 pub mod create_partitions;
 pub mod delete_records;
 pub mod describe_log_dirs;
@@ -7,6 +8,7 @@ pub mod describe_producers;
 pub mod describe_topic_partitions;
 pub mod offset_for_leader_epoch;
 pub mod sasl;
+pub mod scram;
 
 use crate::shard::Shard;
 

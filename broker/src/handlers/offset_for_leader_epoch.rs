@@ -22,10 +22,17 @@ pub async fn handle(
     c: i32,
     version: i16,
     req: OffsetForLeaderEpochRequest,
+    client: &crate::coordinator::Client,
 ) -> Reply {
     let mut resp = OffsetForLeaderEpochResponse::default();
     for t in req.topics {
         let name = t.topic.0.to_string();
+        let authorized = shard.allowed(
+            client,
+            crate::acl::op::DESCRIBE,
+            crate::acl::resource::TOPIC,
+            &name,
+        );
         let meta = shard.topic(&name);
         let partitions = join_all(t.partitions.into_iter().map(|p| {
             let known = meta
@@ -37,6 +44,10 @@ pub async fn handle(
                     .with_partition(p.partition)
                     .with_leader_epoch(-1)
                     .with_end_offset(-1);
+                if !authorized {
+                    r.error_code = code::TOPIC_AUTHORIZATION_FAILED;
+                    return r;
+                }
                 if !known {
                     r.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
                     return r;

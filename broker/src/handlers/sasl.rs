@@ -13,7 +13,7 @@ use kafka_protocol::protocol::{Decodable, StrBytes};
 
 use crate::api::{Reply, respond};
 use crate::errors as code;
-use crate::sasl::{Auth, Exchange, Mechanism, Step};
+use crate::sasl::{Auth, Exchange, Mechanism, Step, Users};
 
 /// One connection's authentication so far.
 #[derive(Default)]
@@ -45,8 +45,10 @@ fn mechanisms(auth: &Auth) -> Vec<StrBytes> {
 }
 
 /// Handles a request on a SASL listener's connection that has not authenticated yet.
+#[allow(clippy::too_many_arguments)]
 pub fn before_auth(
     auth: &Auth,
+    users: &Users,
     session: &mut Session,
     ip: IpAddr,
     key: ApiKey,
@@ -108,7 +110,7 @@ pub fn before_auth(
                     "SaslAuthenticate before SaslHandshake".into(),
                 );
             };
-            match checked_step(auth, exchange, ip, &req.auth_bytes) {
+            match checked_step(auth, users, exchange, ip, &req.auth_bytes) {
                 Step::Challenge(challenge) => PreAuth::Answer {
                     reply: respond(
                         c,
@@ -171,6 +173,7 @@ impl Session {
 /// close (a failure: v0 has no error to answer with).
 pub fn raw_token(
     auth: &Auth,
+    users: &Users,
     session: &mut Session,
     ip: IpAddr,
     token: &[u8],
@@ -183,7 +186,7 @@ pub fn raw_token(
     let Some(exchange) = session.exchange.as_mut() else {
         return (None, true);
     };
-    match checked_step(auth, exchange, ip, token) {
+    match checked_step(auth, users, exchange, ip, token) {
         Step::Challenge(c) => (bare(c), false),
         Step::Done { user, reply } => {
             tracing::debug!(%ip, %user, "SASL authenticated");
@@ -197,8 +200,14 @@ pub fn raw_token(
 
 /// One step of `exchange`, refused when its user failed too often lately from `ip`; a
 /// failure is counted and logged.
-fn checked_step(auth: &Auth, exchange: &mut Exchange, ip: IpAddr, token: &[u8]) -> Step {
-    let step = exchange.step(token, &auth.users);
+fn checked_step(
+    auth: &Auth,
+    users: &Users,
+    exchange: &mut Exchange,
+    ip: IpAddr,
+    token: &[u8],
+) -> Step {
+    let step = exchange.step(token, users);
     let user = exchange.user().unwrap_or("").to_string();
     match step {
         Step::Failed(why) => {
