@@ -104,10 +104,11 @@ pub fn describe(
     respond(c, version, &resp)
 }
 
-/// One alteration checked: the command to propose, or why not.
-fn check_upsert(
-    u: &alter_user_scram_credentials_request::ScramCredentialUpsertion,
-) -> Result<SecurityCommand, (i16, String)> {
+/// A checked alteration: the command to propose, or the error code and why not.
+type Checked = Result<SecurityCommand, (i16, String)>;
+
+/// One alteration checked.
+fn check_upsert(u: &alter_user_scram_credentials_request::ScramCredentialUpsertion) -> Checked {
     let name = u.name.to_string();
     if name.is_empty() {
         return Err((
@@ -162,7 +163,7 @@ pub async fn alter(
     let mut resp = AlterUserScramCredentialsResponse::default();
     let allowed = shard.allowed_cluster(client, acl::op::ALTER);
     // (user, what to do); a user named twice in one request is refused whole, as Kafka.
-    let mut work: Vec<(String, Result<SecurityCommand, (i16, String)>)> = Vec::new();
+    let mut work: Vec<(String, Checked)> = Vec::new();
     for d in &req.deletions {
         let cmd = match u8::try_from(d.mechanism)
             .ok()
