@@ -451,8 +451,15 @@ pub async fn serve<S: Transport>(
                 break Stop::Closed;
             }
         };
-        if let (Some(auth), None, Request::Decodable { body, .. }) =
-            (&auth, &session.user, &request)
+        // An authenticated session that has ended (KIP-368) serves a re-authentication
+        // and nothing else: a client that does not renew it is closed.
+        let sasl_request = matches!(api_key, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate);
+        if auth.is_some() && !sasl_request && session.expired(std::time::Instant::now()) {
+            tracing::info!(%peer, "closing connection: its SASL session ended (connections.max.reauth.ms) without re-authentication");
+            break Stop::Closed;
+        }
+        if let (Some(auth), true, Request::Decodable { body, .. }) =
+            (&auth, session.user.is_none() || sasl_request, &request)
         {
             use crate::handlers::sasl::PreAuth;
             match crate::handlers::sasl::before_auth(

@@ -265,6 +265,10 @@ pub fn apply(cfg: &mut Config, pairs: &[(String, String)]) -> Result<Vec<String>
                     .parse()
                     .map_err(|_| format!("{key}={value}: not true or false"))?;
             }
+            "connections.max.reauth.ms" => {
+                let s = cfg.sasl.get_or_insert_with(Default::default);
+                s.connections_max_reauth_ms = Some(positive()?);
+            }
             "sasl.enabled.mechanisms" => {
                 let s = cfg.sasl.get_or_insert_with(Default::default);
                 s.mechanisms = value.split(',').map(|m| m.trim().to_string()).collect();

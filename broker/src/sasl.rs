@@ -191,6 +191,9 @@ pub struct SaslConfig {
     /// How long a failed authentication waits before the connection is closed (Kafka's
     /// `connection.failed.authentication.delay.ms`).
     pub failed_authentication_delay_ms: Option<u64>,
+    /// Kafka's `connections.max.reauth.ms`: an authenticated session lasts this long, then
+    /// the client must re-authenticate (KIP-368) or is closed. Unset or 0: forever.
+    pub connections_max_reauth_ms: Option<u64>,
 }
 
 impl SaslConfig {
@@ -619,6 +622,8 @@ pub struct Auth {
     pub mechanisms: Vec<Mechanism>,
     /// Wait this long after a failed authentication before closing.
     pub delay: std::time::Duration,
+    /// How long an authenticated session lasts (KIP-368), if it ends.
+    pub reauth: Option<std::time::Duration>,
     failures: std::cell::RefCell<HashMap<(std::net::IpAddr, String), (u32, std::time::Instant)>>,
 }
 
@@ -629,6 +634,10 @@ impl Auth {
             delay: std::time::Duration::from_millis(
                 cfg.failed_authentication_delay_ms.unwrap_or(100),
             ),
+            reauth: cfg
+                .connections_max_reauth_ms
+                .filter(|&ms| ms > 0)
+                .map(std::time::Duration::from_millis),
             failures: Default::default(),
         })
     }

@@ -3,6 +3,7 @@
 //! to them on a connection that has (or a listener without SASL).
 
 use std::net::IpAddr;
+use std::time::Instant;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
@@ -25,6 +26,34 @@ pub struct Session {
     raw_tokens: bool,
     /// Who authenticated, once someone has.
     pub user: Option<String>,
+    /// The mechanism of the exchange under way or last ended.
+    mechanism: Option<Mechanism>,
+    /// When the authenticated session ends (KIP-368, `connections.max.reauth.ms`): after
+    /// it, only a re-authentication is served.
+    pub expires: Option<Instant>,
+}
+
+impl Session {
+    /// Whether the session has ended and no re-authentication is under way.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.exchange.is_none() && self.expires.is_some_and(|e| now >= e)
+    }
+
+    /// A client that authenticated (user set) and names a user: the session begins, or
+    /// (on re-authentication) goes on, and its lifetime starts again.
+    fn authenticated(&mut self, auth: &Auth, user: String) -> Result<(), String> {
+        if let Some(before) = &self.user {
+            if *before != user {
+                return Err(format!(
+                    "re-authentication as {user:?} on a connection of {before:?}"
+                ));
+            }
+        }
+        self.user = Some(user);
+        self.exchange = None;
+        self.expires = auth.reauth.map(|d| Instant::now() + d);
+        Ok(())
+    }
 }
 
 /// What to do with a request that arrived before authentication.
@@ -62,6 +91,11 @@ pub fn before_auth(
             let Ok(req) = SaslHandshakeRequest::decode(&mut body, version) else {
                 return PreAuth::Refuse("malformed SaslHandshake".into());
             };
+            if session.user.is_some() && (version == 0 || auth.reauth.is_none()) {
+                // Re-authentication (KIP-368) is asked for with SaslHandshake v1 and
+                // SaslAuthenticate tokens, and only where sessions have a lifetime.
+                return PreAuth::Refuse("SaslHandshake on an authenticated connection".into());
+            }
             if session.exchange.is_some() {
                 // One handshake per authentication, as Kafka has it.
                 return PreAuth::Answer {
@@ -75,8 +109,13 @@ pub fn before_auth(
                     close: true,
                 };
             }
-            let chosen =
+            let mut chosen =
                 Mechanism::parse(req.mechanism.as_str()).filter(|m| auth.mechanisms.contains(m));
+            if session.user.is_some() && chosen != session.mechanism {
+                // A re-authentication keeps the mechanism (Kafka's rule).
+                chosen = None;
+            }
+            session.mechanism = chosen;
             session.exchange = chosen.map(Exchange::new);
             session.raw_tokens = chosen.is_some() && version == 0;
             let resp = SaslHandshakeResponse::default()
@@ -122,16 +161,19 @@ pub fn before_auth(
                 },
                 Step::Done { user, reply } => {
                     tracing::debug!(%ip, %user, "SASL authenticated");
-                    session.user = Some(user);
-                    session.exchange = None;
+                    if let Err(why) = session.authenticated(auth, user) {
+                        tracing::info!(%ip, "SASL re-authentication refused: {why}");
+                        return fail(code::SASL_AUTHENTICATION_FAILED, why);
+                    }
+                    let mut resp =
+                        SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(reply));
+                    // v1+ tells the client when to re-authenticate; 0 (no lifetime) asks
+                    // for nothing. A v0 client's session ends all the same.
+                    if version >= 1 {
+                        resp.session_lifetime_ms = auth.reauth.map_or(0, |d| d.as_millis() as i64);
+                    }
                     PreAuth::Answer {
-                        // Session lifetime 0: no re-authentication asked of the client.
-                        reply: respond(
-                            c,
-                            version,
-                            &SaslAuthenticateResponse::default()
-                                .with_auth_bytes(Bytes::from(reply)),
-                        ),
+                        reply: respond(c, version, &resp),
                         close: false,
                     }
                 }
@@ -190,9 +232,10 @@ pub fn raw_token(
         Step::Challenge(c) => (bare(c), false),
         Step::Done { user, reply } => {
             tracing::debug!(%ip, %user, "SASL authenticated");
-            session.user = Some(user);
-            session.exchange = None;
-            (bare(reply), false)
+            match session.authenticated(auth, user) {
+                Ok(()) => (bare(reply), false),
+                Err(_) => (None, true),
+            }
         }
         Step::Failed(_) => (None, true),
     }
