@@ -50,6 +50,9 @@ pub struct Config {
     /// every broker): a broker proves it knows it when it connects to a peer's RPC
     /// listener, so a host without it cannot join or inject replication traffic.
     pub cluster_secret_file: Option<PathBuf>,
+    /// Mutual TLS on the RPC links between brokers, with the `[tls]` certificate and key,
+    /// peers' certificates checked against `tls.ca` (Kafka: `security.inter.broker.protocol=SSL`).
+    pub rpc_tls: bool,
     /// Replicas of topics created without a replication factor (`-1`), capped at the
     /// number of brokers (Kafka's `default.replication.factor`).
     pub default_replication_factor: i16,
@@ -133,6 +136,7 @@ impl Default for Config {
             rpc_listen: None,
             voters: Vec::new(),
             cluster_secret_file: None,
+            rpc_tls: false,
             default_replication_factor: 1,
             max_message_bytes: 1_048_588,
             max_request_bytes: 100 * 1024 * 1024,
@@ -383,6 +387,18 @@ impl Config {
     pub fn check(&self) -> Result<(), String> {
         self.voter_list()?;
         self.cluster_secret()?;
+        if self.rpc_tls {
+            let t = self
+                .tls
+                .as_ref()
+                .ok_or("rpc_tls needs [tls] certificate, key and ca")?;
+            t.load_rpc()?;
+            // The CA may sign clients' certificates too: a certificate alone must not make
+            // a host a broker, so the secret is required beside it.
+            if self.cluster_secret_file.is_none() {
+                return Err("rpc_tls needs cluster_secret_file as well: a client certificate of the same CA must not be enough to join the cluster".into());
+            }
+        }
         let listeners = self.listener_list()?;
         if listeners.iter().any(|l| l.protocol.tls()) {
             match &self.tls {

@@ -77,6 +77,10 @@ enum Cmd {
         /// prove they know it when they connect to the RPC listener.
         #[arg(long)]
         cluster_secret_file: Option<PathBuf>,
+        /// Mutual TLS between brokers with the --tls-certificate/--tls-key certificate,
+        /// peers checked against --tls-ca.
+        #[arg(long)]
+        rpc_tls: bool,
     },
     /// Inspect consumer groups: members, assignments, committed offsets, lag.
     Group {
@@ -180,6 +184,7 @@ fn main() -> ExitCode {
             tls_ca,
             tls_client_auth,
             cluster_secret_file,
+            rpc_tls,
             shards,
             cpuset,
             node_id,
@@ -206,6 +211,7 @@ fn main() -> ExitCode {
             if let Some(v) = advertised_listener {
                 cfg.advertised_listener = Some(v);
             }
+            cfg.rpc_tls |= rpc_tls;
             if let Some(v) = cluster_secret_file {
                 cfg.cluster_secret_file = Some(v);
             }

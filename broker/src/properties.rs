@@ -265,6 +265,18 @@ pub fn apply(cfg: &mut Config, pairs: &[(String, String)]) -> Result<Vec<String>
                     .parse()
                     .map_err(|_| format!("{key}={value}: not true or false"))?;
             }
+            // The broker-to-broker links: TLS for SSL (corelog's RPC links have no SASL).
+            "security.inter.broker.protocol" => {
+                cfg.rpc_tls = match value.trim().to_ascii_uppercase().as_str() {
+                    "PLAINTEXT" => false,
+                    "SSL" => true,
+                    other => {
+                        return Err(format!(
+                            "{key}={other}: corelog's broker links are PLAINTEXT or SSL (mutual TLS, with the cluster secret)"
+                        ));
+                    }
+                };
+            }
             "connections.max.reauth.ms" => {
                 let s = cfg.sasl.get_or_insert_with(Default::default);
                 s.connections_max_reauth_ms = Some(positive()?);

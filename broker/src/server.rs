@@ -210,11 +210,31 @@ async fn shard_main(
         .await
         .map_err(|e| format!("shard mesh join failed: {e}"))?;
     let secret: Option<Rc<[u8]>> = cfg.cluster_secret()?.map(Rc::from);
+    // Mutual TLS on the RPC links (checked at start: rpc_tls needs [tls] with a CA).
+    let rpc_tls = match (&cfg.tls, cfg.rpc_tls && cfg.clustered()) {
+        (Some(t), true) => {
+            let stopping = stop.clone();
+            Some(TlsState::watch(
+                t.clone(),
+                hangups.clone(),
+                false,
+                Rc::new(move || stopping.load(Ordering::SeqCst)),
+                crate::tls::TlsConfig::load_rpc,
+            )?)
+        }
+        _ => None,
+    };
     let cluster = if cfg.clustered() {
         let voters = cfg.voter_list()?;
         let me = cfg.node_id as NodeId;
         let (host, port) = cfg.advertised();
-        let peers = Peers::start(me, &voters, (host, port as u16), secret.clone());
+        let peers = Peers::start(
+            me,
+            &voters,
+            (host, port as u16),
+            secret.clone(),
+            rpc_tls.clone(),
+        );
         Some(Rc::new(ClusterCtx { me, voters, peers }))
     } else {
         None
@@ -228,6 +248,7 @@ async fn shard_main(
             c.me,
             shard.clone(),
             secret.clone(),
+            rpc_tls,
         )
         .await?;
         glommio::spawn_local(shard.clone().relay_views()).detach();

@@ -1,4 +1,5 @@
-//! TLS for the Kafka listeners (rustls; no OpenSSL at run time).
+//! TLS for the Kafka listeners and, with `rpc_tls`, between brokers (rustls; no OpenSSL at
+//! run time).
 //!
 //! The certificate chain, key and (for client certificates) the CA are PEM files, read
 //! when the broker starts and again when it gets SIGHUP or one of the files changes:
@@ -84,9 +85,11 @@ impl TlsConfig {
     /// Reads the files into a server configuration: TLS 1.2 and 1.3 only, client
     /// certificates checked against `ca` as `client_auth` says.
     pub fn load(&self) -> Result<Arc<ServerConfig>, String> {
-        let read = |p: &Path| {
-            std::fs::read(p).map_err(|e| format!("tls: cannot read {}: {e}", p.display()))
-        };
+        self.server(self.client_auth)
+    }
+
+    /// The broker's own certificate chain and key.
+    fn identity(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
         let cert_pem = read(&self.certificate)?;
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<_, _>>()
@@ -104,7 +107,10 @@ impl TlsConfig {
                 key_path.display()
             )
         })?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Ok((chain, key))
+    }
+
+    fn versions(&self) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, String> {
         let mut versions = Vec::new();
         for p in &self.protocols {
             versions.push(match p.trim() {
@@ -120,25 +126,37 @@ impl TlsConfig {
         if versions.is_empty() {
             versions = vec![&rustls::version::TLS13, &rustls::version::TLS12];
         }
+        Ok(versions)
+    }
+
+    /// The CA certificates of `ca`.
+    fn roots(ca: &Path) -> Result<RootCertStore, String> {
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&read(ca)?) {
+            let c = c.map_err(|e| format!("tls: {}: {e}", ca.display()))?;
+            roots
+                .add(c)
+                .map_err(|e| format!("tls: {}: {e}", ca.display()))?;
+        }
+        if roots.is_empty() {
+            return Err(format!("tls: {} holds no PEM certificate", ca.display()));
+        }
+        Ok(roots)
+    }
+
+    fn server(&self, client_auth: ClientAuth) -> Result<Arc<ServerConfig>, String> {
+        let (chain, key) = self.identity()?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&versions)
+            .with_protocol_versions(&self.versions()?)
             .map_err(|e| format!("tls: {e}"))?;
-        let builder = match (self.client_auth, &self.ca) {
+        let builder = match (client_auth, &self.ca) {
             (ClientAuth::None, _) => builder.with_no_client_auth(),
             (_, None) => {
                 return Err("tls: client_auth requested or required needs a ca file".into());
             }
             (auth, Some(ca)) => {
-                let mut roots = RootCertStore::empty();
-                for c in CertificateDer::pem_slice_iter(&read(ca)?) {
-                    let c = c.map_err(|e| format!("tls: {}: {e}", ca.display()))?;
-                    roots
-                        .add(c)
-                        .map_err(|e| format!("tls: {}: {e}", ca.display()))?;
-                }
-                if roots.is_empty() {
-                    return Err(format!("tls: {} holds no PEM certificate", ca.display()));
-                }
+                let roots = Self::roots(ca)?;
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
                 let verifier = match auth {
@@ -154,44 +172,99 @@ impl TlsConfig {
             .map_err(|e| format!("tls: the key does not fit the certificate: {e}"))?;
         Ok(Arc::new(config))
     }
+
+    /// Mutual TLS between brokers (`rpc_tls`): each broker presents its certificate and
+    /// requires the peer's, both signed by `ca`; the connecting side also checks the peer
+    /// certificate names the host it dialed.
+    pub fn load_rpc(&self) -> Result<RpcTls, String> {
+        let Some(ca) = &self.ca else {
+            return Err(
+                "rpc_tls needs tls.ca: the CA that signed every broker's certificate".into(),
+            );
+        };
+        let server = self.server(ClientAuth::Required)?;
+        let (chain, key) = self.identity()?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&self.versions()?)
+            .map_err(|e| format!("tls: {e}"))?
+            .with_root_certificates(Self::roots(ca)?)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("tls: the key does not fit the certificate: {e}"))?;
+        Ok(RpcTls {
+            server,
+            client: Arc::new(client),
+        })
+    }
 }
 
-/// One shard's TLS configuration in use, replaced when the files change or on SIGHUP.
-/// Connections already open keep the configuration they were accepted with.
-pub struct TlsState {
-    current: RefCell<Arc<ServerConfig>>,
+fn read(p: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(p).map_err(|e| format!("tls: cannot read {}: {e}", p.display()))
+}
+
+/// Both sides of TLS on the RPC links.
+#[derive(Clone)]
+pub struct RpcTls {
+    pub server: Arc<ServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+/// One shard's TLS configuration in use (a listener's `ServerConfig`, or the RPC links'
+/// [`RpcTls`]), replaced when the files change or on SIGHUP. Connections already open
+/// keep the configuration they were made with.
+pub struct TlsState<T = Arc<ServerConfig>> {
+    current: RefCell<T>,
 }
 
 impl TlsState {
-    /// Loads the files and starts watching them (every second: SIGHUP seen, or a file's
-    /// modification time changed) until the shard stops.
+    /// The Kafka listeners' configuration, watched until the shard stops.
     pub fn start(
         config: TlsConfig,
         hangups: Arc<AtomicUsize>,
         shard: Rc<crate::shard::Shard>,
     ) -> Result<Rc<Self>, String> {
+        let log = shard.id == 0;
+        let stop = Rc::new(move || shard.stopping.get());
+        TlsState::watch(config, hangups, log, stop, TlsConfig::load)
+    }
+}
+
+impl<T: Clone + 'static> TlsState<T> {
+    /// Loads the files with `load` and starts watching them (every second: SIGHUP seen,
+    /// or a file's modification time changed) until `stop` says so or nobody holds the
+    /// state any more; `log`: this shard reports reloads.
+    pub fn watch(
+        config: TlsConfig,
+        hangups: Arc<AtomicUsize>,
+        log: bool,
+        stop: Rc<dyn Fn() -> bool>,
+        load: fn(&TlsConfig) -> Result<T, String>,
+    ) -> Result<Rc<Self>, String> {
         let state = Rc::new(Self {
-            current: RefCell::new(config.load()?),
+            current: RefCell::new(load(&config)?),
         });
-        let watched = state.clone();
+        let weak = Rc::downgrade(&state);
         glommio::spawn_local(async move {
             let mut seen = (hangups.load(Ordering::SeqCst), config.stamp());
-            while !shard.stopping.get() {
+            while !stop() {
                 glommio::timer::sleep(Duration::from_secs(1)).await;
+                let Some(watched) = weak.upgrade() else {
+                    return;
+                };
                 let now = (hangups.load(Ordering::SeqCst), config.stamp());
                 if now == seen {
                     continue;
                 }
                 seen = now;
-                match config.load() {
+                match load(&config) {
                     Ok(c) => {
                         *watched.current.borrow_mut() = c;
-                        if shard.id == 0 {
+                        if log {
                             tracing::info!("tls: certificate reloaded; new connections use it");
                         }
                     }
                     Err(e) => {
-                        if shard.id == 0 {
+                        if log {
                             tracing::warn!("{e}; still using the certificate loaded before");
                         }
                     }
@@ -202,7 +275,7 @@ impl TlsState {
         Ok(state)
     }
 
-    pub fn current(&self) -> Arc<ServerConfig> {
+    pub fn current(&self) -> T {
         self.current.borrow().clone()
     }
 }

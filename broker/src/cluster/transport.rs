@@ -13,6 +13,10 @@
 //! is another shard) and into the group's queue, again without waiting. A malformed
 //! frame, a hello from a node that is not a voter, or an envelope that claims another
 //! sender closes that connection only, and is logged.
+//!
+//! With `rpc_tls` every link is mutual TLS (rustls: both brokers show a certificate of the
+//! cluster's CA, the connecting one checks the name it dialed), and the challenge and hello
+//! run inside it; the certificates reload like the Kafka listeners' (`TlsState`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -25,6 +29,16 @@ use corelog_replication::{Envelope, GroupId, LeaderClaim, Message, NodeId, frame
 use event_listener::Event;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
+
+use crate::tls::{RpcTls, TlsState};
+
+/// An RPC connection's bytes: plain TCP, or TLS over it.
+trait RpcStream: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin {}
+impl<T: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin> RpcStream for T {}
+type Stream = Box<dyn RpcStream>;
+
+/// TLS of the RPC links on this shard, when `rpc_tls` is on.
+pub type RpcTlsState = Option<Rc<TlsState<RpcTls>>>;
 
 /// First bytes of every RPC connection, then a version byte, the sender's node id and
 /// its advertised Kafka address (`[u8 len][host][u16 LE port]`): how the controller
@@ -113,6 +127,7 @@ impl Peers {
         voters: &[(NodeId, String)],
         kafka: (String, u16),
         secret: Option<Rc<[u8]>>,
+        tls: RpcTlsState,
     ) -> Rc<Self> {
         let hello = Rc::new(encode_hello(&Hello {
             node: me,
@@ -138,7 +153,7 @@ impl Peers {
                 *id,
                 link,
                 stopping.clone(),
-                (hello.clone(), secret.clone()),
+                (hello.clone(), secret.clone(), tls.clone()),
             ))
             .detach();
         }
@@ -272,7 +287,23 @@ async fn with_timeout<T>(
     .await
 }
 
-async fn connect(addr: &str) -> std::io::Result<TcpStream> {
+/// Connects to a peer's RPC address, with TLS when `tls` says so (the peer's certificate
+/// must name the host of `addr`).
+async fn connect(addr: &str, tls: &RpcTlsState) -> std::io::Result<Stream> {
+    let tcp = connect_tcp(addr).await?;
+    let Some(tls) = tls else {
+        return Ok(Box::new(tcp));
+    };
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| std::io::Error::other(format!("{host}: {e}")))?;
+    let connector = futures_rustls::TlsConnector::from(tls.current().client);
+    let stream = with_timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp)).await?;
+    Ok(Box::new(stream))
+}
+
+async fn connect_tcp(addr: &str) -> std::io::Result<TcpStream> {
     use std::net::ToSocketAddrs;
     let a: SocketAddr = addr
         .to_socket_addrs()?
@@ -294,12 +325,12 @@ async fn writer(
     to: NodeId,
     link: Rc<Link>,
     stopping: Rc<Cell<bool>>,
-    (hello, secret): (Rc<Vec<u8>>, Option<Rc<[u8]>>),
+    (hello, secret, tls): (Rc<Vec<u8>>, Option<Rc<[u8]>>, RpcTlsState),
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
     while !stopping.get() {
-        let mut stream = match connect(&link.addr).await {
+        let mut stream = match connect(&link.addr, &tls).await {
             Ok(s) => s,
             Err(e) => {
                 failures += 1;
@@ -394,6 +425,7 @@ pub async fn listen(
     me: NodeId,
     deliver: Rc<impl Deliver + 'static>,
     secret: Option<Rc<[u8]>>,
+    tls: RpcTlsState,
 ) -> Result<(), String> {
     let listener =
         TcpListener::bind(addr).map_err(|e| format!("cannot listen for RPC on {addr}: {e}"))?;
@@ -427,10 +459,25 @@ pub async fn listen(
             open.set(open.get() + 1);
             let (open, voters, deliver) = (open.clone(), voters.clone(), deliver.clone());
             let secret = secret.clone();
+            let tls = tls.clone();
             glommio::spawn_local(async move {
-                if let Err(why) =
-                    serve_peer(stream, &voters, me, &*deliver, secret.as_deref()).await
-                {
+                let stream: Result<Stream, String> = match tls {
+                    None => Ok(Box::new(stream)),
+                    Some(tls) => {
+                        let acceptor = futures_rustls::TlsAcceptor::from(tls.current().server);
+                        with_timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                            .map(|s| Box::new(s) as Stream)
+                            .map_err(|e| format!("TLS handshake failed: {e}"))
+                    }
+                };
+                let served = match stream {
+                    Ok(stream) => {
+                        serve_peer(stream, &voters, me, &*deliver, secret.as_deref()).await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(why) = served {
                     tracing::warn!(%peer, "closing RPC connection: {why}");
                 }
                 open.set(open.get() - 1);
@@ -445,7 +492,7 @@ pub async fn listen(
 /// Reads one peer connection: the hello, then frames, each delivered as it arrives.
 /// Returns why it closed (a clean EOF is `Ok`).
 async fn serve_peer(
-    mut stream: TcpStream,
+    mut stream: Stream,
     voters: &[NodeId],
     me: NodeId,
     deliver: &impl Deliver,

@@ -88,7 +88,7 @@ class Link:
 
 
 class Cluster:
-    def __init__(self, root, n=3, shards=2):
+    def __init__(self, root, n=3, shards=2, extra_args=()):
         self.n = n
         self.ids = list(range(1, n + 1))
         rpc = {i: free_port() for i in self.ids}
@@ -115,6 +115,7 @@ class Cluster:
                     "--voters", voters,
                     "--shards", str(shards),
                     "--cluster-secret-file", str(self.secret_file),
+                    *extra_args,
                 ],
             )
 
