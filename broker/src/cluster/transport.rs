@@ -40,6 +40,13 @@ type Stream = Box<dyn RpcStream>;
 /// TLS of the RPC links on this shard, when `rpc_tls` is on.
 pub type RpcTlsState = Option<Rc<TlsState<RpcTls>>>;
 
+/// How a writer opens its connection: TLS if on, then the hello with its secret's tag.
+struct Opening {
+    hello: Rc<Vec<u8>>,
+    secret: Option<Rc<[u8]>>,
+    tls: RpcTlsState,
+}
+
 /// First bytes of every RPC connection, then a version byte, the sender's node id and
 /// its advertised Kafka address (`[u8 len][host][u16 LE port]`): how the controller
 /// leader learns the address to register for each broker. Version 2 follows it with a
@@ -153,7 +160,11 @@ impl Peers {
                 *id,
                 link,
                 stopping.clone(),
-                (hello.clone(), secret.clone(), tls.clone()),
+                Opening {
+                    hello: hello.clone(),
+                    secret: secret.clone(),
+                    tls: tls.clone(),
+                },
             ))
             .detach();
         }
@@ -325,7 +336,7 @@ async fn writer(
     to: NodeId,
     link: Rc<Link>,
     stopping: Rc<Cell<bool>>,
-    (hello, secret, tls): (Rc<Vec<u8>>, Option<Rc<[u8]>>, RpcTlsState),
+    Opening { hello, secret, tls }: Opening,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
