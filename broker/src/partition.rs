@@ -608,6 +608,7 @@ impl PartitionTask {
                             from,
                             items: items.into_iter().map(|m| (group, m)).collect(),
                             claims: None,
+                            proposals: Vec::new(),
                         },
                     );
                 }

@@ -54,6 +54,8 @@ pub enum ShardMsg {
     },
     /// To shard 0: a peer broker connected and said who it is.
     Hello(Hello),
+    /// To shard 0: controller proposals a peer forwarded to this broker.
+    Proposals { from: NodeId, batches: Vec<Bytes> },
     /// A partition's leader, epoch and ISR as its replica on this broker sees them.
     View {
         topic: String,
@@ -1097,6 +1099,7 @@ impl Shard {
                 items,
             } => self.deliver_local(node, group, items),
             ShardMsg::Hello(h) => self.deliver_hello(h),
+            ShardMsg::Proposals { from, batches } => self.take_proposals(from, batches),
             ShardMsg::View {
                 topic,
                 partition,

@@ -966,6 +966,7 @@ mod tests {
                     }),
                 )],
                 claims: None,
+                proposals: Vec::new(),
             }
         };
         futures_lite::future::block_on(async {

@@ -1,8 +1,9 @@
 //! The wire format of an [`Envelope`]:
 //!
 //! ```text
-//! [u32 LE frame length (bytes after this field)][u8 version = 2]
+//! [u32 LE frame length (bytes after this field)][u8 version = 3]
 //! [u32 LE header length][rkyv-archived WireEnvelope][record batches, back to back]
+//! [forwarded controller proposals, back to back]
 //! ```
 //!
 //! The header carries every field and the length of each batch; the batch bytes follow
@@ -18,7 +19,8 @@ use crate::message::{Append, Message};
 use crate::node::{Envelope, LeaderClaim};
 
 /// 2: leader claims after the items, and the leader's log start in every Append.
-pub const VERSION: u8 = 2;
+/// 3: forwarded controller proposals after the batches.
+pub const VERSION: u8 = 3;
 /// Largest frame accepted: bounds what a peer can make us buffer.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
@@ -27,6 +29,7 @@ struct WireEnvelope {
     from: u32,
     items: Vec<WireItem>,
     claims: Option<Vec<WireClaim>>,
+    proposal_lens: Vec<u32>,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
@@ -176,10 +179,12 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
             })
             .collect()
     });
+    batches.extend(env.proposals.iter());
     let header = rkyv::to_bytes::<rancor::Error>(&WireEnvelope {
         from: env.from,
         items,
         claims,
+        proposal_lens: env.proposals.iter().map(|p| p.len() as u32).collect(),
     })
     .expect("serializing to memory cannot fail");
     let body: usize = batches.iter().map(|b| b.len()).sum();
@@ -301,6 +306,14 @@ pub fn decode(mut frame: Bytes) -> Result<Envelope, FrameError> {
         };
         items.push((item.group.to_native(), msg));
     }
+    let mut proposals = Vec::with_capacity(wire.proposal_lens.len());
+    for len in wire.proposal_lens.iter() {
+        let len = len.to_native() as usize;
+        if len > frame.len() {
+            return Err(FrameError::EntryLengths);
+        }
+        proposals.push(frame.split_to(len));
+    }
     if !frame.is_empty() {
         return Err(FrameError::EntryLengths);
     }
@@ -318,6 +331,7 @@ pub fn decode(mut frame: Bytes) -> Result<Envelope, FrameError> {
         from: wire.from.to_native(),
         items,
         claims,
+        proposals,
     })
 }
 
@@ -373,6 +387,7 @@ pub fn sample() -> Envelope {
             epoch: 5,
             isr: vec![3, 1],
         }]),
+        proposals: vec![Bytes::from_static(b"a controller batch")],
     }
 }
 
@@ -385,6 +400,7 @@ pub fn sample_frames() -> Vec<Vec<u8>> {
             from: env.from,
             items: vec![item.clone()],
             claims: None,
+            proposals: Vec::new(),
         }));
     }
     out

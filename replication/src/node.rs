@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use crate::epochs::EpochCache;
 use crate::message::Message;
 use crate::raft::{HardState, Raft, StorageOp};
+use bytes::Bytes;
+
 use crate::{NodeId, Offset};
 
 /// A replication group: a partition, or the controller (group 0 by convention).
@@ -21,6 +23,10 @@ pub struct Envelope {
     /// replica of a group learn its leader only from these. None: not an announcement.
     /// Not Raft state; Raft never reads them.
     pub claims: Option<Vec<LeaderClaim>>,
+    /// Controller record batches a broker that does not lead the controller asks its
+    /// leader to propose (a user or ACL change a client sent it). Not Raft state: the
+    /// receiver decides, and proposes through its own `Raft` like any of its proposals.
+    pub proposals: Vec<Bytes>,
 }
 
 /// "I lead `group` in `epoch` (its term), with these replicas in sync."
@@ -139,6 +145,7 @@ impl Node {
                         from: self.id,
                         items,
                         claims: None,
+                        proposals: Vec::new(),
                     },
                 )
             })

@@ -240,6 +240,7 @@ impl Task {
                     from,
                     items: items.into_iter().map(|m| (CONTROLLER_GROUP, m)).collect(),
                     claims: None,
+                    proposals: Vec::new(),
                 },
             ),
             CtlCmd::Hello(h) => {

@@ -8,7 +8,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use corelog_replication::controller::{
-    CONTROLLER_GROUP, ClusterMetadata, MetadataCommand, TopicInfo, assign_replicas,
+    CONTROLLER_GROUP, ClusterMetadata, MetadataCommand, TopicInfo, assign_replicas, decode_batch,
+    encode_command,
 };
 use corelog_replication::security::SecurityCommand;
 use corelog_replication::{GroupId, Message, NodeId};
@@ -134,6 +135,7 @@ impl Shard {
                         from: c.me,
                         items: Vec::new(),
                         claims: Some(claims.clone()),
+                        proposals: Vec::new(),
                     },
                 );
             }
@@ -215,19 +217,21 @@ impl Shard {
                 "the controller is not running yet".into(),
             );
         };
-        if self.controller_leader.get() != Some(self.cfg.node_id as NodeId) {
-            if let AdminOp::CreateTopic {
-                name,
-                partitions,
-                replication_factor,
-                configs,
+        let leads = self.controller_leader.get() == Some(self.cfg.node_id as NodeId);
+        if let AdminOp::Security(cmd) = op {
+            return self.propose_security(&ctl, cmd, leads).await;
+        }
+        // A broker that does not lead the controller forwards what any broker must take
+        // (a Metadata request's auto-creation; Kafka clients send CreateTopics to the
+        // controller, the rest of the topic changes too).
+        let forwardable = matches!(
+            op,
+            AdminOp::CreateTopic {
                 validate_only: false,
-            } = &op
-            {
-                return self
-                    .forward_create(name, *partitions, *replication_factor, configs)
-                    .await;
+                ..
             }
+        );
+        if !leads && !forwardable {
             return AdminResult::Err(
                 code::NOT_CONTROLLER,
                 format!(
@@ -236,9 +240,6 @@ impl Shard {
                     self.controller_leader.get()
                 ),
             );
-        }
-        if let AdminOp::Security(cmd) = op {
-            return self.propose_security(&ctl, cmd).await;
         }
         let brokers: Vec<NodeId> = self.brokers.borrow().keys().copied().collect();
         let (name, cmd, validate_only) = match op {
@@ -374,7 +375,15 @@ impl Shard {
         if validate_only {
             return AdminResult::Ok(before);
         }
-        if let Err((c, m)) = ctl.propose(cmd).await {
+        let proposed = if leads {
+            ctl.propose(cmd).await
+        } else {
+            let shard = self.clone();
+            let wanted = name.clone();
+            self.forward_proposal(&ctl, cmd, move || shard.topic(&wanted).is_some())
+                .await
+        };
+        if let Err((c, m)) = proposed {
             return AdminResult::Err(c, m);
         }
         // Answered once this broker's shards took the change in, so the client's next
@@ -389,20 +398,34 @@ impl Shard {
         AdminResult::Ok(self.topic(&name).or(before))
     }
 
-    /// Proposes a change of users or ACLs; answered once this broker's shards show it.
+    /// Proposes a change of users or ACLs (or forwards it to the controller's leader);
+    /// answered once this broker's shards show it.
     async fn propose_security(
         self: &Rc<Self>,
         ctl: &super::controller::ControllerHandle,
         cmd: SecurityCommand,
+        leads: bool,
     ) -> AdminResult {
-        if let Err((c, m)) = ctl
-            .propose(MetadataCommand::Security(Box::new(cmd.clone())))
-            .await
-        {
+        // Checked here against this broker's copy, so a change that cannot apply (a
+        // credential that is not there) is answered at once, not after a timeout.
+        if let Err(e) = self.security.borrow().meta.clone().apply(&cmd) {
+            return AdminResult::Err(code::RESOURCE_NOT_FOUND, e);
+        }
+        let shown = {
+            let (shard, cmd) = (self.clone(), cmd.clone());
+            move || shard.security.borrow().meta.reflects(&cmd) && !shard.reconciling.get()
+        };
+        let command = MetadataCommand::Security(Box::new(cmd));
+        let proposed = if leads {
+            ctl.propose(command).await
+        } else {
+            self.forward_proposal(ctl, command, shown.clone()).await
+        };
+        if let Err((c, m)) = proposed {
             return AdminResult::Err(c, m);
         }
         for _ in 0..1000 {
-            if self.security.borrow().meta.reflects(&cmd) && !self.reconciling.get() {
+            if shown() {
                 return AdminResult::Ok(None);
             }
             glommio::timer::sleep(Duration::from_millis(5)).await;
@@ -413,41 +436,86 @@ impl Shard {
         )
     }
 
-    /// Creates a topic through the controller from a broker that is not it (a Metadata
-    /// request's auto-creation): answered once this broker applied it too.
-    async fn forward_create(
+    /// Sends `cmd` to the controller's leader as a proposal on the RPC links (the
+    /// peer proved the cluster secret when its link opened) and waits until `done` shows
+    /// it applied here. Sent again only to a new leader: a copy sent twice to one leader
+    /// could undo a later change. Proposed here if this broker becomes the leader.
+    async fn forward_proposal(
         self: &Rc<Self>,
-        name: &str,
-        partitions: i32,
-        replication_factor: i16,
-        configs: &BTreeMap<String, String>,
-    ) -> AdminResult {
-        let Some(addr) = self
-            .controller_leader
-            .get()
-            .and_then(|l| self.brokers.borrow().get(&l).cloned())
-            .map(|(h, p)| format!("{h}:{p}"))
-        else {
-            return AdminResult::Err(
-                code::NOT_CONTROLLER,
-                "no controller is known yet; retry".into(),
-            );
+        ctl: &super::controller::ControllerHandle,
+        cmd: MetadataCommand,
+        done: impl Fn() -> bool,
+    ) -> Result<(), (i16, String)> {
+        let Some(c) = self.cluster.clone() else {
+            return Err((code::NOT_CONTROLLER, "not a cluster member".into()));
         };
-        if let Err((c, m)) =
-            super::forward::create_topic(&addr, name, partitions, replication_factor, configs).await
-        {
-            return AdminResult::Err(c, m);
-        }
-        for _ in 0..1000 {
-            if let Some(t) = self.topic(name) {
-                return AdminResult::Ok(Some(t));
+        let batch = bytes::Bytes::from(encode_command(&cmd, crate::util::wall_ms()));
+        let deadline = std::time::Instant::now() + FORWARD_TIMEOUT;
+        let mut sent_to = None;
+        while std::time::Instant::now() < deadline {
+            if done() {
+                return Ok(());
+            }
+            match self.controller_leader.get() {
+                Some(l) if l == c.me => return ctl.propose(cmd).await,
+                Some(l) if sent_to != Some(l) => {
+                    c.peers.send(
+                        l,
+                        corelog_replication::Envelope {
+                            from: c.me,
+                            items: Vec::new(),
+                            claims: None,
+                            proposals: vec![batch.clone()],
+                        },
+                    );
+                    sent_to = Some(l);
+                }
+                _ => {}
             }
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
-        AdminResult::Err(
-            code::LEADER_NOT_AVAILABLE,
-            "created, not yet known here; retry".into(),
-        )
+        Err((
+            code::REQUEST_TIMED_OUT,
+            format!(
+                "forwarded to the controller (broker {:?}); not applied within {} s",
+                sent_to,
+                FORWARD_TIMEOUT.as_secs()
+            ),
+        ))
+    }
+
+    /// Shard 0: proposals a peer forwarded (see [`Self::forward_proposal`]). Only user, ACL
+    /// and topic-creation commands are taken, and only while this broker leads the
+    /// controller; the forwarder sends again to a new leader.
+    pub(crate) fn take_proposals(&self, from: NodeId, batches: Vec<bytes::Bytes>) {
+        let Some(ctl) = self.ctl.borrow().clone() else {
+            return;
+        };
+        if self.controller_leader.get() != Some(self.cfg.node_id as NodeId) {
+            tracing::debug!(
+                from,
+                "forwarded proposal at a broker that does not lead the controller; dropped"
+            );
+            return;
+        }
+        for b in batches {
+            match decode_batch(&b) {
+                Ok(Some(
+                    cmd @ (MetadataCommand::Security(_) | MetadataCommand::CreateTopic { .. }),
+                )) => {
+                    let ctl = ctl.clone();
+                    glommio::spawn_local(async move {
+                        if let Err((_, m)) = ctl.propose(cmd).await {
+                            tracing::debug!(from, "forwarded proposal not applied: {m}");
+                        }
+                    })
+                    .detach();
+                }
+                other => {
+                    tracing::warn!(from, command = ?other.map(|c| c.map(|_| ())), "forwarded proposal refused: only user, ACL and topic-creation commands are taken from peers");
+                }
+            }
+        }
     }
 
     /// Hands replication messages to the group `group` on this shard.
@@ -481,6 +549,9 @@ impl Shard {
         *self.ctl.borrow_mut() = Some(handle);
     }
 }
+
+/// How long a broker that forwarded a change to the controller waits to see it applied.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Deliver for Shard {
     fn deliver(&self, from: NodeId, items: Vec<(GroupId, Message)>) {
@@ -532,6 +603,14 @@ impl Deliver for Shard {
             self.deliver_hello(hello);
         } else {
             let _ = self.offer(0, ShardMsg::Hello(hello));
+        }
+    }
+
+    fn proposals(&self, from: NodeId, batches: Vec<bytes::Bytes>) {
+        if self.id == 0 {
+            self.take_proposals(from, batches);
+        } else {
+            let _ = self.offer(0, ShardMsg::Proposals { from, batches });
         }
     }
 

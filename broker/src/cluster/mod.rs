@@ -6,7 +6,6 @@
 
 pub mod claims;
 pub mod controller;
-pub mod forward;
 pub mod groups;
 pub mod metadata;
 pub mod transport;

@@ -92,6 +92,7 @@ fn env_bytes(env: &Envelope) -> usize {
         .map(|c| 16 + 4 * c.isr.len())
         .sum();
     claims
+        + env.proposals.iter().map(Bytes::len).sum::<usize>()
         + env
             .items
             .iter()
@@ -215,6 +216,7 @@ fn merge(me: NodeId, link: &Link) -> Option<Envelope> {
     let mut size = env_bytes(&first);
     let mut items = first.items;
     let mut claims = first.claims;
+    let mut proposals = first.proposals;
     while let Some(next) = q.front() {
         let n = env_bytes(next);
         if size + n > FRAME_TARGET {
@@ -223,6 +225,7 @@ fn merge(me: NodeId, link: &Link) -> Option<Envelope> {
         size += n;
         let next = q.pop_front().expect("peeked");
         items.extend(next.items);
+        proposals.extend(next.proposals);
         // Each announcement is a whole set: the newest replaces any before it.
         if next.claims.is_some() {
             claims = next.claims;
@@ -233,6 +236,7 @@ fn merge(me: NodeId, link: &Link) -> Option<Envelope> {
         from: me,
         items,
         claims,
+        proposals,
     })
 }
 
@@ -405,6 +409,7 @@ async fn writer(
                         from: me,
                         items: Vec::new(),
                         claims: None,
+                        proposals: Vec::new(),
                     };
                 }
             };
@@ -426,6 +431,9 @@ pub trait Deliver {
     fn claims(&self, from: NodeId, claims: Vec<LeaderClaim>);
     /// A peer connected and said who it is.
     fn hello(&self, hello: Hello);
+    /// A peer asks this broker, as the controller's leader, to propose these controller
+    /// batches (see `Envelope::proposals`); never waits.
+    fn proposals(&self, from: NodeId, batches: Vec<Bytes>);
     fn stopping(&self) -> bool;
 }
 
@@ -576,6 +584,9 @@ async fn serve_peer(
                 ));
             }
             deliver.deliver(from, env.items);
+            if !env.proposals.is_empty() {
+                deliver.proposals(from, env.proposals);
+            }
             if let Some(claims) = env.claims {
                 deliver.claims(from, claims);
             }
@@ -666,6 +677,7 @@ mod tests {
                 }),
             )],
             claims: None,
+            proposals: Vec::new(),
         }
     }
 

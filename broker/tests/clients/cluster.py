@@ -88,7 +88,10 @@ class Link:
 
 
 class Cluster:
-    def __init__(self, root, n=3, shards=2, extra_args=()):
+    def __init__(self, root, n=3, shards=2, extra_args=(), protocol="PLAINTEXT", client=None):
+        # `protocol`: the Kafka listener's (SASL_PLAINTEXT needs users in extra_args'
+        # config); `client`: the confluent-kafka settings the helpers connect with.
+        self.client = dict(client or {})
         self.n = n
         self.ids = list(range(1, n + 1))
         rpc = {i: free_port() for i in self.ids}
@@ -107,9 +110,14 @@ class Cluster:
                 f"{j}@127.0.0.1:{rpc[j] if j == i else self.links[(i, j)].port}"
                 for j in self.ids
             )
+            port = free_port()
+            listener = [] if protocol == "PLAINTEXT" else [
+                "--listeners", f"{protocol}://127.0.0.1:{port}"]
             self.brokers[i] = Broker(
                 Path(root) / f"b{i}",
+                port=port,
                 extra_args=[
+                    *listener,
                     "--node-id", str(i),
                     "--rpc-listen", f"127.0.0.1:{rpc[i]}",
                     "--voters", voters,
@@ -133,7 +141,8 @@ class Cluster:
         from confluent_kafka.admin import AdminClient
 
         try:
-            md = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=5)
+            md = AdminClient({**self.client, "bootstrap.servers": self.bootstrap}).list_topics(
+                timeout=5)
             return len(md.brokers)
         except Exception:
             return 0
@@ -167,7 +176,7 @@ class Cluster:
         from confluent_kafka.admin import AdminClient
 
         boot = self.brokers[broker].bootstrap if broker else self.bootstrap
-        md = AdminClient({"bootstrap.servers": boot}).list_topics(topic, timeout=10)
+        md = AdminClient({**self.client, "bootstrap.servers": boot}).list_topics(topic, timeout=10)
         t = md.topics[topic]
         if t.error is not None or not t.partitions:
             raise RuntimeError(f"{topic}: {t.error}")
