@@ -892,7 +892,36 @@ fn meta_identity(value: &[u8]) -> Identity {
 
 /// A unique metadata command for the workload, its batch, and its identity.
 fn metadata_op(rng: &mut SplitMix64, nodes: u32, nonce: &str, now_ms: i64) -> (Vec<u8>, Identity) {
-    let cmd = if rng.below(2) == 0 {
+    let kind = rng.below(3);
+    let cmd = if kind == 2 {
+        // Users and ACLs: replicas must apply them alike too (the fingerprint covers them).
+        use corelog_replication::security::{AclBinding, SecurityCommand, StoredCredential};
+        let sec = if rng.below(2) == 0 {
+            SecurityCommand::CreateAcls {
+                bindings: vec![AclBinding {
+                    resource_type: 2,
+                    resource_name: format!("topic-{nonce}"),
+                    pattern_type: 3 + rng.below(2) as i8,
+                    principal: format!("User:u{}", rng.below(4)),
+                    host: "*".into(),
+                    operation: 3 + rng.below(3) as i8,
+                    permission: 2 + rng.below(2) as i8,
+                }],
+            }
+        } else {
+            SecurityCommand::SetScramCredential {
+                user: format!("user-{nonce}"),
+                mechanism: 1 + rng.below(2) as u8,
+                credential: StoredCredential {
+                    salt: nonce.as_bytes().to_vec(),
+                    iterations: 4096,
+                    stored_key: vec![1; 32],
+                    server_key: vec![2; 32],
+                },
+            }
+        };
+        MetadataCommand::Security(Box::new(sec))
+    } else if kind == 0 {
         let id = 1 + rng.below(u64::from(nodes)) as NodeId;
         MetadataCommand::RegisterBroker {
             id,
