@@ -81,8 +81,13 @@ impl Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .map_err(|e| e.to_string())?;
+        let mut stream = crate::tls::Stream::open(stream, addr)?;
+        crate::sasl::login(|f| {
+            stream.write_all(f).map_err(|e| e.to_string())?;
+            read_frame(&mut stream)
+        })?;
         Ok(Self {
-            stream: crate::tls::Stream::open(stream, addr)?,
+            stream,
             correlation: 0,
         })
     }
@@ -269,7 +274,12 @@ impl Pipeline {
         stream
             .set_read_timeout(Some(crate::driver::ANSWER_TIMEOUT))
             .map_err(|e| e.to_string())?;
-        let (write, read) = crate::tls::split(stream, addr)?;
+        let (mut write, mut read) = crate::tls::split(stream, addr)?;
+        crate::sasl::login(|f| {
+            write.write_all(f).map_err(|e| e.to_string())?;
+            write.flush().map_err(|e| e.to_string())?;
+            read_frame(&mut read)
+        })?;
         let reader = BufReader::with_capacity(64 << 10, read);
         Ok((
             Self {

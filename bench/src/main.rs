@@ -11,6 +11,7 @@ mod peers;
 mod plot;
 mod redis_streams;
 mod run;
+mod sasl;
 mod storage;
 mod tls;
 mod uring;

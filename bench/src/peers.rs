@@ -159,13 +159,7 @@ impl System {
                 c.args(["serve", "--listen", &addr, "--data-dir"])
                     .arg(root.join("data"))
                     .env("RUST_LOG", "warn");
-                if let Some((cert, key)) = crate::tls::spawn_files() {
-                    c.args(["--listeners", &format!("SSL://{addr}")])
-                        .arg("--tls-certificate")
-                        .arg(cert)
-                        .arg("--tls-key")
-                        .arg(key);
-                }
+                c.args(corelog_listener_args(&addr, &root)?);
                 c
             }
             Self::Tansu => {
@@ -312,17 +306,7 @@ impl System {
                     &kafka[i],
                 ])
                 .args(["--rpc-listen", rpc, "--voters", &voters.join(",")])
-                .args(match crate::tls::spawn_files() {
-                    Some((cert, key)) => vec![
-                        "--listeners".to_string(),
-                        format!("SSL://{}", kafka[i]),
-                        "--tls-certificate".to_string(),
-                        cert.display().to_string(),
-                        "--tls-key".to_string(),
-                        key.display().to_string(),
-                    ],
-                    None => Vec::new(),
-                })
+                .args(corelog_listener_args(&kafka[i], &root)?)
                 .arg("--cluster-secret-file")
                 .arg(&secret)
                 .arg("--data-dir")
@@ -457,4 +441,29 @@ impl Drop for Server {
             }
         }
     }
+}
+
+/// A spawned corelog's Kafka listener for the run: SSL with --tls, SASL_PLAINTEXT or
+/// SASL_SSL (its user in a config file under `dir`) with --sasl, else the plain --listen.
+fn corelog_listener_args(addr: &str, dir: &Path) -> Result<Vec<String>, String> {
+    let tls = crate::tls::spawn_files();
+    let protocol = match (tls.is_some(), crate::sasl::enabled()) {
+        (false, false) => return Ok(Vec::new()),
+        (true, false) => "SSL",
+        (false, true) => "SASL_PLAINTEXT",
+        (true, true) => "SASL_SSL",
+    };
+    let mut args = vec!["--listeners".to_string(), format!("{protocol}://{addr}")];
+    if let Some((cert, key)) = tls {
+        args.extend([
+            "--tls-certificate".to_string(),
+            cert.display().to_string(),
+            "--tls-key".to_string(),
+            key.display().to_string(),
+        ]);
+    }
+    if let Some(config) = crate::sasl::spawn_config(dir)? {
+        args.extend(["--config".to_string(), config.display().to_string()]);
+    }
+    Ok(args)
 }

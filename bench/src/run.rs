@@ -188,6 +188,10 @@ pub struct Args {
     /// PEM CA certificate(s) the broker's certificate chains to (--broker with --tls).
     #[arg(long, requires = "tls")]
     pub tls_ca: Option<std::path::PathBuf>,
+    /// USER:PASSWORD: every connection logs in with SASL PLAIN (with --spawn the broker
+    /// gets a SASL_PLAINTEXT listener, SASL_SSL with --tls, and this user).
+    #[arg(long)]
+    pub sasl: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -378,6 +382,15 @@ pub fn run(args: Args) -> Result<(), String> {
         (None, true) => System::Corelog,
         (None, false) => System::Kafka,
     };
+    if let Some(spec) = &args.sasl {
+        if !system.speaks_kafka() {
+            return Err(format!(
+                "--sasl: {} is not a Kafka-protocol system",
+                system.name()
+            ));
+        }
+        crate::sasl::enable(spec)?;
+    }
     // Kept until the run ends: the spawned broker reads its certificate from here.
     let _tls_dir = if args.tls {
         if !system.speaks_kafka() {
