@@ -409,10 +409,11 @@ impl Config {
             }
         }
         if listeners.iter().any(|l| l.protocol.sasl()) {
-            let sasl = self.sasl.as_ref().filter(|s| !s.users.is_empty()).ok_or(
-                "a SASL listener needs users: [[sasl.users]] name and password (managing users through the Kafka API is not there yet)",
-            )?;
-            sasl.mechanisms()?;
+            // Users may also come from the metadata (made through the API): whether
+            // anyone can log in at all is checked at start, with the metadata at hand.
+            if let Some(sasl) = &self.sasl {
+                sasl.mechanisms()?;
+            }
         }
         if listeners.len() > 1 && self.clustered() {
             // Each broker registers one Kafka address with the controller today; a client

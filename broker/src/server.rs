@@ -88,8 +88,20 @@ pub fn run(cfg: Config) -> Result<(), String> {
         ));
     }
     // Created here, once, before the shards start: they all read it concurrently.
-    crate::topics::MetaFile::load_or_create(&cfg.data_dir)
+    let meta = crate::topics::MetaFile::load_or_create(&cfg.data_dir)
         .map_err(|e| format!("metadata in {}: {e}", cfg.data_dir.display()))?;
+    // A broker whose every listener is SASL and that knows no user could never be used:
+    // no one could log in to make the first one.
+    let listeners = cfg.listener_list()?;
+    let config_users = cfg.sasl.as_ref().is_some_and(|s| !s.users.is_empty());
+    if !listeners.is_empty()
+        && listeners.iter().all(|l| l.protocol.sasl())
+        && !config_users
+        && !cfg.clustered()
+        && meta.security.credentials.is_empty()
+    {
+        return Err("a SASL listener needs users: [[sasl.users]] name and password in the config (for the first admin; more with `corelog user create`), or another listener to make them through".into());
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| e.to_string())?;
@@ -97,10 +109,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
     // SIGHUP reloads the TLS certificate: counted here, noticed by every shard.
     let hangups = Arc::new(AtomicUsize::new(0));
     // SASL users' credentials, derived once (PBKDF2) for every shard.
-    let users = match &cfg.sasl {
-        Some(s) => Arc::new(crate::sasl::Users::from_config(s)?),
-        None => Arc::new(crate::sasl::Users::default()),
-    };
+    // (Without a [sasl] table too: the key of unknown users' salts is drawn there.)
+    let users = Arc::new(crate::sasl::Users::from_config(
+        &cfg.sasl.clone().unwrap_or_default(),
+    )?);
     {
         let hangups = hangups.clone();
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
@@ -306,9 +318,12 @@ async fn shard_main(
         (Some(t), true) => Some(TlsState::start(t.clone(), hangups, shard.clone())?),
         _ => None,
     };
-    let auth = match (&cfg.sasl, listeners.iter().any(|l| l.protocol.sasl())) {
-        (Some(s), true) => Some(Rc::new(crate::sasl::Auth::new(s)?)),
-        _ => None,
+    // Every SASL listener authenticates, with the [sasl] settings or their defaults.
+    let auth = match listeners.iter().any(|l| l.protocol.sasl()) {
+        true => Some(Rc::new(crate::sasl::Auth::new(
+            &cfg.sasl.clone().unwrap_or_default(),
+        )?)),
+        false => None,
     };
     let mut bound = Vec::new();
     for l in &listeners {

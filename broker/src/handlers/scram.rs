@@ -162,8 +162,10 @@ pub async fn alter(
 ) -> Reply {
     let mut resp = AlterUserScramCredentialsResponse::default();
     let allowed = shard.allowed_cluster(client, acl::op::ALTER);
-    // (user, what to do); a user named twice in one request is refused whole, as Kafka.
-    let mut work: Vec<(String, Checked)> = Vec::new();
+    // (user, mechanism, what to do). As Kafka: one answer per user; a (user, mechanism)
+    // named twice refuses that user's alterations whole; the rest are carried out in
+    // order, the first failure answered.
+    let mut work: Vec<(String, i8, Checked)> = Vec::new();
     for d in &req.deletions {
         let cmd = match u8::try_from(d.mechanism)
             .ok()
@@ -178,35 +180,46 @@ pub async fn alter(
                 format!("unknown SCRAM mechanism {}", d.mechanism),
             )),
         };
-        work.push((d.name.to_string(), cmd));
+        work.push((d.name.to_string(), d.mechanism, cmd));
     }
     for u in &req.upsertions {
-        work.push((u.name.to_string(), check_upsert(u)));
+        work.push((u.name.to_string(), u.mechanism, check_upsert(u)));
     }
-    let mut counts = std::collections::BTreeMap::<String, usize>::new();
-    for (n, _) in &work {
-        *counts.entry(n.clone()).or_default() += 1;
-    }
-    let mut answered = BTreeSet::new();
-    for (user, cmd) in work {
-        if !answered.insert(user.clone()) {
-            continue;
+    let mut users: Vec<String> = Vec::new();
+    let mut pairs = BTreeSet::new();
+    let mut duplicated = BTreeSet::new();
+    for (user, m, _) in &work {
+        if !users.contains(user) {
+            users.push(user.clone());
         }
+        if !pairs.insert((user.clone(), *m)) {
+            duplicated.insert(user.clone());
+        }
+    }
+    for user in users {
         let outcome = if !allowed {
             Err(denied(client, "alter"))
-        } else if counts[&user] > 1 {
+        } else if duplicated.contains(&user) {
             Err((
                 code::DUPLICATE_RESOURCE,
-                "a user may be altered once per request".to_string(),
+                "a user's mechanism may be altered once per request".to_string(),
             ))
         } else {
-            match cmd {
-                Err(e) => Err(e),
-                Ok(cmd) => match shard.admin(AdminOp::Security(cmd)).await {
-                    AdminResult::Err(e, m) => Err((e, m)),
-                    _ => Ok(()),
-                },
+            let mut outcome = Ok(());
+            for (_, _, cmd) in work.iter().filter(|(u, _, _)| *u == user) {
+                let done = match cmd.clone() {
+                    Err(e) => Err(e),
+                    Ok(cmd) => match shard.admin(AdminOp::Security(cmd)).await {
+                        AdminResult::Err(e, m) => Err((e, m)),
+                        _ => Ok(()),
+                    },
+                };
+                if done.is_err() {
+                    outcome = done;
+                    break;
+                }
             }
+            outcome
         };
         let mut r =
             AlterUserScramCredentialsResult::default().with_user(StrBytes::from_string(user));

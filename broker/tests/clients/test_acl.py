@@ -266,3 +266,25 @@ def test_without_an_authorizer_the_acl_apis_say_security_disabled(tmp_path):
         assert produce({"bootstrap.servers": b.bootstrap}, t, 1) == []
     finally:
         assert b.stop() == 0
+
+
+def test_a_sasl_listener_whose_users_all_come_from_the_api(tmp_path):
+    """No [sasl] table at all: the first user is made through the plaintext admin port,
+    then logs in on the SASL listener; a wrong password is refused."""
+    port, sasl = free_port(), free_port()
+    cfg = tmp_path / "corelog.toml"
+    cfg.write_text(
+        f'listeners = ["PLAINTEXT://127.0.0.1:{port}", "SASL_PLAINTEXT://127.0.0.1:{sasl}"]\n'
+        f'data_dir = "{tmp_path / "data"}"\n'
+    )
+    b = Broker(tmp_path / "data", port=port, extra_args=["--config", str(cfg)])
+    b.sasl = sasl
+    b.start()
+    try:
+        t = name()
+        create_topic(b, t)
+        cli(b, "user", "create", "dave", stdin="dave-pw\n")
+        assert produce(conf(b, "dave", "dave-pw"), t, 1) == []
+        assert produce(conf(b, "dave", "not-it"), t, 1, timeout_ms=3000) != []
+    finally:
+        assert b.stop() == 0
