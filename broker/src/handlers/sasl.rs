@@ -33,10 +33,18 @@ pub struct Session {
     pub expires: Option<Instant>,
 }
 
+/// How long past a session's end a re-authentication under way may take.
+const REAUTH_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Session {
-    /// Whether the session has ended and no re-authentication is under way.
+    /// Whether the session has ended: its lifetime is over and no re-authentication is
+    /// under way, or one is but has taken past [`REAUTH_GRACE`] (a client must not keep a
+    /// session alive by starting exchanges it never finishes).
     pub fn expired(&self, now: Instant) -> bool {
-        self.exchange.is_none() && self.expires.is_some_and(|e| now >= e)
+        self.expires.is_some_and(|e| match self.exchange {
+            None => now >= e,
+            Some(_) => now >= e + REAUTH_GRACE,
+        })
     }
 
     /// A client that authenticated (user set) and names a user: the session begins, or
@@ -267,5 +275,33 @@ fn checked_step(
             )
         }
         ok => ok,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A session ends at its lifetime; a re-authentication under way holds it open only a
+    /// little past that.
+    #[test]
+    fn a_session_ends_and_an_unfinished_reauthentication_does_not_keep_it() {
+        let now = Instant::now();
+        let mut s = Session {
+            user: Some("alice".into()),
+            expires: Some(now + Duration::from_secs(1)),
+            ..Session::default()
+        };
+        assert!(!s.expired(now));
+        assert!(s.expired(now + Duration::from_secs(1)));
+        s.exchange = Some(Exchange::new(Mechanism::Plain));
+        assert!(
+            !s.expired(now + Duration::from_secs(2)),
+            "re-authenticating"
+        );
+        assert!(s.expired(now + Duration::from_secs(1) + REAUTH_GRACE));
+        s.expires = None;
+        assert!(!s.expired(now + Duration::from_secs(3600)), "no lifetime");
     }
 }
