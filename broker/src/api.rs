@@ -31,6 +31,7 @@ use crate::acl;
 use crate::config::topic_default;
 use crate::errors as code;
 use crate::frame::{Frame, Splicer};
+use crate::observe::ErrorCodes;
 use crate::partition::{Answer, Query};
 use crate::shard::{AdminOp, AdminResult, Shard};
 use crate::topic_configs::{self, TOPIC_CONFIGS};
@@ -93,7 +94,12 @@ fn decode<R: Decodable>(body: &mut Bytes, version: i16) -> Result<R, String> {
 
 /// Frames a response: `[i32 length][header][body]`, in one buffer whose length prefix
 /// is what was encoded (the size computed up front only sizes the buffer).
-pub fn respond<R: Encodable + HeaderVersion>(correlation_id: i32, version: i16, resp: &R) -> Reply {
+pub fn respond<R: Encodable + HeaderVersion + ErrorCodes>(
+    correlation_id: i32,
+    version: i16,
+    resp: &R,
+) -> Reply {
+    crate::observe::response_codes(resp);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let header_version = R::header_version(version);
     let size = header
@@ -114,12 +120,13 @@ pub fn respond<R: Encodable + HeaderVersion>(correlation_id: i32, version: i16, 
 
 /// [`respond`], sending the records sections `splicer` holds by reference: the length
 /// prefix goes first, so it is the computed size, checked against what was encoded.
-pub fn respond_splicing<R: Encodable + HeaderVersion>(
+pub fn respond_splicing<R: Encodable + HeaderVersion + ErrorCodes>(
     correlation_id: i32,
     version: i16,
     resp: &R,
     splicer: Splicer,
 ) -> Reply {
+    crate::observe::response_codes(resp);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let header_version = R::header_version(version);
     // Sized up front: the length prefix goes first, and a fetch response of megabytes
@@ -453,8 +460,11 @@ async fn produce(
                 if !known {
                     return (name, index, code::UNKNOWN_TOPIC_OR_PARTITION, -1, -1, None);
                 }
+                let size = records.as_ref().map_or(0, Bytes::len);
                 let out = shard.produce(&name, index, records, acks).await;
-                if out.error != code::NONE {
+                if out.error == code::NONE {
+                    crate::observe::bytes_in(&name, size);
+                } else {
                     tracing::debug!(topic = %name, partition = index, error = out.error, message = ?out.message, "produce refused");
                 }
                 (name, index, out.error, out.base_offset, out.log_start, out.message)
@@ -590,6 +600,7 @@ async fn fetch(
                         if r.records.len() <= budget || first {
                             budget = budget.saturating_sub(r.records.len());
                             first &= r.records.is_empty();
+                            crate::observe::bytes_out(name, r.records.len());
                             part.records = Some(splicer.register(r.records));
                         }
                     }

@@ -41,6 +41,9 @@ pub struct Config {
     pub node_id: i32,
     /// Address the broker-to-broker (replication) listener binds; required with `voters`.
     pub rpc_listen: Option<String>,
+    /// Address of the HTTP listener for `GET /metrics` (Prometheus), `/health` and
+    /// `/ready`; off unless set (e.g. `127.0.0.1:9644`).
+    pub metrics_listen: Option<String>,
     /// The cluster's initial members: `ID@HOST:PORT` of each broker's RPC listener, this
     /// broker's among them (KRaft's `controller.quorum.voters`). Empty, or this broker
     /// alone: a single-node broker.
@@ -134,6 +137,7 @@ impl Default for Config {
             cpuset: None,
             node_id: 1,
             rpc_listen: None,
+            metrics_listen: None,
             voters: Vec::new(),
             cluster_secret_file: None,
             rpc_tls: false,

@@ -409,6 +409,8 @@ pub async fn serve<S: Transport>(
                 break Stop::Closed;
             }
         }
+        // A request's latency counts from its length prefix: reading its body is part of it.
+        let started = std::time::Instant::now();
         let size = i32::from_be_bytes(len);
         // Before authentication a frame is a handshake's: Kafka's sasl.server.max.receive.size
         // (512 KiB) bounds it, so clients that never log in cannot spend the request budget.
@@ -474,6 +476,7 @@ pub async fn serve<S: Transport>(
             ) {
                 PreAuth::Pass => {}
                 PreAuth::Answer { reply, close } => {
+                    crate::observe::request_done(api_key, started.elapsed());
                     match answer_before_auth(&tx, reply, close, auth.delay).await {
                         Ok(()) => continue,
                         Err(stop) => break stop,
@@ -488,8 +491,12 @@ pub async fn serve<S: Transport>(
         let task: Pending = match request {
             Request::NewerApiVersions => {
                 // Answered without decoding the body: its layout may be one we do not know.
-                glommio::spawn_local(async move { api::api_versions(correlation_id, version) })
-                    .detach()
+                glommio::spawn_local(async move {
+                    let reply = api::api_versions(correlation_id, version);
+                    crate::observe::request_done(api_key, started.elapsed());
+                    reply
+                })
+                .detach()
             }
             Request::Decodable { header, body } => {
                 if let Some(user) = &session.user {
@@ -507,6 +514,7 @@ pub async fn serve<S: Transport>(
                 glommio::spawn_local(async move {
                     let reply =
                         api::dispatch(&shard, api_key, version, correlation_id, body, client).await;
+                    crate::observe::request_done(api_key, started.elapsed());
                     // Its bytes count against the shard's budget until it is answered.
                     drop(reservation);
                     reply

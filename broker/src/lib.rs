@@ -13,6 +13,7 @@ pub mod frame;
 pub mod group;
 pub mod handlers;
 pub mod limits;
+pub mod observe;
 pub mod partition;
 pub mod properties;
 pub mod recent;

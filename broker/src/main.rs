@@ -14,8 +14,17 @@ use corelog_broker::config::Config;
     about = "A Kafka-compatible event streaming broker"
 )]
 struct Cli {
+    /// Log lines as text (default) or as one JSON object each; RUST_LOG filters them.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 // Parsed once at start: the size of the serve variant costs nothing.
@@ -66,6 +75,10 @@ enum Cmd {
         /// HOST:PORT of the broker-to-broker (replication) listener.
         #[arg(long)]
         rpc_listen: Option<String>,
+        /// HOST:PORT of the HTTP listener serving /metrics (Prometheus), /health and
+        /// /ready; off unless given.
+        #[arg(long)]
+        metrics_listen: Option<String>,
         /// The cluster's brokers: ID@HOST:PORT of each one's RPC listener, comma-separated
         /// (like KRaft's controller.quorum.voters). Omit for a single-node broker.
         #[arg(long)]
@@ -162,14 +175,17 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
 
     let result = match cli.cmd {
         Cmd::Serve {
@@ -189,6 +205,7 @@ fn main() -> ExitCode {
             cpuset,
             node_id,
             rpc_listen,
+            metrics_listen,
             voters,
             default_replication_factor,
         } => (|| {
@@ -251,6 +268,9 @@ fn main() -> ExitCode {
             }
             if let Some(v) = rpc_listen {
                 cfg.rpc_listen = Some(v);
+            }
+            if let Some(v) = metrics_listen {
+                cfg.metrics_listen = Some(v);
             }
             if let Some(v) = voters {
                 cfg.voters = vec![v];

@@ -1155,6 +1155,9 @@ impl PartitionTask {
             if let Some(f) = &self.membership.on_view {
                 f(self.membership.group, view.clone());
             }
+            if view.leader >= 0 && view.epoch != self.view.epoch {
+                crate::observe::leader_changed();
+            }
             self.view = view;
         }
     }

@@ -32,11 +32,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
     use std::net::ToSocketAddrs;
     let listeners = cfg.listener_list()?;
     let mut addrs: Vec<std::net::SocketAddr> = Vec::new();
-    for l in &listeners {
+    for addr in listeners
+        .iter()
+        .map(|l| &l.addr)
+        .chain(cfg.metrics_listen.as_ref())
+    {
         addrs.extend(
-            l.addr
-                .to_socket_addrs()
-                .map_err(|e| format!("bad listen address {}: {e}", l.addr))?,
+            addr.to_socket_addrs()
+                .map_err(|e| format!("bad listen address {addr}: {e}"))?,
         );
     }
     // A broker that just died can hold its listening socket for a moment longer (io_uring
@@ -325,6 +328,13 @@ async fn shard_main(
         )?)),
         false => None,
     };
+    // Shard 0 alone serves the metrics listener: a scrape gathers every shard from there.
+    if let (0, Some(addr)) = (shard.id, &cfg.metrics_listen) {
+        let socket =
+            TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        glommio::spawn_local(crate::observe::http::serve(shard.clone(), socket)).detach();
+        tracing::info!(metrics = %addr, "metrics listener: /metrics, /health, /ready");
+    }
     let mut bound = Vec::new();
     for l in &listeners {
         bound.push(

@@ -114,6 +114,8 @@ pub enum ShardMsg {
     },
     /// From shard 0: users and ACLs changed; the whole new set.
     Security(SecurityMetadata),
+    /// From shard 0's metrics listener: this shard's counters and partitions.
+    Observe(oneshot::Sender<crate::observe::Snapshot>),
     /// To shard 0, the only writer of cluster metadata.
     Admin {
         op: AdminOp,
@@ -171,7 +173,7 @@ pub struct Shard {
     /// on a cluster (empty until its first batch is applied).
     pub cluster_id: RefCell<String>,
     pub topics: RefCell<BTreeMap<String, TopicMeta>>,
-    partitions: RefCell<HashMap<(String, i32), PartitionHandle>>,
+    pub(crate) partitions: RefCell<HashMap<(String, i32), PartitionHandle>>,
     senders: Senders<ShardMsg>,
     controller: RefCell<Option<Controller>>,
     pub connections: Cell<usize>,
@@ -1176,6 +1178,10 @@ impl Shard {
                 self.reply_to(from, Some(r), reply).await;
             }
             ShardMsg::Security(meta) => self.set_security(meta),
+            ShardMsg::Observe(reply) => {
+                let snapshot = self.snapshot();
+                self.reply_to(from, Some(snapshot), reply).await;
+            }
             ShardMsg::Admin { op, reply } => {
                 let r = self.controller_op(op).await;
                 self.reply_to(from, Some(r), reply).await;

@@ -182,7 +182,10 @@ impl DiskFile for GlommioFile {
     }
 
     async fn sync(&self) -> io::Result<()> {
-        self.file.fdatasync().await.map_err(io::Error::from)
+        let started = std::time::Instant::now();
+        let r = self.file.fdatasync().await.map_err(io::Error::from);
+        FSYNCS.with(|h| h.borrow_mut().record(started.elapsed().as_secs_f64()));
+        r
     }
 
     async fn size(&self) -> io::Result<u64> {
@@ -203,4 +206,14 @@ impl DiskFile for GlommioFile {
     async fn close(self) -> io::Result<()> {
         self.file.close().await.map_err(io::Error::from)
     }
+}
+
+thread_local! {
+    /// This thread's (shard's) fdatasync latencies: no lock or atomic on the sync path.
+    static FSYNCS: std::cell::RefCell<crate::stats::Histogram> = Default::default();
+}
+
+/// The fdatasync latencies of the files opened on this thread so far.
+pub fn fsync_latency() -> crate::stats::Histogram {
+    FSYNCS.with(|h| h.borrow().clone())
 }

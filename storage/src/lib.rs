@@ -6,7 +6,8 @@
 //! [`SimDisk`] (memory, with crash, torn-write, read-error and bit-flip faults).
 //!
 //! **Invariant:** this crate knows nothing of sockets, Kafka requests or replication. It
-//! never reads the clock: time comes in as `now_ms` arguments.
+//! never reads the clock: time comes in as `now_ms` arguments (only the glommio adapter
+//! times its fdatasyncs, for the broker's metrics, and that time decides nothing).
 
 mod append_file;
 pub mod batch;
@@ -19,10 +20,11 @@ mod log;
 mod segment;
 mod sim_disk;
 mod start_checkpoint;
+pub mod stats;
 
 pub use error::StorageError;
 #[cfg(all(feature = "glommio", not(madsim)))]
-pub use glommio_disk::{GlommioDisk, GlommioFile};
+pub use glommio_disk::{GlommioDisk, GlommioFile, fsync_latency};
 pub use io::{Disk, DiskFile, IoBuf};
 pub use log::{AppendInfo, Log, LogConfig, ReadBatches, SyncPoint, TimestampHit};
 pub use sim_disk::{FaultConfig, SimBuf, SimDisk, SimFile};
