@@ -373,6 +373,7 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Message;
 
     fn elect(c: &mut Cluster, g: GroupId) -> NodeId {
         for _ in 0..2000 {
@@ -728,7 +729,7 @@ mod tests {
         fn random_faults_keep_raft_safe_and_live(
             seed in proptest::prelude::any::<u64>(),
             five in proptest::prelude::any::<bool>(),
-            ops in proptest::collection::vec((0u8..6, 0u32..5, 0u64..400), 1..50),
+            ops in proptest::collection::vec((0u8..7, 0u32..5, 0u64..400), 1..50),
         ) {
             let n = if five { 5 } else { 3 };
             let mut c = Cluster::new(n, &[1, 2], seed);
@@ -740,6 +741,15 @@ mod tests {
                     2 => {
                         c.stop(node);
                         c.start(node);
+                    }
+                    3 => {
+                        let g = 1 + who % 2;
+                        if let Some(l) = c.leader_of(g) {
+                            let now = c.now;
+                            let to = (l % n + 1 + (ms as u32 % 2)) % n + 1;
+                            let to = if to == l { None } else { Some(to) };
+                            c.raft_mut(l, g).transfer_leadership(now, to);
+                        }
                     }
                     _ => {
                         let _ = c.propose(1 + who % 2, b"value");
@@ -796,6 +806,99 @@ mod tests {
             Role::Leader,
             "the third node leads with the damaged node's vote"
         );
+    }
+
+    /// Leadership transfer: the target leads the next term within a few round trips
+    /// (no election timeout waited out), and every committed value is there.
+    #[test]
+    fn a_transfer_hands_leadership_to_the_target_at_the_next_term() {
+        let mut c = Cluster::new(3, &[1], 11);
+        let leader = elect(&mut c, 1);
+        let term = c.raft(leader, 1).term();
+        let target = (1..=3).find(|&i| i != leader).unwrap();
+        for i in 0..10u8 {
+            c.propose(1, &[b'v', b'a', b'l', b'0', b'0' + i]).unwrap();
+        }
+        let now = c.now;
+        assert!(c.raft_mut(leader, 1).transfer_leadership(now, Some(target)));
+        assert_eq!(c.raft(leader, 1).transferring_to(), Some(target));
+        assert!(
+            c.propose(1, b"held0").is_none(),
+            "no proposal while handing over"
+        );
+        c.run_for(100); // well under the minimum election timeout (300 ms)
+        assert_eq!(c.leader_of(1), Some(target));
+        assert_eq!(c.raft(target, 1).term(), term + 1);
+        assert_eq!(c.raft(leader, 1).role(), Role::Follower);
+        let (_, end) = c.propose(1, b"after").unwrap();
+        c.run_for(200);
+        for id in 1..=3 {
+            assert_eq!(c.raft(id, 1).commit(), end, "node {id}");
+            assert_eq!(values(&c.nodes[&id].logs[&1]).len(), 11, "node {id}");
+        }
+        c.check_committed_prefixes_agree(1);
+    }
+
+    /// A target that lags catches up first; one that never answers leaves the leader
+    /// leading on after an election timeout, proposals accepted again.
+    #[test]
+    fn a_transfer_waits_for_the_target_and_gives_up_on_a_dead_one() {
+        let mut c = Cluster::new(3, &[1], 12);
+        let leader = elect(&mut c, 1);
+        let lagging = (1..=3).find(|&i| i != leader).unwrap();
+        c.isolate(lagging);
+        for i in 0..5u8 {
+            c.propose(1, &[b'l', b'a', b'g', b'0', b'0' + i]).unwrap();
+            c.run_for(10);
+        }
+        c.heal();
+        let now = c.now;
+        assert!(
+            c.raft_mut(leader, 1)
+                .transfer_leadership(now, Some(lagging))
+        );
+        c.run_for(500);
+        assert_eq!(c.leader_of(1), Some(lagging));
+        assert_eq!(values(&c.nodes[&lagging].logs[&1]).len(), 5);
+
+        let leader = lagging;
+        let term = c.raft(leader, 1).term();
+        let dead = (1..=3).find(|&i| i != leader).unwrap();
+        c.isolate(dead); // also drops its answers in flight
+        let now = c.now;
+        assert!(c.raft_mut(leader, 1).transfer_leadership(now, Some(dead)));
+        c.run_for(400);
+        assert!(c.propose(1, b"held0").is_none(), "still handing over");
+        c.run_for(300);
+        assert_eq!(c.raft(leader, 1).transferring_to(), None, "dropped");
+        assert_eq!(c.leader_of(1), Some(leader));
+        assert_eq!(c.raft(leader, 1).term(), term);
+        assert!(c.propose(1, b"again").is_some());
+        // Nobody to hand to: not a voter, or not the leader.
+        let now = c.now;
+        assert!(!c.raft_mut(leader, 1).transfer_leadership(now, Some(9)));
+        let other = (1..=3).find(|&i| i != leader && i != dead).unwrap();
+        assert!(!c.raft_mut(other, 1).transfer_leadership(now, None));
+    }
+
+    /// TimeoutNow counts only from the leader a replica follows, in its term.
+    #[test]
+    fn timeout_now_from_anyone_but_the_leader_starts_nothing() {
+        let mut c = Cluster::new(3, &[1], 13);
+        let leader = elect(&mut c, 1);
+        let term = c.raft(leader, 1).term();
+        let a = (1..=3).find(|&i| i != leader).unwrap();
+        let b = (1..=3).find(|&i| i != leader && i != a).unwrap();
+        let now = c.now;
+        c.raft_mut(a, 1)
+            .on_message(now, b, Message::TimeoutNow { term });
+        c.raft_mut(a, 1)
+            .on_message(now, leader, Message::TimeoutNow { term: term - 1 });
+        assert_eq!(c.raft(a, 1).role(), Role::Follower);
+        assert_eq!(c.raft(a, 1).term(), term);
+        c.run_for(200);
+        assert_eq!(c.leader_of(1), Some(leader));
+        assert_eq!(c.raft(leader, 1).term(), term);
     }
 
     #[test]

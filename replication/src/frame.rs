@@ -20,7 +20,8 @@ use crate::node::{Envelope, LeaderClaim};
 
 /// 2: leader claims after the items, and the leader's log start in every Append.
 /// 3: forwarded controller proposals after the batches.
-pub const VERSION: u8 = 3;
+/// 4: leadership transfer (TimeoutNow, and the transfer flag of Vote).
+pub const VERSION: u8 = 4;
 /// Largest frame accepted: bounds what a peer can make us buffer.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
@@ -60,10 +61,14 @@ enum WireMessage {
         term: u32,
         last_term: u32,
         end: u64,
+        transfer: bool,
     },
     VoteResponse {
         term: u32,
         granted: bool,
+    },
+    TimeoutNow {
+        term: u32,
     },
     Append {
         term: u32,
@@ -132,11 +137,14 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
                     term,
                     last_term,
                     end,
+                    transfer,
                 } => WireMessage::Vote {
                     term: *term,
                     last_term: *last_term,
                     end: *end,
+                    transfer: *transfer,
                 },
+                Message::TimeoutNow { term } => WireMessage::TimeoutNow { term: *term },
                 Message::VoteResponse { term, granted } => WireMessage::VoteResponse {
                     term: *term,
                     granted: *granted,
@@ -254,10 +262,15 @@ pub fn decode(mut frame: Bytes) -> Result<Envelope, FrameError> {
                 term,
                 last_term,
                 end,
+                transfer,
             } => Message::Vote {
                 term: term.to_native(),
                 last_term: last_term.to_native(),
                 end: end.to_native(),
+                transfer: *transfer,
+            },
+            ArchivedWireMessage::TimeoutNow { term } => Message::TimeoutNow {
+                term: term.to_native(),
             },
             ArchivedWireMessage::VoteResponse { term, granted } => Message::VoteResponse {
                 term: term.to_native(),
@@ -381,6 +394,16 @@ pub fn sample() -> Envelope {
                     granted: false,
                 },
             ),
+            (
+                4,
+                Message::Vote {
+                    term: 6,
+                    last_term: 5,
+                    end: 12,
+                    transfer: true,
+                },
+            ),
+            (4, Message::TimeoutNow { term: 5 }),
         ],
         claims: Some(vec![LeaderClaim {
             group: 2,

@@ -57,6 +57,9 @@ pub struct Bugs {
     pub vote_ignores_log: bool,
     /// Let a replica's own policies move its log start over what is not yet committed.
     pub start_past_commit: bool,
+    /// Leadership transfer without its checks: the leader hands over before the target
+    /// holds its whole log, and the target leads at once instead of winning an election.
+    pub transfer_unchecked: bool,
 }
 
 #[cfg(feature = "inject-bugs")]
@@ -65,11 +68,12 @@ impl Bugs {
     /// `commit_old_term` is not among them: the LEADER_CHANGE batch every new leader
     /// writes leaves it a window of one round trip, which random faults hit about once in
     /// 3000 seeds; a deterministic figure-8 test in `cluster.rs` covers it instead.
-    pub const NAMES: [&'static str; 4] = [
+    pub const NAMES: [&'static str; 5] = [
         "ack-before-fsync",
         "double-vote",
         "vote-ignores-log",
         "start-past-commit",
+        "transfer-unchecked",
     ];
 
     pub fn from_name(name: &str) -> Option<Self> {
@@ -79,6 +83,7 @@ impl Bugs {
             "double-vote" => b.double_vote = true,
             "vote-ignores-log" => b.vote_ignores_log = true,
             "start-past-commit" => b.start_past_commit = true,
+            "transfer-unchecked" => b.transfer_unchecked = true,
             _ => return None,
         }
         Some(b)

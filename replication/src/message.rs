@@ -23,12 +23,20 @@ pub enum Message {
         term: Term,
         last_term: Term,
         end: Offset,
+        /// Campaigning because the leader of `term - 1` handed over (`TimeoutNow`): voters
+        /// grant it within that leader's lease, which the leader gave up first.
+        transfer: bool,
     },
     VoteResponse {
         term: Term,
         granted: bool,
     },
     Append(Append),
+    /// Leadership transfer: the leader of `term`, having stepped down, tells a replica
+    /// holding all of its log to campaign now (Raft's TimeoutNow, thesis 3.10).
+    TimeoutNow {
+        term: Term,
+    },
     AppendResponse {
         term: Term,
         /// On success: the end of the prefix known to match the leader, all durable.
@@ -48,7 +56,8 @@ impl Message {
             | Message::PreVoteResponse { term, .. }
             | Message::Vote { term, .. }
             | Message::VoteResponse { term, .. }
-            | Message::AppendResponse { term, .. } => *term,
+            | Message::AppendResponse { term, .. }
+            | Message::TimeoutNow { term } => *term,
             Message::Append(a) => a.term,
         }
     }

@@ -197,8 +197,16 @@ pub struct Raft {
     /// The highest log start a leader has told us of: we follow it as far as what we
     /// hold committed and durable allows, now or once more of it is.
     leader_start: Offset,
+    /// A leadership transfer in progress (leader only): to whom, and until when.
+    transfer: Option<Transfer>,
     rng: u64,
     ready: Ready,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Transfer {
+    to: NodeId,
+    deadline_ms: u64,
 }
 
 impl Raft {
@@ -237,6 +245,7 @@ impl Raft {
             leader_contact_ms: None,
             pending_ack: None,
             leader_start: 0,
+            transfer: None,
             rng,
             ready: Ready::default(),
             cfg,
@@ -258,6 +267,65 @@ impl Raft {
         if self.role == Role::Follower && !self.damaged {
             self.election_deadline_ms = now;
         }
+    }
+
+    /// Hands leadership to `to`, or to the voter that holds most of the log: proposals
+    /// stop; once the target holds the whole log durably, this leader steps down (giving
+    /// up its lease) and tells the target to campaign at once (TimeoutNow), whose votes
+    /// are granted inside the lease. If the target has not caught up within an election
+    /// timeout, the transfer is dropped and this node leads on. False when there is
+    /// nobody to hand over to (not leader, a group of one, `to` not a voter).
+    pub fn transfer_leadership(&mut self, now: u64, to: Option<NodeId>) -> bool {
+        if self.role != Role::Leader || self.sole_voter() {
+            return false;
+        }
+        let target = match to {
+            Some(t) if self.progress.contains_key(&t) => t,
+            Some(_) => return false,
+            None => match self
+                .progress
+                .iter()
+                .max_by_key(|(_, p)| (p.matched, p.last_progress_ms))
+            {
+                Some((&t, _)) => t,
+                None => return false,
+            },
+        };
+        self.transfer = Some(Transfer {
+            to: target,
+            deadline_ms: now + self.cfg.election_timeout_max_ms,
+        });
+        // Handing over only on an answer from the target shows it is alive: handing to a
+        // dead one would leave the group leaderless for an election timeout.
+        self.send_append(target, now, true);
+        true
+    }
+
+    /// The replica a transfer in progress hands leadership to.
+    pub fn transferring_to(&self) -> Option<NodeId> {
+        self.transfer.map(|t| t.to)
+    }
+
+    fn maybe_hand_over(&mut self, now: u64) {
+        let Some(t) = self.transfer else {
+            return;
+        };
+        if self.role != Role::Leader {
+            self.transfer = None;
+            return;
+        }
+        let caught_up = self
+            .progress
+            .get(&t.to)
+            .is_some_and(|p| p.matched >= self.end);
+        if !caught_up && !self.bugs().transfer_unchecked {
+            return;
+        }
+        let term = self.hard.term;
+        // Stepping down first ends the lease: nothing is served from here once the target
+        // may win votes that the lease would have refused it.
+        self.become_follower(now, term, None);
+        self.send(t.to, Message::TimeoutNow { term });
     }
 
     /// A group of one: its own durable log is the majority.
@@ -383,6 +451,10 @@ impl Raft {
     pub fn on_tick(&mut self, now: u64) {
         match self.role {
             Role::Leader => {
+                if self.transfer.is_some_and(|t| now >= t.deadline_ms) {
+                    // The target never caught up (or is gone): lead on.
+                    self.transfer = None;
+                }
                 if self.quorum_silent_for(now) > self.cfg.election_timeout_max_ms {
                     // Check quorum: a leader cut off from a majority steps down rather
                     // than keep claiming a term others have moved past.
@@ -424,6 +496,10 @@ impl Raft {
                 leader: self.leader,
             });
         }
+        if self.transfer.is_some() {
+            // Handing over: what it appended now the target might not hold.
+            return Err(ProposeError::NotLeader { leader: None });
+        }
         if self.uncommitted_bytes() > self.cfg.max_uncommitted_bytes {
             return Err(ProposeError::Busy);
         }
@@ -453,7 +529,9 @@ impl Raft {
         match &msg {
             Message::PreVote { .. } => {}
             Message::PreVoteResponse { granted: true, .. } => {}
-            Message::Vote { .. } if term > self.hard.term && self.in_leader_lease(now) => {
+            Message::Vote {
+                transfer: false, ..
+            } if term > self.hard.term && self.in_leader_lease(now) => {
                 // Leader stickiness: we heard from a live leader within the minimum
                 // election timeout, so this candidate cannot win honestly; ignoring it
                 // keeps the leader's lease sound.
@@ -481,7 +559,7 @@ impl Raft {
                 if self.role == Role::PreCandidate && granted && term == self.hard.term + 1 {
                     self.votes.insert(from);
                     if self.votes.len() >= self.cfg.majority() {
-                        self.start_election(now);
+                        self.start_election(now, false);
                     }
                 }
             }
@@ -489,6 +567,7 @@ impl Raft {
                 term,
                 last_term,
                 end,
+                ..
             } => {
                 let free = self.hard.voted_for.is_none_or(|v| v == from) || self.bugs().double_vote;
                 let granted = term == self.hard.term
@@ -512,6 +591,26 @@ impl Raft {
                     self.votes.insert(from);
                     if self.votes.len() >= self.cfg.majority() {
                         self.become_leader(now);
+                    }
+                }
+            }
+            Message::TimeoutNow { term } => {
+                // Only from the leader we follow in its term: a stale or forged one from
+                // anyone else starts nothing.
+                if term == self.hard.term
+                    && self.role == Role::Follower
+                    && self.leader == Some(from)
+                    && !self.damaged
+                {
+                    if self.bugs().transfer_unchecked {
+                        self.hard = HardState {
+                            term: self.hard.term + 1,
+                            voted_for: Some(self.cfg.id),
+                        };
+                        self.hard_dirty = true;
+                        self.become_leader(now);
+                    } else {
+                        self.start_election(now, true);
                     }
                 }
             }
@@ -631,6 +730,7 @@ impl Raft {
         }
         self.role = Role::Follower;
         self.leader = leader;
+        self.transfer = None;
         self.progress.clear();
         self.votes.clear();
         self.reset_election_timer(now);
@@ -642,7 +742,7 @@ impl Raft {
         self.votes = BTreeSet::from([self.cfg.id]);
         self.reset_election_timer(now);
         if self.votes.len() >= self.cfg.majority() {
-            return self.start_election(now);
+            return self.start_election(now, false);
         }
         let msg = Message::PreVote {
             term: self.hard.term + 1,
@@ -652,7 +752,7 @@ impl Raft {
         self.broadcast(msg);
     }
 
-    fn start_election(&mut self, now: u64) {
+    fn start_election(&mut self, now: u64, transfer: bool) {
         self.role = Role::Candidate;
         self.hard = HardState {
             term: self.hard.term + 1,
@@ -668,6 +768,7 @@ impl Raft {
             term: self.hard.term,
             last_term: self.last_term(),
             end: self.end,
+            transfer,
         };
         self.broadcast(msg);
     }
@@ -1005,6 +1106,9 @@ impl Raft {
             p.inflight_bytes = 0;
         }
         self.send_append(from, now, false);
+        if self.transfer.is_some_and(|t| t.to == from) {
+            self.maybe_hand_over(now);
+        }
     }
 
     fn maybe_retransmit(&mut self, peer: NodeId, now: u64) {
@@ -1224,6 +1328,7 @@ struct NoBugs {
     ack_before_fsync: bool,
     vote_ignores_log: bool,
     double_vote: bool,
+    transfer_unchecked: bool,
 }
 
 /// A Kafka LEADER_CHANGE control batch (control record type 2), as KRaft writes: key

@@ -72,6 +72,9 @@ pub struct RunOptions {
     /// broker goes on while its sync runs, so elections, truncations and appends come
     /// between a sync's start and its end.
     pub fsync_stalls_per_mille: u64,
+    /// Leadership handoff: a node transfers every leadership it holds (as a broker does on
+    /// SIGTERM), and half of the time restarts cleanly moments later (a rolling restart).
+    pub handoff_weight: u32,
     #[cfg(feature = "inject-bugs")]
     pub bugs: corelog_replication::Bugs,
 }
@@ -103,6 +106,7 @@ impl RunOptions {
             // Drawn last: the earlier options of every seed stay what they were.
             start_move_every_ms: [0, 300, 1_500][r.below(3) as usize],
             fsync_stalls_per_mille: [0, 10, 50][r.below(3) as usize],
+            handoff_weight: r.below(4) as u32,
             #[cfg(feature = "inject-bugs")]
             bugs: corelog_replication::Bugs::default(),
         }
@@ -148,6 +152,8 @@ struct World {
     clients_running: RefCell<u32>,
     /// Set when the fault phase ends: fault tasks stop injecting.
     healing: RefCell<bool>,
+    /// Nodes told to hand over every leadership they hold at their next round.
+    handoff: RefCell<BTreeSet<NodeId>>,
     /// (node, group) logs that received stored bit rot.
     rotted: RefCell<BTreeSet<(NodeId, GroupId)>>,
     /// Each node's latest view of each group, printed when liveness fails.
@@ -450,6 +456,22 @@ async fn broker_run(w: &Rc<World>, id: NodeId) -> Result<(), String> {
                 + w.opts.start_move_every_ms / 2
                 + start_rng.below(w.opts.start_move_every_ms);
             move_some_start(&w, id, &mut node, &mut replicas, &mut start_rng).await?;
+        }
+        if w.handoff.borrow_mut().remove(&id) {
+            // What the broker's SIGTERM does, through the same Raft call.
+            let now = w.now_ms(id);
+            let led: Vec<GroupId> = node
+                .groups()
+                .filter(|(_, r)| r.role() == Role::Leader)
+                .map(|(g, _)| g)
+                .collect();
+            for &g in &led {
+                let raft = node.group_mut(g).expect("a group of this node");
+                if raft.transfer_leadership(now, None) {
+                    let to = raft.transferring_to();
+                    w.event(format!("node {id} hands g{g} over to {to:?}"));
+                }
+            }
         }
         let now = w.now_ms(id);
         let wait = node.next_deadline().saturating_sub(now).clamp(1, 20);
@@ -1155,6 +1177,7 @@ async fn orchestrate(seed: u64, opts: RunOptions) {
         incarnation: RefCell::new(BTreeMap::new()),
         disk_rng: Rc::new(RefCell::new(SplitMix64(seed ^ 0xd15c))),
         read_faults: RefCell::new(BTreeSet::new()),
+        handoff: RefCell::new(BTreeSet::new()),
         finished: RefCell::new(false),
         stop_clients: RefCell::new(false),
         healing: RefCell::new(false),
@@ -1198,7 +1221,8 @@ async fn orchestrate(seed: u64, opts: RunOptions) {
         + opts.clock_weight
         + opts.disk_fault_weight
         + opts.power_loss_weight
-        + opts.rot_weight;
+        + opts.rot_weight
+        + opts.handoff_weight;
     while w.sim_ms() < fault_end {
         let (lo, hi) = opts.fault_every_ms;
         sleep(Duration::from_millis(lo + rng.below(hi - lo))).await;
@@ -1307,6 +1331,22 @@ async fn orchestrate(seed: u64, opts: RunOptions) {
                     w.event(format!(
                         "fault: bit rot at byte {pos} of {name} (g{g}) on node {holder}"
                     ));
+                }
+            }
+        } else if take(opts.handoff_weight) {
+            if !down.contains(&victim) && !paused.contains(&victim) {
+                w.handoff.borrow_mut().insert(victim);
+                w.event(format!("fault: node {victim} hands over its leaderships"));
+                if rng.below(2) == 0 {
+                    // A rolling restart's step: the broker exits once handed over (or
+                    // after a bound), its writes in the page cache, and starts again.
+                    sleep(Duration::from_millis(20 + rng.below(400))).await;
+                    if !down.contains(&victim) && !paused.contains(&victim) {
+                        // Killed without `crash()`: what it wrote is in the page cache.
+                        handle.kill(brokers[&victim]);
+                        handle.restart(brokers[&victim]);
+                        w.event(format!("fault: node {victim} restarts cleanly"));
+                    }
                 }
             }
         } else if take(opts.power_loss_weight) {
