@@ -310,10 +310,8 @@ impl Raft {
         let Some(t) = self.transfer else {
             return;
         };
-        if self.role != Role::Leader {
-            self.transfer = None;
-            return;
-        }
+        // `become_follower` drops a transfer, so one in progress means we lead.
+        debug_assert_eq!(self.role, Role::Leader);
         let caught_up = self
             .progress
             .get(&t.to)
